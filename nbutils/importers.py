@@ -1,0 +1,563 @@
+"""Caption-table importers: turn each published image-caption layout into one DataFrame.
+
+Every reader returns one row per caption with these columns, in this order where present:
+
+    image_path  absolute path of the image (for url-only manifests: where it WILL be stored)
+    text        the caption, stripped of surrounding whitespace only (cleaning happens later)
+    url, filename, image_id   (always strings, so ids like "007" survive)
+
+Bad input raises `DataError` naming the file (and the line, row or column) so it can be fixed.
+
+    df = import_captions("flickr_tokens", "Flickr8k_text/flickr8kzhc.caption.txt", "Flicker8k_Dataset")
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+
+from nbutils.io import DataError, atomic_path
+
+OUTPUT_COLUMNS = ["image_path", "text", "url", "filename", "image_id"]
+TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}  # plus .jsonl, .json, .parquet
+TABLE_SUFFIXES = (*TABLE_SEPARATORS, ".jsonl", ".json", ".parquet")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+DEFAULT_IMAGE_SUFFIX = ".jpg"
+WUKONG_HASH_CHARS = 16  # filename = first 16 hex digits of sha1(url): collisions need ~4e9 urls
+IMG2DATASET_SUCCESS = "success"
+IMG2DATASET_EXTRACT_DIR = "_extracted"  # default home of images pulled out of webdataset shards
+
+URL_PATH = re.compile(r"^(?:[A-Za-z][\w+.-]*:)?(?://[^/?#]*)?([^?#]*)")  # scheme://host, then path
+# "<key>#<n>\t<caption>" with an optional "#<letters>#" middle part (Flickr8k-CN "#zhc#",
+# Flickr30k-CN "#zhb#"); Flickr8k-CN separates the caption with a space instead of a tab.
+KEYED_LINE = re.compile(r"^(?P<key>[^#\t ]+)#(?:[A-Za-z]+#)?\d+[\t ]+(?P<text>.*)$")
+COCO_KEY = re.compile(r"^COCO_(?P<split>[a-z]+\d{4})_(?P<id>\d+)$")  # COCO_train2014_000000000036
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def _read_bytes(path: str | os.PathLike) -> tuple[Path, bytes]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    data = path.read_bytes()
+    if not data or data.isspace():
+        raise DataError(f"{path}: empty file (no rows)")
+    return path, data
+
+
+def _read_text(path: str | os.PathLike) -> tuple[Path, str]:
+    """UTF-8 text of `path` (a BOM is dropped); a bad byte is reported by line number."""
+    path, data = _read_utf8(path)
+    return path, data.decode("utf-8")
+
+
+def _read_utf8(path: str | os.PathLike) -> tuple[Path, bytes]:
+    """Bytes of `path` without a BOM, after checking they are valid UTF-8."""
+    path, data = _read_bytes(path)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        data.decode("utf-8")
+        return path, data
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}: not valid UTF-8 at line {line}, byte {column} ({data[e.start:e.start + 4]!r}); "
+            "re-save it as UTF-8 (Chinese files are often GB18030: iconv -f gb18030 -t utf-8)"
+        ) from None
+
+
+def _read_json(path: str | os.PathLike) -> tuple[Path, object]:
+    path, text = _read_text(path)
+    try:
+        return path, json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def _lines(text: str) -> list[str]:
+    # Not str.splitlines(): it also splits on U+2028, \x1c etc., which can sit inside a caption.
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    records = []
+    for n, line in enumerate(_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON at line {n}, column {e.colno}: {e.msg}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {n} is not a JSON object")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def read_table(path: str | os.PathLike, required: Iterable[str] = (), columns: dict | None = None) -> pd.DataFrame:
+    """Read a CSV / TSV / tab-separated .txt / JSONL / JSON (list of objects) / parquet table.
+
+    `columns` renames the file's columns to ours (e.g. {"caption": "text"}); `required` names
+    columns (after renaming) that must be present. CSV cells are read as strings.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: unsupported table type {suffix!r}; expected one of {', '.join(TABLE_SUFFIXES)}")
+    if suffix == ".parquet":
+        _check_file(path)
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    elif suffix == ".json":
+        path, data = _read_json(path)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise DataError(f"{path}: expected a JSON list of objects (one per row)")
+        df = pd.DataFrame.from_records(data)
+    elif suffix == ".jsonl":
+        path, text = _read_text(path)
+        df = _read_jsonl(path, text)
+    else:
+        path, data = _read_utf8(path)
+        try:  # from bytes: pandas parses these ~3x faster than a StringIO
+            df = pd.read_csv(io.BytesIO(data), encoding="utf-8", sep=TABLE_SEPARATORS[suffix], dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: empty file (no rows)") from None
+        except pd.errors.ParserError as e:
+            raise DataError(f"{path}: cannot parse as {suffix[1:].upper()}: {e}") from None
+
+    found = [str(c).strip() for c in df.columns]
+    df.columns = found
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows (only a header)" if found else f"{path}: empty file (no rows)")
+    if columns:
+        df = df.rename(columns=columns)
+        if df.columns.duplicated().any():
+            raise DataError(f"{path}: renaming {columns} gives duplicate columns; the file has columns {found}")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        renamed = f" (after renaming {columns})" if columns else ""
+        raise DataError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}{renamed}; "
+            f"the file has columns {found}"
+        )
+    return df
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (no rows)")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _finish(df: pd.DataFrame | list[dict], path) -> pd.DataFrame:
+    """Keep our columns in order, as strings, with captions stripped."""
+    df = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+    if len(df) == 0:
+        raise DataError(f"{path}: no captions found")
+    out = pd.DataFrame({c: df[c].fillna("").astype(str) for c in OUTPUT_COLUMNS if c in df.columns})
+    out["text"] = out["text"].str.strip()
+    return out.reset_index(drop=True)
+
+
+def _strings(column: pd.Series) -> list[str]:
+    return column.fillna("").astype(str).tolist()
+
+
+def _root(images_root, fmt: str) -> str:
+    if images_root is None:
+        raise DataError(f"{fmt}: images_root is required (the folder the images are in, or will be downloaded to)")
+    return os.path.abspath(os.path.expanduser(os.fspath(images_root)))
+
+
+def _join_under(root: str, names: Sequence[str], where: Callable[[int], str]) -> list[str]:
+    """images_root/name for each name; a name that would land outside images_root is an error,
+    because a downloader will later write to exactly this path."""
+    prefix = root.rstrip(os.sep) + os.sep
+    paths = [os.path.normpath(prefix + name) for name in names]  # plain string ops: millions of rows
+    for i, (name, p) in enumerate(zip(names, paths)):
+        if not name or name.startswith(os.sep) or not p.startswith(prefix):
+            raise DataError(f"{where(i)}: image file name {name!r} must be a relative path inside images_root")
+    return paths
+
+
+def _resolve(root: str, names: Sequence[str], where: Callable[[int], str]) -> list[str]:
+    """Absolute paths; relative ones are taken relative to `root` (may point anywhere)."""
+    paths = []
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise DataError(f"{where(i)}: empty image_path")
+        paths.append(os.path.abspath(os.path.join(root, os.path.expanduser(name))))
+    return paths
+
+
+def _keyed_lines(path) -> tuple[Path, list[tuple[int, str, str]]]:
+    """(line number, key, caption) for each non-blank `<key>#[tag#]<n><sep><caption>` line."""
+    path, text = _read_text(path)
+    rows = []
+    for n, line in enumerate(_lines(text), 1):
+        if not line.strip():
+            continue
+        m = KEYED_LINE.match(line)
+        if m is None:
+            raise DataError(f"{path}: line {n} is not '<image>#<n><TAB><caption>': {line[:80]!r}")
+        rows.append((n, m["key"], m["text"]))
+    if not rows:
+        raise DataError(f"{path}: empty file (no rows)")
+    return path, rows
+
+
+# ----------------------------------------------------------------------------- published layouts
+
+
+def read_original_csv(path: str | os.PathLike, images_root) -> pd.DataFrame:
+    """The original project's `url,filename,text` CSV; images live at images_root/filename."""
+    df = read_table(path, required=("url", "filename", "text"))
+    root = _root(images_root, "original_csv")
+    df["image_path"] = _join_under(root, _strings(df["filename"]), lambda i: f"{path}: row {i + 1}")
+    return _finish(df, path)
+
+
+def read_caption_table(path: str | os.PathLike, images_root=None, columns: dict | None = None) -> pd.DataFrame:
+    """Any table `read_table` reads with a `text` column and an `image_path` or `filename` column.
+
+    Relative image paths / file names are resolved against images_root, or the table's own folder.
+    """
+    df = read_table(path, required=("text",), columns=columns)
+    if "image_path" not in df.columns and "filename" not in df.columns:
+        raise DataError(
+            f"{path}: missing column 'image_path' (or 'filename'); the table has columns {list(df.columns)}"
+        )
+    return _with_image_paths(df, path, images_root)
+
+
+def read_text_image_csv(path: str | os.PathLike, images_root=None) -> pd.DataFrame:
+    """A `text,image_path` CSV (any column order). Relative paths are resolved against
+    images_root, or the CSV's own folder when images_root is None."""
+    return _with_image_paths(read_table(path, required=("text", "image_path")), path, images_root)
+
+
+def _with_image_paths(df: pd.DataFrame, path, images_root) -> pd.DataFrame:
+    root = os.path.abspath(images_root if images_root is not None else Path(path).parent)
+    where = lambda i: f"{path}: row {i + 1}"  # noqa: E731
+    if "image_path" in df.columns:
+        df["image_path"] = _resolve(root, _strings(df["image_path"]), where)
+    else:
+        df["image_path"] = _join_under(root, _strings(df["filename"]), where)
+    return _finish(df, path)
+
+
+def read_flickr_tokens(path: str | os.PathLike, images_root) -> pd.DataFrame:
+    """Flickr30k / Flickr8k `.token` files and their Chinese versions (Flickr8k-CN `#zhc#`,
+    Flickr30k-CN `#zhb#`, whose word-segmented text is kept as-is here)."""
+    root = _root(images_root, "flickr_tokens")
+    path, rows = _keyed_lines(path)
+    names = [key for _, key, _ in rows]
+    return _finish({
+        "image_path": _join_under(root, names, lambda i: f"{path}: line {rows[i][0]}"),
+        "text": [text for _, _, text in rows],
+        "filename": names,
+        "image_id": [os.path.splitext(name)[0] for name in names],
+    }, path)
+
+
+def read_coco_captions(path: str | os.PathLike, images_root) -> pd.DataFrame:
+    """COCO captions JSON (`images[{id, file_name}]`, `annotations[{image_id, caption}]`)."""
+    root = _root(images_root, "coco_captions")
+    path, data = _read_json(path)
+    if not (isinstance(data, dict) and isinstance(data.get("images"), list)
+            and isinstance(data.get("annotations"), list)):
+        found = list(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path}: not a COCO captions file: expected 'images' and 'annotations' lists, found {found}")
+    files = {}
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise DataError(f"{path}: images[{i}] needs 'id' and 'file_name'")
+        files[image["id"]] = str(image["file_name"])
+    ids, names, texts = [], [], []
+    for j, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            raise DataError(f"{path}: annotations[{j}] needs 'image_id' and 'caption'")
+        if ann["image_id"] not in files:
+            raise DataError(
+                f"{path}: annotations[{j}] has image_id {ann['image_id']!r}, which has no entry in 'images'"
+            )
+        ids.append(ann["image_id"])
+        names.append(files[ann["image_id"]])
+        texts.append(ann["caption"])
+    return _finish({
+        "image_path": _join_under(root, names, lambda j: f"{path}: annotations[{j}]"),
+        "text": texts, "filename": names, "image_id": ids,
+    }, path)
+
+
+def read_coco_cn(path: str | os.PathLike, images_root) -> pd.DataFrame:
+    """COCO-CN sentences (`COCO_train2014_000000000036#0<TAB>一个...`).
+
+    The image is `<key>.jpg`, inside images_root/train2014/ (the split named in the key) when that
+    folder exists, else directly in images_root. image_id is the numeric COCO id ("36"), so the rows
+    join with `read_coco_captions`.
+    """
+    root = _root(images_root, "coco_cn")
+    path, rows = _keyed_lines(path)
+    split_exists: dict[str, bool] = {}
+    names, ids = [], []
+    for _, key, _ in rows:
+        name = key if key.lower().endswith(IMAGE_SUFFIXES) else key + DEFAULT_IMAGE_SUFFIX
+        m = COCO_KEY.match(key)
+        if m:
+            split = m["split"]
+            if split not in split_exists:
+                split_exists[split] = os.path.isdir(os.path.join(root, split))
+            if split_exists[split]:
+                name = f"{split}/{name}"
+        names.append(name)
+        ids.append(str(int(m["id"])) if m else key)
+    return _finish({
+        "image_path": _join_under(root, names, lambda i: f"{path}: line {rows[i][0]}"),
+        "text": [text for _, _, text in rows],
+        "filename": [os.path.basename(n) for n in names],
+        "image_id": ids,
+    }, path)
+
+
+def read_ai_challenger(path: str | os.PathLike, images_root) -> pd.DataFrame:
+    """AI Challenger caption JSON: a list of `{url, image_id, caption: [5 strings]}`."""
+    root = _root(images_root, "ai_challenger")
+    path, data = _read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {{url, image_id, caption}} objects")
+    rows = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or "image_id" not in item or "caption" not in item:
+            raise DataError(f"{path}: item {i} needs 'image_id' and 'caption'")
+        captions = [item["caption"]] if isinstance(item["caption"], str) else item["caption"]
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise DataError(f"{path}: item {i} ({item['image_id']}): 'caption' must be a list of strings")
+        rows += [(i, str(item["image_id"]), item.get("url", ""), c) for c in captions]
+    names = [r[1] for r in rows]
+    return _finish({
+        "image_path": _join_under(root, names, lambda k: f"{path}: item {rows[k][0]}"),
+        "text": [r[3] for r in rows], "url": [r[2] for r in rows], "filename": names, "image_id": names,
+    }, path)
+
+
+def wukong_filename(url: str) -> str:
+    """Stable local file name for a url: 16 hex digits of sha1(url) + the url's image suffix (.jpg default)."""
+    # A regex, not urlparse: 10x faster on 100M-row Wukong, and it never raises on a broken url.
+    base = URL_PATH.match(url)[1].rpartition("/")[2]
+    suffix = "." + base.rpartition(".")[2].lower() if "." in base else ""
+    if suffix not in IMAGE_SUFFIXES:
+        suffix = DEFAULT_IMAGE_SUFFIX
+    return hashlib.sha1(url.encode("utf-8")).hexdigest()[:WUKONG_HASH_CHARS] + suffix
+
+
+def read_wukong(path: str | os.PathLike, images_root) -> pd.DataFrame:
+    """Wukong `url,caption` CSV or parquet; images will be stored as images_root/wukong_filename(url)."""
+    root = _root(images_root, "wukong")
+    df = read_table(path, required=("url", "text"), columns={"caption": "text"})
+    urls = [u.strip() for u in _strings(df["url"])]
+    if not all(urls):
+        raise DataError(f"{path}: row {urls.index('') + 1} has an empty url")
+    df["url"] = urls
+    df["filename"] = names = [wukong_filename(u) for u in urls]
+    df["image_path"] = [os.path.join(root, name) for name in names]
+    return _finish(df, path)
+
+
+# ----------------------------------------------------------------------------- img2dataset
+
+
+def read_img2dataset(folder: str | os.PathLike, extract_dir=None) -> pd.DataFrame:
+    """Output folder of rom1504/img2dataset, "files" or "webdataset" mode.
+
+    Shards are `00000.parquet` (one row per input url with key, url, caption, status, ...) next to
+    a `00000/` folder (`000000001.jpg/.txt/.json`) or a `00000.tar` holding the same members. Only
+    rows with status "success" are kept; without the parquet, the samples that exist are used.
+    Webdataset images are extracted to `<extract_dir>/<shard>/` (default `<folder>/_extracted`),
+    skipping files already there with the right size.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: img2dataset output folder not found")
+    extract_dir = Path(extract_dir) if extract_dir is not None else folder / IMG2DATASET_EXTRACT_DIR
+    shards = sorted(
+        {p.name.split(".")[0] for p in folder.iterdir() if p.suffix in (".parquet", ".tar") or p.is_dir()}
+    )
+    shards = [s for s in shards if s.isdigit()]  # skips _extracted/, _stats files, stray tables
+    if not shards:
+        raise DataError(f"{folder}: no img2dataset shards (expected 00000.parquet with 00000/ or 00000.tar)")
+    rows = []
+    for shard in shards:
+        rows += _img2dataset_shard(folder, shard, extract_dir / shard)
+    if not rows:
+        raise DataError(f"{folder}: no successfully downloaded images in {len(shards)} shard(s)")
+    return _finish(rows, folder)
+
+
+def _img2dataset_shard(folder: Path, shard: str, out_dir: Path) -> list[dict]:
+    parquet, tar_path, sub = folder / f"{shard}.parquet", folder / f"{shard}.tar", folder / shard
+    status = _success_rows(parquet) if parquet.exists() else None
+    if tar_path.exists():
+        try:
+            with tarfile.open(tar_path) as tar:
+                members = _safe_members(tar, tar_path)
+                samples = _group((m.name, m) for m in members)
+                rows = _shard_samples(samples, status, lambda m: tar.extractfile(m).read(), tar_path)
+                for row in rows:
+                    member = row.pop("source")
+                    target = out_dir / member.name
+                    _extract(tar, member, target)
+                    row["image_path"] = os.path.abspath(target)
+        except (tarfile.TarError, EOFError) as e:  # not OSError: a full disk is not a damaged tar
+            raise DataError(f"{tar_path}: damaged tar ({e})") from None
+        return rows
+    if sub.is_dir():
+        samples = _group((p.name, p) for p in sub.iterdir() if p.is_file() and not p.name.startswith("."))
+        rows = _shard_samples(samples, status, Path.read_bytes, sub)
+        for row in rows:
+            row["image_path"] = os.path.abspath(row.pop("source"))
+        return rows
+    raise DataError(
+        f"{parquet}: shard {shard} has no images ({shard}.tar or {shard}/ folder); "
+        "img2dataset's 'parquet' output format is not supported, use 'files' or 'webdataset'"
+    )
+
+
+def _success_rows(parquet: Path) -> pd.DataFrame:
+    df = read_table(parquet, required=("key", "status"))
+    df = df[df["status"].astype(str) == IMG2DATASET_SUCCESS]
+    return df.assign(key=df["key"].astype(str))
+
+
+def _safe_members(tar: tarfile.TarFile, tar_path: Path) -> list[tarfile.TarInfo]:
+    """Regular-file members, after checking that none would land outside the extraction folder."""
+    members = []
+    for m in tar.getmembers():
+        parts = PurePosixPath(m.name).parts
+        if m.name.startswith(("/", "\\")) or ".." in parts or "\\" in m.name:
+            raise DataError(f"{tar_path}: refusing member {m.name!r}: it would be extracted outside the target folder")
+        if m.isdir():
+            continue
+        if not m.isfile():
+            raise DataError(f"{tar_path}: refusing member {m.name!r}: not a regular file (link or device)")
+        m.name = str(PurePosixPath(*parts))  # "./000000001.jpg" -> "000000001.jpg"
+        members.append(m)
+    return members
+
+
+def _group(named: Iterable[tuple[str, object]]) -> dict[str, dict[str, object]]:
+    """{key: {".jpg": source, ".txt": source, ...}}; webdataset keys end at the basename's first dot."""
+    samples: dict[str, dict[str, object]] = {}
+    for name, source in named:
+        head, _, base = name.rpartition("/")
+        stem, dot, ext = base.partition(".")
+        if dot:
+            key = f"{head}/{stem}" if head else stem
+            samples.setdefault(key, {})["." + ext.lower()] = source
+    return samples
+
+
+def _shard_samples(samples: dict, status: pd.DataFrame | None, read: Callable, where: Path) -> list[dict]:
+    """One row per successful sample: image source, caption, url, file name and key."""
+    if status is None:  # no parquet: every key with an image counts, caption from .txt, url from .json
+        order = [(k, None, None) for k in sorted(samples) if _image_ext(samples[k])]
+    else:
+        captions = status["caption"].tolist() if "caption" in status.columns else [None] * len(status)
+        urls = status["url"].tolist() if "url" in status.columns else [None] * len(status)
+        order = list(zip(status["key"], captions, urls))
+    rows = []
+    for key, caption, url in order:
+        files = samples.get(key, {})
+        ext = _image_ext(files)
+        if ext is None:
+            raise DataError(f"{where}: sample {key} has status 'success' but no image file")
+        if _missing(caption):
+            if ".txt" not in files:
+                raise DataError(f"{where}: sample {key} has no caption (no parquet 'caption' column and no {key}.txt)")
+            caption = _decode(read(files[".txt"]), where, f"{key}.txt")
+        if _missing(url) and ".json" in files:
+            try:
+                url = json.loads(_decode(read(files[".json"]), where, f"{key}.json")).get("url")
+            except (json.JSONDecodeError, AttributeError):
+                raise DataError(f"{where}: {key}.json is not a JSON object") from None
+        name = files[ext].name.rpartition("/")[2]  # the real file name, whatever its case
+        rows.append({"source": files[ext], "text": caption, "url": "" if _missing(url) else url,
+                     "filename": name, "image_id": key})
+    return rows
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value))
+
+
+def _image_ext(files: dict) -> str | None:
+    return next((ext for ext in IMAGE_SUFFIXES if ext in files), None)
+
+
+def _decode(data: bytes, where: Path, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{where}: {name} is not valid UTF-8 at line {line}") from None
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    """Copy one member to `target` through a temporary file, unless it is already there."""
+    if target.is_file() and target.stat().st_size == member.size:
+        return
+    with atomic_path(target) as tmp, tar.extractfile(member) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+IMPORTERS: dict[str, Callable[..., pd.DataFrame]] = {
+    "original_csv": read_original_csv,
+    "text_image_csv": read_text_image_csv,
+    "flickr_tokens": read_flickr_tokens,
+    "coco_captions": read_coco_captions,
+    "coco_cn": read_coco_cn,
+    "ai_challenger": read_ai_challenger,
+    "wukong": read_wukong,
+    "img2dataset": read_img2dataset,
+    "table": read_caption_table,
+}
+
+
+def import_captions(fmt: str, path: str | os.PathLike, images_root=None, **kwargs) -> pd.DataFrame:
+    """Read `path` with the importer named `fmt` (a key of IMPORTERS).
+
+    For "img2dataset", images_root is where webdataset images are extracted (extract_dir).
+    """
+    if fmt not in IMPORTERS:
+        raise DataError(f"unknown caption format {fmt!r}; known formats: {', '.join(IMPORTERS)}")
+    if fmt == "img2dataset":
+        if images_root is not None:
+            kwargs.setdefault("extract_dir", images_root)
+        return read_img2dataset(path, **kwargs)
+    return IMPORTERS[fmt](path, images_root, **kwargs)
