@@ -1,0 +1,81 @@
+"""Command line: `python -m nbutils run --profile demo` (see nbutils.runner for what it does)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nbutils",
+                                     description="Workbench commands for the image-text notebooks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run the pipeline notebooks of a profile and build outputs/<run>/index.html",
+        description="Run a profile's notebooks in pipeline order with papermill; write executed notebooks, "
+                    "HTML reports (code hidden), run.json and index.html under outputs/<run>/.",
+        epilog="examples:\n"
+               "  python -m nbutils run --profile demo\n"
+               "  python -m nbutils run --profile demo --only processdata_03 -p n_images=500 --run small\n"
+               "  python -m nbutils run --profile my_data.yaml -p processdata_03.image_size=224",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--profile", default="demo",
+                     help="profile name in nbutils/profiles/ or a path to a .yaml file (default: demo)")
+    run.add_argument("--only", action="append", metavar="NB1,NB2",
+                     help="run only these notebooks of the profile (comma-separated, repeatable)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a parameter for every selected notebook declaring KEY, or NOTEBOOK.KEY=VALUE "
+                          "for one notebook; typed like the notebook's default (repeatable)")
+    run.add_argument("--run", dest="run_name", metavar="NAME",
+                     help="run name: results go to outputs/NAME (default: the profile's `run`)")
+    run.add_argument("--notebooks-dir", metavar="DIR", help="where the notebooks are (default: <repo>/notebooks)")
+    run.add_argument("--outputs-dir", metavar="DIR", help="where run folders go (default: <repo>/outputs)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args, argv)
+    return 2
+
+
+def _run(args, argv) -> int:
+    from .runner import ParameterError, RunFailed, run_pipeline
+
+    only = ",".join(args.only) if args.only else None
+    try:
+        record = run_pipeline(args.profile, only=only, params=args.param, run_name=args.run_name,
+                              notebooks_dir=args.notebooks_dir, outputs_dir=args.outputs_dir,
+                              command=["python", "-m", "nbutils", *argv])
+    except ParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(f"Report: {_index_path(args)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"Report: {_index_path(args, record['run'])}")
+    return 0
+
+
+def _index_path(args, run_name: str | None = None) -> str:
+    from .runner import OUTPUTS_DIR, load_profile
+
+    run_name = run_name or args.run_name or load_profile(args.profile)["run"]
+    path = Path(args.outputs_dir or OUTPUTS_DIR).resolve() / run_name / "index.html"
+    try:  # short and clickable from where the user stands
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
