@@ -18,11 +18,18 @@ import numpy as np
 from .io import atomic_path
 
 
-def save_figure(fig, output_dir, name: str) -> Path:
-    """Save a matplotlib figure to `<output_dir>/figures/<name>.png` (atomically)."""
+def save_figure(fig, output_dir, name: str, close: bool = False) -> Path:
+    """Save a matplotlib figure to `<output_dir>/figures/<name>.png` (atomically).
+
+    `close=True` keeps it out of the notebook (for figures meant only for the run's index.html).
+    """
     path = Path(output_dir) / "figures" / f"{name}.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return path
 
 
@@ -96,7 +103,7 @@ def image_grid_html(images: Sequence, captions: Sequence[Sequence[str] | str], n
         text = "<br>".join(html.escape(c) for c in caps)
         cells.append(
             f'<div style="width:{thumb_px + 40}px;margin:4px;font-size:12px;line-height:1.3">'
-            f'<img src="{_png_data_uri(img)}" style="width:{thumb_px}px;height:{thumb_px}px;'
+            f'<img src="{_png_data_uri(img)}" alt="{html.escape(caps[0] if caps else "")}" style="width:{thumb_px}px;height:{thumb_px}px;'
             f'object-fit:contain;image-rendering:pixelated;border:1px solid #ccc"><br>{text}</div>'
         )
     return ('<div style="display:grid;grid-template-columns:repeat(%d,auto);justify-content:start">%s</div>'

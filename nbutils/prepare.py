@@ -108,6 +108,7 @@ def prepare_dataset(table: pd.DataFrame, output_dir, *, dataset_name: str, image
 
     if not cache_dir:
         cache_dir = Path(data_dir) / "cache" / f"{dataset_name}-{geometry.height}x{geometry.width}-{geometry.resize}"
+    cache_dir = Path(cache_dir).resolve()
     cache = image_cache.build_image_cache(clean["image_path"].unique(), cache_dir, geometry,
                                           num_workers=num_workers or None)
     clean, unreadable = splits.drop_images(clean, cache.failed)

@@ -1,0 +1,526 @@
+"""A packed, pre-resized image cache: decode every JPEG once, then train from a raw uint8 memmap.
+
+Training on the original pipeline was bound by JPEG decoding (~60-190 images/s per core). Here every
+image is decoded, resized and cropped ONCE to the training geometry and stored as uint8 HWC rows of
+one raw file; at read time only the normalisation is left (thousands of images/s per core), or none at
+all when the uint8 batch goes to the GPU and is normalised there (`normalize_pixel_values`).
+
+The geometric ops replay transformers' PIL-backend image processors (ViT, CLIP, Chinese-CLIP) exactly,
+so `ImageCache.pixel_values` equals `processor(images).pixel_values` to float rounding (~1e-6).
+
+Layout of a cache folder:
+    images.u8    raw N x H x W x 3 uint8, row i is the image at index.csv row i
+    index.csv    image_path,row
+    failed.csv   image_path,reason   (images that could not be decoded; not in the index)
+    meta.json    format_version, geometry, count, fingerprint, created_at
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from math import ceil
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from nbutils.io import DataError, atomic_path, read_json, write_json, write_table
+
+FORMAT_VERSION = 1
+IMAGES_FILE = "images.u8"
+INDEX_FILE = "index.csv"
+FAILED_FILE = "failed.csv"
+META_FILE = "meta.json"
+CHUNK_SIZE = 64  # images per task sent to a worker process
+RESAMPLE = {  # names kept in meta.json -> PIL filters (same ints as transformers' PILImageResampling)
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+RESCALE_FACTOR = 1 / 255  # the only rescale the cache reproduces (every processor we use has it)
+
+
+# -----------------------------------------------------------------------------
+# Geometry: what a processor does to the pixels before rescale/normalise
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Output size and how to get there.
+
+    resize="exact": resize straight to height x width (ViTImageProcessor, Chinese-CLIP hub configs).
+    resize="shortest_edge": resize the shorter side to `shortest_edge` keeping the aspect ratio, then
+    center-crop to height x width, zero-padding if too small (CLIPImageProcessor).
+    """
+
+    height: int
+    width: int
+    resize: str = "exact"
+    shortest_edge: int | None = None
+    resample: str = "bilinear"
+
+    def __post_init__(self):
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"ImageGeometry.{name} must be a positive int, got {value!r}")
+        if self.resize not in ("exact", "shortest_edge"):
+            raise ValueError(f"ImageGeometry.resize must be 'exact' or 'shortest_edge', got {self.resize!r}")
+        if self.resize == "shortest_edge":
+            if not isinstance(self.shortest_edge, (int, np.integer)) or self.shortest_edge <= 0:
+                raise ValueError(f"ImageGeometry.shortest_edge must be a positive int, got {self.shortest_edge!r}")
+        elif self.shortest_edge is not None:
+            raise ValueError("ImageGeometry.shortest_edge is only used with resize='shortest_edge'")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"ImageGeometry.resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
+
+    @classmethod
+    def from_processor(cls, processor) -> "ImageGeometry":
+        """Read the geometry of a ViT / CLIP / Chinese-CLIP image processor (or a processor holding one)."""
+        processor = getattr(processor, "image_processor", processor)
+        name = type(processor).__name__
+        if getattr(processor, "do_resize", True) is False:
+            raise ValueError(f"{name}: do_resize=False gives a different size per image; it cannot be cached")
+        size = _size_dict(processor.size)
+        crop = _size_dict(getattr(processor, "crop_size", None))
+        do_crop = bool(getattr(processor, "do_center_crop", False))
+        resample = _resample_name(getattr(processor, "resample", None), name)
+        if set(size) == {"height", "width"}:
+            height, width = int(size["height"]), int(size["width"])
+            if do_crop and (crop.get("height"), crop.get("width")) != (height, width):
+                raise ValueError(f"{name}: resize to {size} followed by crop_size={crop} is not supported")
+            return cls(height, width, "exact", None, resample)
+        if set(size) == {"shortest_edge"}:
+            if not do_crop or not (crop.get("height") and crop.get("width")):
+                raise ValueError(f"{name}: size={size} without a center crop gives a different size per image")
+            return cls(int(crop["height"]), int(crop["width"]), "shortest_edge", int(size["shortest_edge"]), resample)
+        raise ValueError(f"{name}: unsupported size={size} (need height/width or shortest_edge)")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageGeometry":
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def processor_mean_std(processor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) that the processor normalises with, as 3-tuples of floats."""
+    processor = getattr(processor, "image_processor", processor)
+    name = type(processor).__name__
+    if getattr(processor, "do_rescale", True) is False or not math.isclose(
+        float(getattr(processor, "rescale_factor", RESCALE_FACTOR)), RESCALE_FACTOR, rel_tol=1e-9
+    ):
+        raise ValueError(f"{name}: the cache assumes do_rescale=True with rescale_factor=1/255")
+    if getattr(processor, "do_normalize", True) is False:
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return _triple(processor.image_mean, "image_mean"), _triple(processor.image_std, "image_std")
+
+
+def _size_dict(size) -> dict:
+    if size is None:
+        return {}
+    if isinstance(size, int):
+        return {"height": size, "width": size}
+    return {k: v for k, v in dict(size).items() if v is not None}
+
+
+def _resample_name(resample, processor_name: str) -> str:
+    resample = Image.Resampling.BILINEAR if resample is None else resample
+    for name, value in RESAMPLE.items():
+        if int(value) == int(resample):
+            return name
+    raise ValueError(f"{processor_name}: resample={resample!r} is not one of {sorted(RESAMPLE)}")
+
+
+def _triple(value, name: str) -> tuple[float, float, float]:
+    values = [float(value)] * 3 if np.isscalar(value) else [float(v) for v in value]
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (RGB), got {value!r}")
+    return tuple(values)
+
+
+# -----------------------------------------------------------------------------
+# Decoding and the geometric transform
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image as RGB: EXIF rotation applied, transparency composited on white.
+
+    Raises (OSError, PIL errors, ValueError) when the file cannot be decoded.
+    """
+    with Image.open(path) as image:
+        image.load()  # only a full decode catches truncated files
+        image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit greyscale: PIL's convert clips to 255 instead of rescaling.
+        array = np.asarray(image, dtype=np.float64) * (255 / 65535)
+        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def transform_uint8(image: Image.Image, geometry: ImageGeometry) -> np.ndarray:
+    """Resize (and center-crop) an RGB PIL image exactly like transformers' PIL-backend processors.
+
+    Returns an (height, width, 3) uint8 array.
+    """
+    if image.mode != "RGB":
+        raise ValueError(f"transform_uint8 expects an RGB image, got mode {image.mode!r} (use load_rgb)")
+    resample = RESAMPLE[geometry.resample]
+    if geometry.resize == "exact":
+        resized = image.resize((geometry.width, geometry.height), resample=resample, reducing_gap=None)
+        return np.asarray(resized, dtype=np.uint8)
+
+    # transformers.image_transforms.get_resize_output_image_size(default_to_square=False): int() truncates
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = geometry.shortest_edge, int(geometry.shortest_edge * long / short)
+    new_h, new_w = (new_long, new_short) if width <= height else (new_short, new_long)
+    array = np.asarray(image.resize((new_w, new_h), resample=resample, reducing_gap=None), dtype=np.uint8)
+    return _center_crop(array, geometry.height, geometry.width)
+
+
+def _center_crop(array: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
+    # Same offsets as transformers.image_transforms.center_crop, including its zero padding
+    # when the image is smaller than the crop.
+    h, w = array.shape[:2]
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    if top >= 0 and left >= 0 and top + crop_h <= h and left + crop_w <= w:
+        return np.ascontiguousarray(array[top : top + crop_h, left : left + crop_w])
+    new_h, new_w = max(crop_h, h), max(crop_w, w)
+    padded = np.zeros((new_h, new_w, 3), dtype=np.uint8)
+    top_pad, left_pad = ceil((new_h - h) / 2), ceil((new_w - w) / 2)
+    padded[top_pad : top_pad + h, left_pad : left_pad + w] = array
+    top, left = top + top_pad, left + left_pad
+    rows = slice(max(0, top), min(new_h, top + crop_h))
+    cols = slice(max(0, left), min(new_w, left + crop_w))
+    return np.ascontiguousarray(padded[rows, cols])
+
+
+def _decode_chunk(paths: list[str], geometry: dict) -> list[tuple[np.ndarray | None, str]]:
+    """Worker: decode + transform a list of paths. Top-level so it pickles under spawn/forkserver too."""
+    geometry = ImageGeometry.from_dict(geometry)
+    results = []
+    for path in paths:
+        try:
+            results.append((transform_uint8(load_rgb(path), geometry), ""))
+        except Exception as exc:  # one bad image must not stop a build over a million
+            results.append((None, f"{type(exc).__name__}: {exc}".strip()))
+    return results
+
+
+# -----------------------------------------------------------------------------
+# Building
+
+
+def build_image_cache(
+    image_paths: Iterable[str | os.PathLike],
+    cache_dir: str | os.PathLike,
+    geometry: ImageGeometry,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> "ImageCache":
+    """Decode every image once into `cache_dir`; reuse the cache when inputs and geometry are unchanged.
+
+    Paths are de-duplicated and stored exactly as given (look them up with the same strings).
+    Images that fail to decode go to failed.csv and are left out of the index.
+    num_workers: processes for decoding (default: all cores; 0 decodes in this process).
+    """
+    cache_dir = Path(cache_dir)
+    paths = list(dict.fromkeys(os.fspath(p) for p in image_paths))
+    fingerprint = _fingerprint(paths, geometry)
+    existing = _open_if_current(cache_dir, fingerprint)
+    if existing is not None:
+        return existing
+
+    num_workers = (os.cpu_count() or 1) if num_workers is None else int(num_workers)
+    height, width = geometry.height, geometry.width
+    good, failed = [], []
+    with atomic_path(cache_dir) as tmp:
+        tmp.mkdir(parents=True)
+        images_path = tmp / IMAGES_FILE
+        # Room for every input; failures leave no gap (rows are assigned on success) and the
+        # unused tail is cut off at the end. The file is sparse until written.
+        images = _create_memmap(images_path, (len(paths), height, width, 3))
+        # Small builds still get split over all workers; big ones use CHUNK_SIZE.
+        chunk_size = max(1, min(CHUNK_SIZE, ceil(len(paths) / (4 * max(num_workers, 1)))))
+        chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
+        with tqdm(total=len(paths), unit="img", desc="image cache", disable=not progress) as bar:
+            for chunk, results in zip(chunks, _map_chunks(chunks, geometry.to_dict(), num_workers)):
+                failed += [(path, reason) for path, (array, reason) in zip(chunk, results) if array is None]
+                decoded = [(path, array) for path, (array, _) in zip(chunk, results) if array is not None]
+                _store_rows(images, len(good), [array for _, array in decoded])
+                good += [path for path, _ in decoded]
+                bar.update(len(chunk))
+        count = len(good)
+        if images is not None:
+            images.flush()
+            del images
+        os.truncate(images_path, count * height * width * 3)
+        write_table(pd.DataFrame({"image_path": good, "row": np.arange(count)}), tmp / INDEX_FILE)
+        write_table(pd.DataFrame(failed, columns=["image_path", "reason"]), tmp / FAILED_FILE)
+        # meta.json last: a folder without it is never trusted.
+        write_json(
+            tmp / META_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "geometry": geometry.to_dict(),
+                "count": count,
+                "failed": len(failed),
+                "fingerprint": fingerprint,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+    return ImageCache(cache_dir)
+
+
+def _map_chunks(chunks: list[list[str]], geometry: dict, num_workers: int):
+    """Yield each chunk's results in order, from a process pool when it is worth one."""
+    if num_workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield _decode_chunk(chunk, geometry)
+        return
+    pool = ProcessPoolExecutor(max_workers=min(num_workers, len(chunks)))
+    try:
+        # In-order results keep row order == input order, so a rebuild is reproducible.
+        yield from pool.map(_decode_chunk, chunks, [geometry] * len(chunks))
+    finally:
+        # On an error or Ctrl-C, drop the queued chunks instead of decoding them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _store_rows(images: np.memmap, start: int, arrays: list[np.ndarray]) -> None:
+    """Write decoded images to consecutive rows of the memmap (in the parent process)."""
+    for offset, array in enumerate(arrays):
+        images[start + offset] = array
+
+
+def _create_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap | None:
+    if shape[0] == 0:  # mmap cannot map an empty file
+        path.touch()
+        return None
+    return np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
+
+
+def _fingerprint(paths: Sequence[str], geometry: ImageGeometry) -> str:
+    """Hash of format, geometry and every input's (path, size, mtime_ns): any change means a rebuild."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format_version": FORMAT_VERSION, "geometry": geometry.to_dict()}).encode())
+    for path in sorted(paths):
+        try:
+            st = os.stat(path)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = (-1, -1)  # missing now; it will be listed in failed.csv
+        digest.update(json.dumps([path, *stamp], ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def _open_if_current(cache_dir: Path, fingerprint: str) -> "ImageCache | None":
+    if not (cache_dir / META_FILE).is_file():
+        return None
+    try:
+        cache = ImageCache(cache_dir)
+    except (DataError, OSError, ValueError, KeyError):
+        return None  # unreadable or from an older format: rebuild
+    return cache if cache.meta.get("fingerprint") == fingerprint else None
+
+
+# -----------------------------------------------------------------------------
+# Reading
+
+
+class ImageCache:
+    """Read side of a cache folder. Picklable: the memmap is opened lazily, once per process."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.cache_dir = Path(cache_dir)
+        meta_path = self.cache_dir / META_FILE
+        if not meta_path.is_file():
+            raise DataError(f"{meta_path}: missing; {self.cache_dir} is not a finished image cache")
+        self.meta = read_json(meta_path)
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}")
+        self.geometry = ImageGeometry.from_dict(self.meta["geometry"])
+        index = pd.read_csv(self.cache_dir / INDEX_FILE, dtype={"image_path": str}, keep_default_na=False)
+        count = int(self.meta["count"])
+        if len(index) != count or not np.array_equal(index["row"].to_numpy(), np.arange(count)):
+            raise DataError(f"{self.cache_dir / INDEX_FILE}: rows do not match meta.json count={count}")
+        expected = count * self.geometry.height * self.geometry.width * 3
+        actual = (self.cache_dir / IMAGES_FILE).stat().st_size
+        if actual != expected:
+            raise DataError(f"{self.cache_dir / IMAGES_FILE}: {actual} bytes, expected {expected}")
+        self.paths: list[str] = index["image_path"].tolist()
+        self._index = pd.Index(self.paths)  # hash lookup path -> row, vectorised with get_indexer
+        self._images = None
+        self._pid = None
+
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike) -> "ImageCache":
+        return cls(cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return f"ImageCache({str(self.cache_dir)!r}, {len(self)} images {g.height}x{g.width}, {g.resize})"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_images"] = None  # never ship the mapping to DataLoader workers; they reopen it
+        state["_pid"] = None
+        return state
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """Images that could not be decoded: image_path, reason."""
+        return pd.read_csv(self.cache_dir / FAILED_FILE, dtype=str, keep_default_na=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), self.geometry.height, self.geometry.width, 3)
+
+    def index_of(self, path_or_paths):
+        """Row of one path (int) or of many (int64 array). KeyError names a path that is not cached."""
+        if isinstance(path_or_paths, (str, os.PathLike)):
+            key = os.fspath(path_or_paths)
+            if key not in self._index:
+                raise KeyError(f"{key!r} is not in the image cache {self.cache_dir}")
+            return int(self._index.get_loc(key))
+        keys = [os.fspath(p) for p in path_or_paths]
+        rows = self._index.get_indexer(keys)
+        if (rows < 0).any():
+            raise KeyError(f"{keys[int(np.argmax(rows < 0))]!r} is not in the image cache {self.cache_dir}")
+        return rows.astype(np.int64)
+
+    def _memmap(self) -> np.ndarray:
+        if self._images is None or self._pid != os.getpid():
+            if len(self) == 0:
+                self._images = np.zeros(self.shape, dtype=np.uint8)
+            else:
+                path = self.cache_dir / IMAGES_FILE
+                if path.stat().st_size != int(np.prod(self.shape)):  # rebuilt since this object was made
+                    raise DataError(f"{path}: size changed since the cache was opened; open it again")
+                self._images = np.memmap(path, dtype=np.uint8, mode="r", shape=self.shape)
+            self._pid = os.getpid()
+        return self._images
+
+    def uint8(self, indices) -> np.ndarray:
+        """Images as uint8 HWC: (H, W, 3) for an int index, (N, H, W, 3) for a sequence."""
+        images = self._memmap()
+        if np.ndim(indices) == 0:
+            return np.array(images[int(indices)])
+        return np.asarray(images[np.asarray(indices, dtype=np.int64)])
+
+    def pixel_values(self, indices, mean, std) -> np.ndarray:
+        """Normalised float32 CHW like the processor: (3, H, W) for an int, (N, 3, H, W) for a sequence."""
+        images = self._memmap()
+        single = np.ndim(indices) == 0
+        rows = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        scale, shift = _affine(mean, std)
+        out = np.empty((len(rows), 3, self.geometry.height, self.geometry.width), dtype=np.float32)
+        for o, row in zip(out, rows):
+            # One image at a time so the float block is still in cache for the multiply and add.
+            np.copyto(o, images[row].transpose(2, 0, 1), casting="unsafe")
+            o *= scale
+            o += shift
+        return out[0] if single else out
+
+
+def _affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    # (x / 255 - mean) / std == x * scale + shift; computed in float64, applied in float32 (~1e-7 off).
+    mean = np.asarray(_triple(mean, "mean"), dtype=np.float64)
+    std = np.asarray(_triple(std, "std"), dtype=np.float64)
+    if (std <= 0).any():
+        raise ValueError(f"std must be positive, got {tuple(std)}")
+    scale = (RESCALE_FACTOR / std).astype(np.float32).reshape(3, 1, 1)
+    shift = (-mean / std).astype(np.float32).reshape(3, 1, 1)
+    return scale, shift
+
+
+def normalize_pixel_values(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalise uint8 (B, 3, H, W) or (3, H, W) on its own device (send uint8: 4x less to transfer)."""
+    scale, shift = _affine(mean, std)
+    scale = torch.from_numpy(scale).to(images.device)
+    shift = torch.from_numpy(shift).to(images.device)
+    return torch.addcmul(shift, images.to(torch.float32), scale).to(dtype)  # never modifies `images`
+
+
+# -----------------------------------------------------------------------------
+# Dataset and collator
+
+
+class CachedImageTextDataset(torch.utils.data.Dataset):
+    """(image, text) pairs from a table with image_path,text whose images are all in the cache."""
+
+    def __init__(self, cache, table: pd.DataFrame, mean, std, return_uint8: bool = False):
+        self.cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
+        for column in ("image_path", "text"):
+            if column not in table.columns:
+                raise DataError(f"table: missing column {column!r} (have {list(table.columns)})")
+        keys = [os.fspath(p) if isinstance(p, os.PathLike) else str(p) for p in table["image_path"]]
+        rows = self.cache._index.get_indexer(keys)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            shown = ", ".join(f"row {table.index[i]}: {keys[i]!r}" for i in missing[:5])
+            raise DataError(
+                f"table: {len(missing)} image_path value(s) not in the image cache {self.cache.cache_dir} ({shown})"
+            )
+        bad_text = np.flatnonzero(~table["text"].map(lambda t: isinstance(t, str)).to_numpy(dtype=bool))
+        if len(bad_text):
+            raise DataError(f"table: column 'text' is not a string at row {table.index[bad_text[0]]}")
+        self.rows = rows.astype(np.int64)
+        self.texts: list[str] = table["text"].tolist()
+        self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
+        self.return_uint8 = return_uint8
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.rows[i])
+        if self.return_uint8:
+            pixel_values = torch.from_numpy(self.cache.uint8(row)).permute(2, 0, 1).contiguous()
+        else:
+            pixel_values = torch.from_numpy(self.cache.pixel_values(row, self.mean, self.std))
+        return {"pixel_values": pixel_values, "text": self.texts[i], "image_index": row}
+
+
+class ImageTextCollator:
+    """Stack pixel_values, keep texts, and tokenise them when a tokenizer is given."""
+
+    def __init__(self, tokenizer=None, max_length: int = 64, padding: str | bool = "longest"):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.padding = padding
+
+    def __call__(self, items: list[dict]) -> dict:
+        texts = [item["text"] for item in items]
+        batch = {
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "texts": texts,
+            "image_index": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
+        }
+        if self.tokenizer is not None:
+            encoded = self.tokenizer(
+                texts, padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            batch["input_ids"] = encoded["input_ids"]
+            batch["attention_mask"] = encoded["attention_mask"]
+        return batch
