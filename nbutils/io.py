@@ -7,6 +7,7 @@ trust it, so everything goes through a temporary name in the same folder and `os
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{next(tempfile._get_candidate_names())}")
     try:
         yield tmp
@@ -38,6 +40,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of `path` left by a process that was killed (SIGKILL, power loss).
+
+    They are never trusted, but a half-built image cache can be a hundred gigabytes.
+    """
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
