@@ -108,3 +108,24 @@ def image_grid_html(images: Sequence, captions: Sequence[Sequence[str] | str], n
         )
     return ('<div style="display:grid;grid-template-columns:repeat(%d,auto);justify-content:start">%s</div>'
             % (ncols, "".join(cells)))
+
+
+def safe_thumbnail(path, size: int = 96, max_pixels: int = 50_000_000) -> np.ndarray:
+    """A uint8 thumbnail of any file, never crashing: a grey tile for what cannot be shown safely.
+
+    The header is read first so a decompression bomb is never decoded.
+    """
+    from PIL import Image
+
+    from .image_cache import load_rgb
+
+    grey = np.full((size, size, 3), 200, dtype=np.uint8)
+    try:
+        with Image.open(path) as probe:
+            if probe.width * probe.height > max_pixels:
+                return grey
+        image = load_rgb(path)
+        image.thumbnail((size, size))
+        return np.asarray(image, dtype=np.uint8)
+    except Exception:  # rejects are rejects for a reason: show a tile, not a traceback
+        return grey

@@ -41,11 +41,14 @@ def load_source(source: str, input_format: str = "text_image_csv", images_root: 
         return table, {"name": f"demo-{out.name}", "language": language,
                        "ground_truth": str((out / "objects.jsonl").resolve())}
     if source == "processdata_02":
-        clean = Path(run_dir) / "processdata_02" / "clean.csv"
-        if not clean.is_file():
-            raise DataError(f"source='processdata_02' but {clean} does not exist: run processdata_02 first")
-        return importers.read_text_image_csv(clean), {"name": f"{Path(run_dir).name}-clean",
-                                                      "language": language, "ground_truth": None}
+        stage = Path(run_dir) / "processdata_02"
+        if not (stage / "clean.csv").is_file():
+            raise DataError(f"source='processdata_02' but {stage / 'clean.csv'} does not exist: run processdata_02 first")
+        # source.json travels 01 -> 02 -> 03: the demo's ground truth survives the round trip over HTTP.
+        origin = read_json(stage / "source.json") if (stage / "source.json").is_file() else {}
+        return importers.read_text_image_csv(stage / "clean.csv"), {
+            "name": f"{Path(run_dir).resolve().name}-clean", "language": origin.get("language", language),
+            "ground_truth": origin.get("ground_truth")}
     if not os.path.exists(source):
         raise DataError(f"source={source!r}: no such file or folder (or use 'demo' / 'processdata_02')")
     table = importers.import_captions(input_format, source, images_root=images_root or None)

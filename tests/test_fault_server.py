@@ -1,0 +1,35 @@
+import pytest
+import requests
+
+from nbutils.fault_server import FaultServer, Route
+
+
+def test_routes_behave_as_declared():
+    routes = {
+        "/ok.jpg": Route(body=b"\xff\xd8\xffdata"),
+        "/flaky.jpg": Route(body=b"abc", fail_first=2),
+        "/cut.jpg": Route(body=b"x" * 1000, truncate_to=10),
+        "/loop1": Route(redirect_to="/loop2"),
+        "/loop2": Route(redirect_to="/loop1"),
+        "/page.jpg": Route(body=b"<html></html>", content_type="text/html"),
+    }
+    with FaultServer(routes) as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        r = requests.get(server.url("/ok.jpg"), timeout=5)
+        assert (r.status_code, r.content, r.headers["Content-Type"]) == (200, b"\xff\xd8\xffdata", "image/jpeg")
+        assert [requests.get(server.url("/flaky.jpg"), timeout=5).status_code for _ in range(3)] == [500, 500, 200]
+        assert requests.get(server.url("/missing.jpg"), timeout=5).status_code == 404
+        assert requests.get(server.url("/page.jpg"), timeout=5).headers["Content-Type"] == "text/html"
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            requests.get(server.url("/cut.jpg"), timeout=5).content
+        with pytest.raises(requests.exceptions.TooManyRedirects):
+            requests.get(server.url("/loop1"), timeout=5)
+        assert server.hits["/flaky.jpg"] == 3
+
+
+def test_slow_route_times_out_and_server_only_binds_loopback():
+    with FaultServer({"/slow.jpg": Route(body=b"x", delay=1.0)}) as server:
+        with pytest.raises(requests.exceptions.Timeout):
+            requests.get(server.url("/slow.jpg"), timeout=0.2)
+    with pytest.raises(ValueError, match="loopback"):
+        FaultServer(host="0.0.0.0")
