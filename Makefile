@@ -27,6 +27,8 @@ lab: $(STAMP)  ## JupyterLab on this environment, notebooks ready to run interac
 
 bench: $(STAMP)  ## speed measurements recorded in the README (not part of the tests)
 	$(BIN)/python -m benchmarks.bench_image_cache
+	$(BIN)/python -m benchmarks.bench_download
+	$(BIN)/python -m benchmarks.bench_validate
 
 clean-outputs:
 	rm -rf outputs/*/

@@ -42,8 +42,7 @@ class FaultServer:
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: Counter = Counter()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     @property
@@ -80,6 +79,13 @@ class FaultServer:
         with self._lock:
             self.hits[path] += 1
             return self.hits[path]
+
+
+class _Server(ThreadingHTTPServer):
+    # http.server's default backlog of 5 makes 16+ concurrent clients stall on connect,
+    # which the downloader would (rightly) report as timeouts of good images.
+    request_queue_size = 128
+    daemon_threads = True
 
 
 def _handler_for(server: FaultServer):

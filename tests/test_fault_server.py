@@ -33,3 +33,15 @@ def test_slow_route_times_out_and_server_only_binds_loopback():
             requests.get(server.url("/slow.jpg"), timeout=0.2)
     with pytest.raises(ValueError, match="loopback"):
         FaultServer(host="0.0.0.0")
+
+
+def test_many_concurrent_clients_connect_without_stalling():
+    # With http.server's default backlog of 5, some of 64 simultaneous connects wait for a
+    # SYN retransmit (>= 1 s) and a 0.9 s timeout fires; the server's backlog of 128 avoids that.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FaultServer({"/a.jpg": Route(body=b"x" * 1000, delay=0.3)}) as server:
+        with ThreadPoolExecutor(64) as pool:
+            codes = list(pool.map(lambda _: requests.get(server.url("/a.jpg"), timeout=(0.9, 5)).status_code,
+                                  range(64)))
+    assert codes == [200] * 64

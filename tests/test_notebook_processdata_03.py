@@ -16,7 +16,7 @@ SUMMARY_KEYS = {"train_images", "val_images", "test_images", "train_rows", "val_
 
 
 def test_processdata_03_on_the_demo_set(tmp_path):
-    params = [f"data_dir={tmp_path / 'data'}", "n_images=40", "image_size=32", "small_train_images=5",
+    params = ["source=demo", f"data_dir={tmp_path / 'data'}", "n_images=40", "image_size=32", "small_train_images=5",
               "small_test_images=2", "val_fraction=0.1", "test_fraction=0.2", "num_workers=1"]
     result = runner.run_pipeline("demo", only=["processdata_03"], params=params, run_name="t",
                                  outputs_dir=tmp_path / "outputs")
