@@ -162,7 +162,16 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """
     with Image.open(path) as image:
         image.load()  # only a full decode catches truncated files
-        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The part of `load_rgb` after decoding: EXIF rotation, 16-bit rescale, alpha on white, RGB.
+
+    `image` must be loaded. Shared with `nbutils.validate`, which decodes once and must accept exactly
+    the images this function handles.
+    """
+    image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16") or image.mode == "I":
         # 16-bit greyscale: PIL's convert clips to 255 instead of rescaling.
         array = np.asarray(image, dtype=np.float64) * (255 / 65535)
