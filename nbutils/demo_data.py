@@ -542,7 +542,7 @@ def generate_demo_dataset(out_dir, n_images: int = 3000, image_size: int = 64, l
         raise DataError(f"{out_dir}: exists and is not a demo data set (no meta.json from {GENERATOR}); "
                         "refusing to replace it")
 
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, sweep_stale=True) as tmp:
         (tmp / "images").mkdir(parents=True)
         bounds = [(s, min(s + CHUNK, n_images)) for s in range(0, n_images, CHUNK)]
         workers = min(os.cpu_count() or 1, len(bounds))

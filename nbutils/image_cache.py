@@ -260,7 +260,7 @@ def build_image_cache(
     num_workers = (os.cpu_count() or 1) if num_workers is None else int(num_workers)
     height, width = geometry.height, geometry.width
     good, failed = [], []
-    with atomic_path(cache_dir) as tmp:
+    with atomic_path(cache_dir, sweep_stale=True) as tmp:
         tmp.mkdir(parents=True)
         images_path = tmp / IMAGES_FILE
         # Room for every input; failures leave no gap (rows are assigned on success) and the

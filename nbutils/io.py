@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,14 +22,17 @@ class DataError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, sweep_stale: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
 
-    Works for files and for folders (write a whole folder, then swap it in).
+    Works for files and for folders (write a whole folder, then swap it in). `sweep_stale=True`
+    first deletes temporaries of `path` left by killed processes; it lists the parent folder, so
+    use it for a few big outputs (a cache, a data set), not for each of a million files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    if sweep_stale:
+        _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{next(tempfile._get_candidate_names())}")
     try:
         yield tmp
@@ -42,15 +46,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+# What `atomic_path` names its temporaries: ".<name>.tmp-<pid>-<random>".
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-")
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries of `path` left by a process that was killed (SIGKILL, power loss).
 
     They are never trusted, but a half-built image cache can be a hundred gigabytes.
     """
     for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = stale.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        _remove_if_orphaned(stale)
+
+
+def sweep_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete every temporary that a killed process left anywhere under `folder` (once per job)."""
+    for parent, dirnames, filenames in os.walk(folder):   # does not follow links out of `folder`
+        for name in dirnames + filenames:
+            if _TEMPORARY.match(name):
+                _remove_if_orphaned(Path(parent) / name)
+
+
+def _remove_if_orphaned(stale: Path) -> None:
+    match = _TEMPORARY.match(stale.name)
+    if match and not _process_alive(int(match["pid"])):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -67,6 +87,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` atomically (no folder scan: cheap enough for each of a million images)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

@@ -41,9 +41,28 @@ def test_temporaries_of_killed_processes_are_swept(tmp_path):
             "t = p.with_name(f'.{p.name}.tmp-{os.getpid()}-x'); t.mkdir(); (t / 'big').write_text('x'); os._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], check=True)
     assert len(list(tmp_path.glob(".cache.tmp-*"))) == 1
-    with atomic_path(tmp_path / "cache") as tmp:
+    with atomic_path(tmp_path / "other") as tmp:
+        tmp.write_text("x")                    # without sweep_stale nothing else is touched
+    assert len(list(tmp_path.glob(".cache.tmp-*"))) == 1
+    with atomic_path(tmp_path / "cache", sweep_stale=True) as tmp:
         tmp.mkdir()
-    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "other"]
+
+
+def test_sweep_stale_temporaries_walks_the_tree_and_spares_live_processes(tmp_path):
+    import os
+
+    from nbutils.io import sweep_stale_temporaries, write_bytes
+
+    code = "import os, sys; open(sys.argv[1].format(pid=os.getpid()), 'w').close(); os._exit(0)"
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "a" / "b" / ".x.jpg.tmp-{pid}-abc")], check=True)
+    live = tmp_path / "a" / f".y.jpg.tmp-{os.getpid()}-abc"          # ours: still running
+    live.write_text("in progress")
+    write_bytes(tmp_path / "a" / "z.jpg", b"data")
+    sweep_stale_temporaries(tmp_path)
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == [f"a/.y.jpg.tmp-{os.getpid()}-abc", "a/z.jpg"]
 
 
 def test_write_json_keeps_chinese_readable_and_handles_numpy(tmp_path):
