@@ -11,6 +11,7 @@ Real image hosts return 404s, flaky 500s, slow or truncated responses, HTML erro
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
@@ -86,6 +87,11 @@ class _Server(ThreadingHTTPServer):
     # which the downloader would (rightly) report as timeouts of good images.
     request_queue_size = 128
     daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # Clients hanging up (timeouts, size limits) are what this server is for; anything else is a bug.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 def _handler_for(server: FaultServer):

@@ -45,3 +45,17 @@ def test_many_concurrent_clients_connect_without_stalling():
             codes = list(pool.map(lambda _: requests.get(server.url("/a.jpg"), timeout=(0.9, 5)).status_code,
                                   range(64)))
     assert codes == [200] * 64
+
+
+def test_clients_hanging_up_print_nothing(capfd):
+    import socket
+
+    with FaultServer({"/a.jpg": Route(body=b"x" * 10)}) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        for _ in range(5):   # connect, send half a request, reset the connection
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"GET /a.jpg HTTP/1.1\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+        assert requests.get(server.url("/a.jpg"), timeout=5).status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
