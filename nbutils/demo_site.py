@@ -55,6 +55,7 @@ EXPECT_VALIDATION = {
     "exif_rotated": "normalised", "truncated_jpeg": "truncated or corrupt", "tiny": "too small",
     "huge_header": "too large", "duplicate": "duplicate", "placeholder": "placeholder",
 }
+DEMO_PORT = 18765             # stable demo urls across runs (see serve)
 PNG_KINDS = {"png_16bit", "palette_transparency", "huge_header"}
 PLACEHOLDER_MIN_URLS = 6      # a host answering every lost photo with the same bytes; hash counting must see it
 MIN_PER_KIND = 2              # each kind this often when the fault share leaves room, else once
@@ -200,9 +201,16 @@ def compare_downloads(site: DemoSite, status: pd.DataFrame, base_url: str) -> pd
     return out
 
 
-def serve(site: DemoSite) -> FaultServer:
-    """A FaultServer for the site, not yet started: `with serve(site) as server: ...`."""
-    return FaultServer(site.routes)
+def serve(site: DemoSite, port: int = DEMO_PORT) -> FaultServer:
+    """A FaultServer for the site, not yet started: `with serve(site) as server: ...`.
+
+    The same port on every run keeps the urls stable, so a rerun of the download resumes
+    instead of fetching everything again; if the port is taken, any free one is used.
+    """
+    try:
+        return FaultServer(site.routes, port=port)
+    except OSError:
+        return FaultServer(site.routes)
 
 
 # -----------------------------------------------------------------------------

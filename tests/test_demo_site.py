@@ -234,3 +234,18 @@ def test_compare_downloads_flags_each_mismatch(tmp_path):
     status.loc[first_404, ["status", "error_kind"]] = ["ok", ""]
     cmp = compare_downloads(site, status.drop(index=exp.index[0] if exp.index[0] != first_404 else exp.index[1]), base)
     assert (~cmp["as_expected"]).sum() == 2 and "not attempted" in set(cmp["got"])
+
+
+def test_serve_keeps_a_stable_port_and_falls_back_when_taken(tmp_path):
+    from nbutils.demo_data import generate_demo_dataset
+    from nbutils.demo_site import build_demo_site, serve
+
+    demo = tmp_path / "demo_port"
+    generate_demo_dataset(demo, n_images=120, image_size=32, progress=False)
+    site = build_demo_site(demo)
+    with serve(site, port=0) as first:          # a free port, held by `first`
+        port = int(first.base_url.rsplit(":", 1)[1])
+        with serve(site, port=port) as second:   # taken: falls back to another free port
+            assert second.base_url != first.base_url
+    with serve(site, port=port) as again:        # free again: the same urls as before
+        assert again.base_url == first.base_url
