@@ -518,3 +518,30 @@ def test_bad_manifests_raise_data_error_naming_the_problem(tmp_path):
         download_images(pd.DataFrame({"link": ["http://h/a.jpg"], "text": ["x"]}), tmp_path / "out")
     with pytest.raises(ValueError, match="workers"):
         download_images(manifest(["http://h/a.jpg"]), tmp_path / "out", DownloadConfig(workers=0))
+
+
+def test_importers_with_urls_feed_the_downloader(tmp_path):
+    """AI Challenger JSON, Wukong parquet and the original url,filename,text CSV download as they are."""
+    import json as _json
+
+    from nbutils import importers
+
+    routes = {f"/p/{i}.jpg": Route(body=jpeg(40, 30)) for i in range(6)}
+    with FaultServer(routes) as server:
+        ai = tmp_path / "ai.json"
+        ai.write_text(_json.dumps([{"url": server.url(f"/p/{i}.jpg"), "image_id": f"{i}.jpg",
+                                    "caption": [f"图{i}说明{j}" for j in range(5)]} for i in range(2)],
+                                  ensure_ascii=False), encoding="utf-8")
+        wk = tmp_path / "wukong.parquet"
+        pd.DataFrame({"url": [server.url("/p/2.jpg"), server.url("/p/3.jpg")], "caption": ["一只猫", "一条狗"]}) \
+            .to_parquet(wk)
+        orig = tmp_path / "orig.csv"
+        orig.write_text("url,filename,text\n" + "".join(f"{server.url(f'/p/{i}.jpg')},{i}.jpg,第{i}张\n"
+                                                        for i in (4, 5)), encoding="utf-8")
+        for fmt, path, rows in (("ai_challenger", ai, 10), ("wukong", wk, 2), ("original_csv", orig, 2)):
+            out = tmp_path / f"out_{fmt}"
+            table = importers.import_captions(fmt, path, images_root=str(out))
+            result = download_images(table, out, DownloadConfig(workers=2), progress=False)
+            assert result.summary["failed"] == 0 and len(result.table) == rows, fmt
+            for p in result.table["image_path"]:
+                assert Image.open(p).size == (40, 30)
