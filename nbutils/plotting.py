@@ -129,3 +129,22 @@ def safe_thumbnail(path, size: int = 96, max_pixels: int = 50_000_000) -> np.nda
         return np.asarray(image, dtype=np.uint8)
     except Exception:  # rejects are rejects for a reason: show a tile, not a traceback
         return grey
+
+
+def plot_loss_curve(log_history: list[dict], chance: float | None = None, title: str = "training loss"):
+    """Train (and eval) loss against step from a Trainer's `state.log_history`; `chance` draws ln(batch)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, style in (("loss", "-"), ("eval_loss", "o--")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            ax.plot(*zip(*points), style, label={"loss": "train", "eval_loss": "validation"}[key])
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", label=f"chance = ln(batch) = {chance:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("contrastive loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
