@@ -257,6 +257,10 @@ def train_clip(run_dir, output_dir, *, model: str = "demo", vision_model: str = 
     if len(train) < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the {len(train)} training images")
     lr = learning_rate or DEFAULT_LEARNING_RATE[mode]
+    # Batches are dropped when ragged (see dataloader_drop_last), so a tiny val split has none.
+    evaluate = len(val) >= batch_size
+    if not evaluate:
+        print(f"note: the val split has {len(val)} images, fewer than batch_size={batch_size}: no validation loss")
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"), num_train_epochs=epochs, max_steps=max_steps,
@@ -266,7 +270,7 @@ def train_clip(run_dir, output_dir, *, model: str = "demo", vision_model: str = 
         warmup_steps=warmup_ratio, lr_scheduler_type="cosine", max_grad_norm=max_grad_norm,
         # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
         dataloader_drop_last=True, dataloader_num_workers=num_workers, remove_unused_columns=False,
-        eval_strategy="steps" if eval_steps else "epoch", eval_steps=eval_steps or None,
+        eval_strategy="no" if not evaluate else "steps" if eval_steps else "epoch", eval_steps=eval_steps or None,
         save_strategy="steps" if save_steps else "epoch", save_steps=save_steps or None, save_total_limit=2,
         logging_steps=logging_steps, seed=seed, data_seed=seed, bf16=cuda and torch.cuda.is_bf16_supported(),
         report_to=report_to, disable_tqdm=False, use_cpu=not cuda,
