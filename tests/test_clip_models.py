@@ -356,21 +356,23 @@ def test_not_a_dual_encoder(bert_dir):
         load_clip_model(bert_dir)
 
 
-def test_compose_errors(vit_dir, bert_dir, clip_dir, tmp_path):
-    no_tokenizer = tmp_path / "bert_no_tokenizer"
-    no_tokenizer.mkdir()
+def _weights_only(src, dst):
+    """A copy of a checkpoint folder with its config and weights but no tokenizer or processor."""
+    dst.mkdir()
     for name in ("config.json", "model.safetensors"):
-        shutil.copy(bert_dir / name, no_tokenizer / name)
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_compose_errors(vit_dir, bert_dir, clip_dir, tmp_path):
+    no_tokenizer = _weights_only(bert_dir, tmp_path / "bert_no_tokenizer")
     with pytest.raises(ValueError, match="text_model=.*tokenizer is missing"):
         compose_dual_encoder(vit_dir, no_tokenizer)
     with pytest.raises(ValueError, match="vision_model=.*no such folder"):
         compose_dual_encoder(tmp_path / "nope", bert_dir)
     with pytest.raises(ValueError, match="text_model=.*no such folder"):
         compose_dual_encoder(vit_dir, tmp_path / "nope")
-    no_processor = tmp_path / "vit_no_processor"
-    no_processor.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(vit_dir / name, no_processor / name)
+    no_processor = _weights_only(vit_dir, tmp_path / "vit_no_processor")
     with pytest.raises(ValueError, match="vision_model=.*image processor"):
         compose_dual_encoder(no_processor, bert_dir)
     with pytest.raises(ValueError, match="vision_model=.*not a vision encoder"):
