@@ -156,16 +156,14 @@ def embed(bundle, dataset: ImageCaptionDataset, mean, std, batch_size: int = 256
     all_captions = [(i, t) for i, caps in enumerate(dataset.captions) for t in caps]
     for start in range(0, len(all_captions), batch_size):
         chunk = all_captions[start:start + batch_size]
-        tok = bundle.tokenizer([t for _, t in chunk], padding=True, truncation=True, max_length=max_length,
-                               return_tensors="pt").to(device)
-        texts.append(clip_models.text_features(model, tok["input_ids"], tok["attention_mask"]).float().cpu())
+        texts.append(embed_texts(bundle, [t for _, t in chunk], max_length))
         text_to_image += [i for i, _ in chunk]
-    norm = torch.nn.functional.normalize
-    return norm(torch.cat(images), dim=-1), norm(torch.cat(texts), dim=-1), np.array(text_to_image)
+    return torch.nn.functional.normalize(torch.cat(images), dim=-1), torch.cat(texts), np.array(text_to_image)
 
 
 @torch.no_grad()
 def embed_texts(bundle, texts: list[str], max_length: int = 64) -> torch.Tensor:
+    """Normalised embeddings of `texts` (one batch)."""
     model = bundle.model.eval()
     tok = bundle.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     tok = tok.to(next(model.parameters()).device)

@@ -524,6 +524,11 @@ def _existing_matches(out_dir: Path, params: dict) -> bool:
             and (out_dir / "captions.csv").is_file() and (out_dir / "objects.jsonl").is_file())
 
 
+def demo_dir(data_dir, language: str = "zh", n_images: int = 3000, image_size: int = 64, seed: int = 0) -> Path:
+    """Where the demo set with these parameters lives under `data_dir` (one folder per parameter set)."""
+    return Path(data_dir) / "demo" / f"{language}-n{n_images}-{image_size}px-seed{seed}"
+
+
 def generate_demo_dataset(out_dir, n_images: int = 3000, image_size: int = 64, language: str = "zh",
                           seed: int = 0, captions_per_image: int = 5, progress: bool = True) -> pd.DataFrame:
     """Write the synthetic data set to `out_dir` and return its captions (image_path absolute, text).

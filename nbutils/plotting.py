@@ -46,6 +46,20 @@ def plot_split_counts(counts):
     return fig
 
 
+def plot_counts(counts: dict, unit: str, title: str):
+    """Horizontal bars of counts by kind or reason (e.g. a summary's failed_by_kind), largest on top."""
+    import matplotlib.pyplot as plt
+
+    items = sorted(counts.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(items) + 1))
+    bars = ax.barh([k for k, _ in items], [v for _, v in items], color="#c44e52")
+    ax.bar_label(bars)
+    ax.set_xlabel(unit)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_caption_lengths(tables: dict, length_fn):
     """Histogram of caption lengths per split; `length_fn` maps a caption to its length."""
     import matplotlib.pyplot as plt

@@ -35,7 +35,7 @@ def load_source(source: str, input_format: str = "text_image_csv", images_root: 
     `info` has `name` (used to name the cache), `language` and `ground_truth` (demo only).
     """
     if source == "demo":
-        out = Path(data_dir) / "demo" / f"{language}-n{n_images}-{image_size}px-seed{seed}"
+        out = demo_data.demo_dir(data_dir, language, n_images, image_size, seed)
         table = demo_data.generate_demo_dataset(out, n_images=n_images, image_size=image_size,
                                                 language=language, seed=seed)
         return table, {"name": f"demo-{out.name}", "language": language,

@@ -49,3 +49,11 @@ def test_caption_length_histogram_has_one_series_per_split():
                                          "test": pd.DataFrame({"text": ["六"]})}, len)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["train (mean 2.5)", "test (mean 1.0)"]
+
+
+def test_plot_counts_orders_bars_and_labels_them():
+    fig = plotting.plot_counts({"http_404": 81, "timeout": 4, "too_large": 18}, "urls", "103 failed")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["timeout", "too_large", "http_404"]
+    assert [round(p.get_width()) for p in ax.patches] == [4, 18, 81]
+    assert ax.get_xlabel() == "urls" and ax.get_title() == "103 failed"
