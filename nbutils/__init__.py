@@ -1,14 +1,19 @@
-"""nbutils: the tested engine behind the image-text workbench notebooks.
+"""nbutils: the tested engine behind the image–text workbench notebooks.
 
-One module per concept:
-    io            atomic writes, JSON summaries, readable errors (DataError)
-    demo_data     a synthetic captioned image set that models can genuinely learn
-    importers     readers for published caption layouts (Flickr, COCO, AI Challenger, ...)
-    captions      caption normalisation
-    splits        cleaning and image-level train/val/test splits
-    image_cache   a packed uint8 image cache and the Dataset/collator that read it
-    plotting      the figures notebooks show
-    runner        papermill runner: `python -m nbutils run --profile demo`
+The subpackages follow the pipeline; each notebook is a thin layer over one stage module:
+
+    processdata_01 ─ data.download ──┐    demo/          the generated data set, its faulty web site
+    processdata_02 ─ data.validate ──┤    models/        image processors, tokenizers, CLIP-style models
+    processdata_03 ─ data.prepare ───┤    evaluation/    retrieval, zero-shot probes, embeddings
+    train_clip ───── training.clip ──┘    reporting/     figures, image grids, the run's index page
+                                          runner/        profiles, parameters, papermill execution
+
+    config.py    each stage's parameters, declared once (a dataclass per notebook)
+    stages.py    what each stage leaves for the next, read back with load_downloaded / load_validated /
+                 load_prepared / load_clip
+    files.py     atomic writes;  errors.py  DataError and small checks;  parallel.py  process pools
+
+Stages 01 and 02 never import torch. `python -m nbutils run --profile demo` runs the whole pipeline.
 """
 
 __version__ = "0.1.0"

@@ -41,9 +41,13 @@ import requests
 from tqdm.auto import tqdm
 import urllib3
 
-from nbutils import io as nbio
-from nbutils.importers import read_table, wukong_filename
-from nbutils.io import DataError, atomic_path, write_table
+from .. import files
+from ..config import StageConfig, param
+from ..errors import DataError, check_int, short_error
+from ..files import atomic_path, write_table
+from .images import SIGNATURE_BYTES, image_format, to_rgb
+from . import importers
+from .importers import read_table, string_column, wukong_filename
 
 # -----------------------------------------------------------------------------
 # config
@@ -59,35 +63,53 @@ ERROR_KINDS = (
 PLAN_KINDS = ("unsafe_filename", "unsupported_url")   # decided from the manifest alone, never fetched
 URL_SCHEMES = ("http", "https")
 # Leading bytes of the formats we keep; an HTML error page never starts with any of them.
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-MAGIC_BYTES = 12                    # enough for every signature above and RIFF....WEBP
 DRAIN_ERROR_BODY = 64_000           # read small error pages so the connection goes back to the pool
 IN_FLIGHT_PER_WORKER = 4            # queued tasks per thread: a million-row manifest is not a million futures
 NAME_ERRNOS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL}   # the name's fault
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-@dataclass
-class DownloadConfig:
-    """How to download. Defaults suit a public crawl; tests shrink the timeouts and backoff."""
+@dataclass(frozen=True)
+class DownloadConfig(StageConfig):
+    """processdata_01's parameters: what to download and how. Defaults suit a public crawl."""
 
-    workers: int = 16                   # threads; the work is waiting on the network, not the CPU
-    connect_timeout: float = 5.0        # seconds to open a connection
-    read_timeout: float = 20.0          # seconds of silence allowed between two reads
-    retries: int = 3                    # extra attempts after a transient failure
-    backoff: float = 0.5                # first retry waits ~backoff s, then 2x more each time (with jitter)
-    max_redirects: int = 5
-    max_bytes: int = 20_000_000         # larger bodies are refused, and stop being read at this size
-    user_agent: str = "nbutils-downloader/0.1 (image-text research; +https://github.com/)"
-    resize_shorter_side: int = 0        # 0: keep the original bytes; N: shrink so the shorter side is N (JPEG)
-    jpeg_quality: int = 90              # for resized images
-    retry_failed: bool = False          # rerun: fetch again urls that failed before
-    verify_existing: bool = True        # rerun: sha1-check files a previous run kept
-    allowed_content_types: tuple = ("image/",)   # Content-Type prefixes accepted
-    backoff_cap: float = 30.0           # longest backoff wait, seconds
-    max_retry_after: float = 60.0       # longest wait a server's Retry-After can impose, seconds
-    total_timeout: float = 120.0        # one attempt's whole body: a host trickling a byte a second fails too
-    chunk_size: int = 64 * 1024
+    stage = "processdata_01"
+    output_dir: str = param("../outputs/dev/processdata_01", "injected by the runner: where this notebook writes")
+    source: str = param("demo", '"demo" (serve the generated set from a faulty local server) or a manifest path')
+    input_format: str = param("table", '"table" (columns named below), or an importer with urls: original_csv, '
+                                       "ai_challenger, wukong")
+    url_column: str = param("url", 'manifest columns for "table" (CSV / TSV / JSONL / parquet)')
+    caption_column: str = param("text", "the caption column")
+    filename_column: str = param("filename", "empty: name files by the sha1 of their url")
+    id_column: str = param("", "empty: the row number")
+    images_dir: str = param("", "where images are stored; empty: <output_dir>/images")
+    workers: int = param(16, "concurrent downloads (threads: the work is waiting on the network)")
+    connect_timeout: float = param(5.0, "seconds to open a connection")
+    read_timeout: float = param(20.0, "seconds without data before a request counts as timed out")
+    retries: int = param(3, "extra attempts after timeouts, connection errors, truncation, 429 and 5xx")
+    backoff: float = param(0.5, "seconds before the first retry, doubled each retry (with jitter)")
+    max_redirects: int = param(5, "more redirects than this fail the url")
+    max_bytes: int = param(20_000_000, "larger bodies are refused, and stop being read at this size")
+    user_agent: str = param("nbutils-downloader/0.1 (image-text research; +https://github.com/)",
+                            "User-Agent header of every request")
+    resize_shorter_side: int = param(0, "shrink on download so the shorter side is at most this (0 keeps the bytes)")
+    retry_failed: bool = param(False, "on a rerun, retry rows that failed before")
+    verify_existing: bool = param(True, "on a rerun, sha1-check the files a previous run kept")
+    jpeg_quality: int = param(90, "JPEG quality of images resized on download")
+    content_types: str = param("image/", "comma-separated Content-Type prefixes accepted")
+    backoff_cap: float = param(30.0, "longest backoff wait, seconds")
+    max_retry_after: float = param(60.0, "longest wait a server's Retry-After can impose, seconds")
+    total_timeout: float = param(120.0, "seconds for one attempt's whole body: a host trickling bytes fails too")
+    chunk_size: int = param(65536, "bytes read at a time")
+    language: str = param("zh", "demo only: caption language")
+    n_images: int = param(3000, "demo only: images to generate and serve")
+    image_size: int = param(64, "demo only: generated image size")
+    data_dir: str = param("../data", "demo only: where the generated set lives")
+
+    @property
+    def images_path(self) -> Path:
+        """Where the images go: `images_dir`, or `<output_dir>/images`."""
+        return Path(self.images_dir) if self.images_dir else Path(self.output_dir) / "images"
 
 
 @dataclass
@@ -114,22 +136,26 @@ def read_manifest(path, url_column: str = "url", caption_column: str = "text", f
     File names are checked later, per row (an unsafe name fails its row, not the whole manifest).
     """
     df = read_table(path)
-    for param, column in (("url_column", url_column), ("caption_column", caption_column),
-                          ("filename_column", filename_column), ("id_column", id_column)):
+    for name, column in (("url_column", url_column), ("caption_column", caption_column),
+                         ("filename_column", filename_column), ("id_column", id_column)):
         if column and column not in df.columns:
-            raise DataError(f"{path}: no column {column!r} ({param}={column!r}); "
+            raise DataError(f"{path}: no column {column!r} ({name}={column!r}); "
                             f"the file has columns {list(df.columns)}")
-    urls = [u.strip() for u in _strings(df[url_column])]
+    urls = [u.strip() for u in string_column(df[url_column])]
     return pd.DataFrame({
-        "id": _strings(df[id_column]) if id_column else [str(i) for i in range(len(df))],
+        "id": string_column(df[id_column]) if id_column else [str(i) for i in range(len(df))],
         "url": urls,
-        "filename": _strings(df[filename_column]) if filename_column else [wukong_filename(u) for u in urls],
-        "text": [t.strip() for t in _strings(df[caption_column])],
+        "filename": string_column(df[filename_column]) if filename_column else [wukong_filename(u) for u in urls],
+        "text": [t.strip() for t in string_column(df[caption_column])],
     })
 
 
-def _strings(column: pd.Series) -> list[str]:
-    return column.fillna("").astype(str).tolist()
+def load_manifest(config: DownloadConfig, path) -> pd.DataFrame:
+    """The manifest at `path`, read as `config` says: the named columns ("table") or a published layout."""
+    if config.input_format == "table":
+        return read_manifest(path, url_column=config.url_column, caption_column=config.caption_column,
+                             filename_column=config.filename_column, id_column=config.id_column)
+    return importers.import_captions(config.input_format, path, images_root=str(config.images_path))
 
 
 def _check_manifest(manifest) -> pd.DataFrame:
@@ -144,13 +170,13 @@ def _check_manifest(manifest) -> pd.DataFrame:
                         "(read files with read_manifest(path, url_column=..., caption_column=...))")
     if len(manifest) == 0:
         raise DataError("manifest: no rows")
-    urls = [u.strip() for u in _strings(manifest["url"])]
+    urls = [u.strip() for u in string_column(manifest["url"])]
     return pd.DataFrame({
-        "id": _strings(manifest["id"]) if "id" in manifest.columns else [str(i) for i in range(len(manifest))],
+        "id": string_column(manifest["id"]) if "id" in manifest.columns else [str(i) for i in range(len(manifest))],
         "url": urls,
-        "filename": (_strings(manifest["filename"]) if "filename" in manifest.columns
+        "filename": (string_column(manifest["filename"]) if "filename" in manifest.columns
                      else [wukong_filename(u) for u in urls]),
-        "text": _strings(manifest["text"]),
+        "text": string_column(manifest["text"]),
     })
 
 
@@ -307,10 +333,6 @@ def _http_failure(response: requests.Response) -> _Failure:
     return _Failure("http_4xx", f"HTTP {code} {response.reason}", code)
 
 
-def _looks_like_image(head: bytes) -> bool:
-    return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-
-
 def _fetch(session: requests.Session, url: str, config: DownloadConfig,
            stop: threading.Event | None = None) -> tuple[bytes, int]:
     """GET `url` once: (body, status) for an image, else raise _Failure. `stop` set: give up early."""
@@ -321,8 +343,7 @@ def _fetch(session: requests.Session, url: str, config: DownloadConfig,
             if code != 200:
                 raise _http_failure(response)
             content_type = response.headers.get("Content-Type", "")
-            allowed = config.allowed_content_types
-            allowed = (allowed,) if isinstance(allowed, str) else tuple(t.lower() for t in allowed)
+            allowed = tuple(t.strip().lower() for t in config.content_types.split(",") if t.strip())
             if not content_type.strip().lower().startswith(allowed):
                 raise _Failure("bad_content_type", f"Content-Type {content_type!r} is not an image", code)
             length = response.headers.get("Content-Length", "").strip()
@@ -336,16 +357,16 @@ def _fetch(session: requests.Session, url: str, config: DownloadConfig,
                 body += chunk
                 if len(body) > config.max_bytes:   # no or false Content-Length, or a decompression bomb
                     raise _Failure("too_large", f"body passed max_bytes {config.max_bytes}", code, len(body))
-                if not checked and len(body) >= MAGIC_BYTES:
+                if not checked and len(body) >= SIGNATURE_BYTES:
                     checked = True
-                    if not _looks_like_image(bytes(body[:MAGIC_BYTES])):
+                    if not image_format(bytes(body[:SIGNATURE_BYTES])):
                         raise _Failure("not_an_image", f"body starts with {bytes(body[:16])!r}", code, len(body))
                 if stop is not None and stop.is_set():   # Ctrl-C: do not make the user wait for a big body
                     raise _Failure("connection", "interrupted", code, len(body))
                 if time.monotonic() > deadline:
                     raise _Failure("timeout", f"body not complete after {config.total_timeout} s", code,
                                    len(body), retryable=True)
-            if not checked and not _looks_like_image(bytes(body)):
+            if not checked and not image_format(bytes(body)):
                 raise _Failure("not_an_image", f"body is {len(body)} bytes: {bytes(body[:16])!r}", code, len(body))
             # urllib3 enforces Content-Length itself; this catches a short body if it ever does not.
             if length.isdigit() and "Content-Encoding" not in response.headers and len(body) < int(length):
@@ -357,36 +378,31 @@ def _fetch(session: requests.Session, url: str, config: DownloadConfig,
         raise _Failure("too_many_redirects", f"more than {config.max_redirects} redirects") from None
     except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema) as e:   # also a redirect to ftp:// or file://
-        raise _Failure("unsupported_url", _short(e)) from None
+        raise _Failure("unsupported_url", short_error(e)) from None
     except requests.exceptions.Timeout as e:
-        raise _Failure("timeout", _short(e), retryable=True) from None
+        raise _Failure("timeout", short_error(e), retryable=True) from None
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
-        raise _Failure("truncated", _short(e), 200, retryable=True) from None
+        raise _Failure("truncated", short_error(e), 200, retryable=True) from None
     except requests.exceptions.SSLError as e:   # a bad certificate stays bad
-        raise _Failure("connection", _short(e)) from None
+        raise _Failure("connection", short_error(e)) from None
     except requests.exceptions.ConnectionError as e:
         # requests reports a read timeout in the middle of the body as a ConnectionError.
         if e.args and isinstance(e.args[0], urllib3.exceptions.ReadTimeoutError):
-            raise _Failure("timeout", _short(e), 200, retryable=True) from None
-        raise _Failure("connection", _short(e), retryable=True) from None
+            raise _Failure("timeout", short_error(e), 200, retryable=True) from None
+        raise _Failure("connection", short_error(e), retryable=True) from None
     except requests.exceptions.RequestException as e:
-        raise _Failure("connection", _short(e), retryable=True) from None
+        raise _Failure("connection", short_error(e), retryable=True) from None
     # Reading the body goes straight to urllib3, whose errors requests has not translated.
     except urllib3.exceptions.ReadTimeoutError as e:
-        raise _Failure("timeout", _short(e), 200, retryable=True) from None
+        raise _Failure("timeout", short_error(e), 200, retryable=True) from None
     except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as e:   # IncompleteRead, bad gzip
-        raise _Failure("truncated", _short(e), 200, retryable=True) from None
+        raise _Failure("truncated", short_error(e), 200, retryable=True) from None
     except urllib3.exceptions.SSLError as e:
-        raise _Failure("connection", _short(e), 200) from None
+        raise _Failure("connection", short_error(e), 200) from None
     except urllib3.exceptions.HTTPError as e:
-        raise _Failure("connection", _short(e), 200, retryable=True) from None
+        raise _Failure("connection", short_error(e), 200, retryable=True) from None
     except (ValueError, UnicodeError) as e:   # urls that even requests cannot parse
-        raise _Failure("unsupported_url", f"malformed url ({_short(e)})") from None
-
-
-def _short(e: Exception, limit: int = 200) -> str:
-    text = f"{type(e).__name__}: {e}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+        raise _Failure("unsupported_url", f"malformed url ({short_error(e)})") from None
 
 
 def shrink_image(data: bytes, shorter_side: int, quality: int = 90) -> bytes:
@@ -396,7 +412,6 @@ def shrink_image(data: bytes, shorter_side: int, quality: int = 90) -> bytes:
     """
     from PIL import Image
 
-    from nbutils.image_cache import to_rgb   # EXIF rotation, 16-bit rescale, alpha on white
 
     with Image.open(io.BytesIO(data)) as image:
         w, h = image.size
@@ -483,7 +498,7 @@ class _Downloader:
             try:
                 data = shrink_image(data, config.resize_shorter_side, config.jpeg_quality)
             except Exception as e:  # noqa: BLE001 (Pillow raises many types for a bad file)
-                return row("error", "resize_failed", _short(e), http_status, len(data))
+                return row("error", "resize_failed", short_error(e), http_status, len(data))
         target = self.out_dir / item.path
         problem = self._escapes(target)
         if problem:
@@ -492,7 +507,7 @@ class _Downloader:
             target.parent.mkdir(parents=True, exist_ok=True)
             problem = self._escapes(target)   # a link swapped in while we were downloading
             if not problem:
-                nbio.write_bytes(target, data)
+                files.write_bytes(target, data)
         except OSError as e:
             if e.errno not in NAME_ERRNOS:   # a full disk or a read-only folder stops the whole run
                 raise
@@ -595,9 +610,7 @@ def _exclusive(out_dir: Path):
 def _check_config(config: DownloadConfig) -> None:
     for name, minimum in (("workers", 1), ("retries", 0), ("max_redirects", 0), ("max_bytes", 1),
                           ("resize_shorter_side", 0), ("chunk_size", 1)):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"DownloadConfig.{name} must be an integer >= {minimum}; got {value!r}")
+        check_int(f"DownloadConfig.{name}", getattr(config, name), minimum)
     for name in ("connect_timeout", "read_timeout", "total_timeout"):
         if not getattr(config, name) > 0:
             raise ValueError(f"DownloadConfig.{name} must be > 0 seconds; got {getattr(config, name)!r}")
@@ -606,6 +619,8 @@ def _check_config(config: DownloadConfig) -> None:
             raise ValueError(f"DownloadConfig.{name} must be >= 0 seconds; got {getattr(config, name)!r}")
     if not 1 <= config.jpeg_quality <= 95:
         raise ValueError(f"DownloadConfig.jpeg_quality must be in 1..95; got {config.jpeg_quality!r}")
+    if not any(t.strip() for t in config.content_types.split(",")):
+        raise ValueError("DownloadConfig.content_types must name at least one Content-Type prefix, e.g. 'image/'")
 
 
 def download_images(manifest, out_dir, config: DownloadConfig | None = None, status_path=None,
@@ -627,11 +642,8 @@ def download_images(manifest, out_dir, config: DownloadConfig | None = None, sta
     reserved = {STATUS_LOG}
     if status_path.is_relative_to(out_dir):   # no image may be written over the status table
         reserved.add(status_path.relative_to(out_dir).as_posix())
-    if config.resize_shorter_side:
-        import nbutils.image_cache  # noqa: F401 (import once here, not in 16 threads at once)
-
     with _exclusive(out_dir):
-        nbio.sweep_stale_temporaries(out_dir)
+        files.sweep_stale_temporaries(out_dir)
         items, row_item = _plan(manifest, reserved)
         previous = _read_log(log_path)
         rows: list[dict | None] = [None] * len(items)
@@ -732,4 +744,4 @@ def _run(downloader: _Downloader, items: list[_Item], tasks: list, workers: int)
 
 
 __all__ = ["DownloadConfig", "DownloadResult", "ERROR_KINDS", "UnsafeFilenameError", "download_images",
-           "read_manifest", "retry_delay", "safe_relative_path", "shrink_image"]
+           "load_manifest", "read_manifest", "retry_delay", "safe_relative_path", "shrink_image"]

@@ -20,7 +20,6 @@ exactly what `load_rgb` returns, so every later reader sees the same pixels.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -28,18 +27,20 @@ import re
 import time
 import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from itertools import repeat
-from math import ceil
 from pathlib import Path
 
 import pandas as pd
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
-from tqdm.auto import tqdm
 
-from nbutils.image_cache import load_rgb, to_rgb
-from nbutils.io import DataError, atomic_path, write_table
+from .. import stages
+from ..config import StageConfig, param
+from ..errors import DataError, is_int, short_error
+from ..files import atomic_path, write_table
+from ..parallel import map_chunks, process_pool, split_into_chunks
+from ..stages import DataOrigin
+from .images import image_format, load_rgb, to_rgb
+from .importers import read_table
 
 CHUNK_SIZE = 32  # images per task sent to a worker process
 PLAIN_FORMATS = ("JPEG", "PNG")  # stored as-is when 8-bit RGB or L without alpha or rotation
@@ -48,31 +49,31 @@ JPEG_MAX_SIDE = 65500  # libjpeg cannot write larger images
 NORMALISED_DIR = "normalised"
 # JPEG comment of every normalised copy: lets a rerun reuse it. Bump the version if load_rgb changes.
 NORMALISED_TAG = "nbutils.validate v1"
-# First bytes of formats PIL reads: a file starting with one but unreadable is corrupt, not "not an image".
-SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
-    b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-}
 
 
-@dataclass
-class ValidationConfig:
-    """What counts as a usable image. Reasons for rejecting an image are checked in the field order."""
+@dataclass(frozen=True)
+class ValidationConfig(StageConfig):
+    """processdata_02's parameters: what counts as a usable image. Rejections are checked in field order."""
 
-    max_pixels: int = 50_000_000  # decompression-bomb cap, read from the header before decoding
-    min_side: int = 32
-    max_aspect: float = 6.0  # long side / short side
-    placeholder_min_urls: int = 5  # same bytes behind this many urls/files = placeholder; 0 turns it off
-    normalised_quality: int = 95  # JPEG quality of normalised copies (4:4:4 chroma)
-    num_workers: int = 0  # processes; 0 = all cores, 1 = in this process
+    stage = "processdata_02"
+    output_dir: str = param("../outputs/dev/processdata_02", "injected by the runner: where this notebook writes")
+    source: str = param("processdata_01", '"processdata_01" (this run\'s downloads) or a CSV / parquet with '
+                                          "image_path,text")
+    max_pixels: int = param(50_000_000, "larger images are rejected from their header, before decoding "
+                                        "(decompression bombs)")
+    min_side: int = param(32, "smaller images are rejected")
+    max_aspect: float = param(6.0, "long side / short side above this is rejected")
+    placeholder_min_urls: int = param(5, 'the same bytes behind this many urls is a placeholder ("photo not '
+                                         'available"); 0 turns the check off')
+    normalised_quality: int = param(95, "JPEG quality of normalised copies (4:4:4 chroma)")
+    num_workers: int = param(0, "processes; 0 means all cores, 1 works in this process")
 
     def __post_init__(self):
+        super().__post_init__()
+
         def require(ok, name, what):
             if not ok:
                 raise ValueError(f"ValidationConfig.{name} must be {what}, got {getattr(self, name)!r}")
-
-        def is_int(value):
-            return isinstance(value, int) and not isinstance(value, bool)
 
         require(is_int(self.max_pixels) and self.max_pixels > 0, "max_pixels", "a positive int")
         if Image.MAX_IMAGE_PIXELS is not None:
@@ -130,7 +131,7 @@ def check_image(path: str | os.PathLike, config: ValidationConfig | None = None)
         return _check(check, config)
     except Exception as e:  # a PIL plugin failing in a way we did not foresee: still one verdict per file
         check.ok, check.needs_normalising = False, False
-        check.reason = f"truncated or corrupt: {type(e).__name__}: {_short(e)}"
+        check.reason = f"truncated or corrupt: {type(e).__name__}: {_short_error(e)}"
         return check
 
 
@@ -146,7 +147,7 @@ def _check(check: ImageCheck, config: ValidationConfig) -> ImageCheck:
     except (FileNotFoundError, NotADirectoryError):
         return reject("missing file")
     except OSError as e:
-        return reject(f"unreadable: {_short(e)}")
+        return reject(f"unreadable: {_short_error(e)}")
     check.file_bytes = len(data)
     if not data:
         return reject("empty file")
@@ -156,11 +157,11 @@ def _check(check: ImageCheck, config: ValidationConfig) -> ImageCheck:
     try:
         image = _open_header(data)
     except Image.DecompressionBombError as e:
-        return reject(f"too large: {_short(e)}")
+        return reject(f"too large: {_short_error(e)}")
     except UnidentifiedImageError:
         return reject(_not_an_image(data))
     except Exception as e:  # a damaged header makes some plugins raise struct/Syntax/Value errors
-        return reject(f"truncated or corrupt: {_short(e)}")
+        return reject(f"truncated or corrupt: {_short_error(e)}")
 
     with image:
         width, height = image.size
@@ -178,9 +179,9 @@ def _check(check: ImageCheck, config: ValidationConfig) -> ImageCheck:
         try:
             image.load()  # the full decode: Image.verify() passes truncated files
         except Image.DecompressionBombError as e:  # a GIF/TIFF frame bigger than the header said
-            return reject(f"too large: {_short(e)}")
+            return reject(f"too large: {_short_error(e)}")
         except Exception as e:
-            return reject(f"truncated or corrupt: {_short(e)}")
+            return reject(f"truncated or corrupt: {_short_error(e)}")
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
@@ -192,7 +193,7 @@ def _check(check: ImageCheck, config: ValidationConfig) -> ImageCheck:
             # file without rotation it is two copies that cannot fail (getexif ran above): skip them.
             rgb = to_rgb(image) if why else image
         except Exception as e:
-            return reject(f"cannot convert to RGB: {_short(e)}")
+            return reject(f"cannot convert to RGB: {_short_error(e)}")
     if why and max(rgb.size) > JPEG_MAX_SIDE:
         return reject(f"too large: {width}x{height} (over JPEG's {JPEG_MAX_SIDE} px side)")
     check.needs_normalising = bool(why)
@@ -250,11 +251,9 @@ def _why_normalise(image: Image.Image) -> list[str]:
 
 def _not_an_image(data: bytes) -> str:
     """Name what a file that PIL cannot identify is, from its first bytes."""
-    for signature, name in SIGNATURES.items():
-        if data.startswith(signature):
-            return f"truncated or corrupt: {name} signature but unreadable header"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "truncated or corrupt: WEBP signature but unreadable header"
+    name = image_format(data)
+    if name:
+        return f"truncated or corrupt: {name} signature but unreadable header"
     head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
         return "not an image: HTML page"
@@ -273,9 +272,8 @@ def _not_an_image(data: bytes) -> str:
     return "not an image: unknown format"
 
 
-def _short(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+def _short_error(error: BaseException) -> str:
+    return short_error(error, limit=160, with_type=False)  # reasons already say what kind of failure
 
 
 def _tag(sha1: str, quality: int) -> bytes:
@@ -309,42 +307,28 @@ def _normalise_chunk(jobs: list[tuple[str, str, str]], config: ValidationConfig)
         try:
             normalise_image(source, out_path, config)
         except Exception as e:  # it passed check_image: this is the disk, not the image
-            raise DataError(f"{source}: could not write its normalised copy {out_path}: {_short(e)}") from e
+            raise DataError(f"{source}: could not write its normalised copy {out_path}: {_short_error(e)}") from e
         written.append(True)
     return written
 
 
-@contextlib.contextmanager
-def _pool(num_workers: int, n_items: int):
-    if num_workers <= 1 or n_items <= 1:
-        yield None
-        return
-    pool = ProcessPoolExecutor(max_workers=num_workers)
-    try:
-        yield pool
-    finally:
-        # On an error or Ctrl-C, drop the queued chunks instead of finishing them first.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _map(pool, fn, items: list, config: ValidationConfig, num_workers: int, desc: str, progress: bool) -> list:
     """fn over chunks of items, in order, with a progress bar; results flattened."""
-    if not items:
-        return []
-    # Small runs still get split over every worker; big ones use CHUNK_SIZE.
-    size = max(1, min(CHUNK_SIZE, ceil(len(items) / (4 * num_workers))))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    results = pool.map(fn, chunks, repeat(config)) if pool else (fn(c, config) for c in chunks)
-    out = []
-    with tqdm(total=len(items), unit="img", desc=desc, disable=not progress) as bar:
-        for chunk, result in zip(chunks, results):
-            out += result
-            bar.update(len(chunk))
-    return out
+    chunks = split_into_chunks(items, num_workers, CHUNK_SIZE)
+    return [out for result in map_chunks(fn, chunks, config, pool=pool, desc=desc, progress=progress) for out in result]
 
 
 # -----------------------------------------------------------------------------
 # A whole table
+
+
+def load_input(config: ValidationConfig) -> tuple[pd.DataFrame, DataOrigin]:
+    """The table processdata_02 checks, and its origin: this run's downloads, or a CSV / parquet file."""
+    if config.source == "processdata_01":
+        downloaded = stages.load_downloaded(config.run_dir)
+        return downloaded.table, downloaded.origin
+    return read_table(config.source, required=("image_path", "text")), DataOrigin(language=None)
+
 
 
 def validate_images(table: pd.DataFrame, out_dir: str | os.PathLike, config: ValidationConfig | None = None,
@@ -366,7 +350,7 @@ def validate_images(table: pd.DataFrame, out_dir: str | os.PathLike, config: Val
     distinct = sorted(set(row_paths))
     num_workers = config.num_workers or os.cpu_count() or 1
 
-    with _pool(num_workers, len(distinct)) as pool:
+    with process_pool(num_workers if len(distinct) > 1 else 1) as pool:
         checks = _map(pool, _check_chunk, distinct, config, num_workers, "check images", progress)
         by_path = {c.path: c for c in checks}
         urls = _urls_per_image(row_paths, table["url"]) if has_url else {}

@@ -18,15 +18,15 @@ import json
 import math
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
-from nbutils.io import DataError, atomic_path, read_json, write_json, write_table, write_text
+from ..errors import DataError, check_int, is_int
+from ..files import atomic_path, read_json, write_json, write_table, write_text
+from ..parallel import map_chunks, process_pool
 
 # -----------------------------------------------------------------------------
 # config
@@ -466,10 +466,10 @@ def _make_image(index: int, seed: int, image_size: int, language: str, captions_
     return buf.getvalue(), record, captions
 
 
-def _write_range(start: int, stop: int, folder: str, params: dict) -> list[tuple[dict, list[str]]]:
-    """Render and write images [start, stop) into `folder`/images; return (record, captions) per image."""
+def _write_range(indices: range, folder: str, params: dict) -> list[tuple[dict, list[str]]]:
+    """Render and write the images `indices` into `folder`/images; return (record, captions) per image."""
     out = []
-    for i in range(start, stop):
+    for i in indices:
         jpeg, record, captions = _make_image(i, params["seed"], params["image_size"], params["language"],
                                              params["captions_per_image"])
         rel = f"images/{i:06d}.jpg"
@@ -487,15 +487,10 @@ def _check_language(language):
 
 
 def _check_params(n_images, image_size, language, seed, captions_per_image) -> dict:
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-    if not is_int(n_images) or n_images < 1:
-        raise ValueError(f"n_images must be an integer >= 1; got {n_images!r}")
-    if not is_int(image_size) or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}; got {image_size!r}")
+    check_int("n_images", n_images, 1)
+    check_int("image_size", image_size, MIN_IMAGE_SIZE)
     _check_language(language)
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    check_int("seed", seed, 0)
     if not is_int(captions_per_image) or not 4 <= captions_per_image <= MAX_CAPTIONS_PER_IMAGE:
         raise ValueError(f"captions_per_image must be an integer between 4 and {MAX_CAPTIONS_PER_IMAGE}; "
                          f"got {captions_per_image!r}")
@@ -549,24 +544,14 @@ def generate_demo_dataset(out_dir, n_images: int = 3000, image_size: int = 64, l
 
     with atomic_path(out_dir, sweep_stale=True) as tmp:
         (tmp / "images").mkdir(parents=True)
-        bounds = [(s, min(s + CHUNK, n_images)) for s in range(0, n_images, CHUNK)]
-        workers = min(os.cpu_count() or 1, len(bounds))
+        chunks = [range(s, min(s + CHUNK, n_images)) for s in range(0, n_images, CHUNK)]
+        workers = min(os.cpu_count() or 1, len(chunks)) if n_images >= PARALLEL_MIN_IMAGES else 1
         results = []
-        with tqdm(total=n_images, desc="demo images", unit="img", disable=not progress) as bar:
-            if n_images >= PARALLEL_MIN_IMAGES and workers > 1:
-                pool = ProcessPoolExecutor(workers)
-                try:
-                    futures = [pool.submit(_write_range, s, e, str(tmp), params) for s, e in bounds]
-                    for future, (s, e) in zip(futures, bounds):   # in order: output does not depend on timing
-                        results.extend(future.result())
-                        bar.update(e - s)
-                finally:
-                    # On failure drop queued chunks, and let running ones finish before tmp is removed.
-                    pool.shutdown(wait=True, cancel_futures=True)
-            else:
-                for s, e in bounds:
-                    results.extend(_write_range(s, e, str(tmp), params))
-                    bar.update(e - s)
+        with process_pool(workers) as pool:
+            # In order, so the output does not depend on timing.
+            for chunk_results in map_chunks(_write_range, chunks, str(tmp), params, pool=pool, desc="demo images",
+                                            progress=progress):
+                results.extend(chunk_results)
 
         rows = [{"text": text, "image_path": record["image_path"]} for record, captions in results for text in captions]
         write_table(pd.DataFrame(rows, columns=["text", "image_path"]), tmp / "captions.csv")

@@ -26,9 +26,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from nbutils.demo_data import describe_objects
-from nbutils.fault_server import FaultServer, Route
-from nbutils.io import DataError, read_json, write_table
+from ..errors import DataError, check_int
+from ..files import read_json, write_table
+from ..stages import DataOrigin
+from . import scenes
+from .fault_server import FaultServer, Route
+from .scenes import describe_objects
 
 # -----------------------------------------------------------------------------
 # config
@@ -92,8 +95,8 @@ def fault_counts(n_images: int, fault_share: float = 0.15, slow_count: int = 4) 
     once (MIN_PER_KIND times when the share leaves room), "placeholder" at least PLACEHOLDER_MIN_URLS
     times and "slow" exactly `slow_count` times (each costs a downloader a timeout per attempt).
     """
-    _check_int("n_images", n_images, 1)
-    _check_int("slow_count", slow_count, 0)
+    check_int("n_images", n_images, 1)
+    check_int("slow_count", slow_count, 0)
     if not isinstance(fault_share, (int, float)) or isinstance(fault_share, bool) or not 0 <= fault_share < 1:
         raise ValueError(f"fault_share must be a number in [0, 1); got {fault_share!r}")
     rest = round(fault_share * n_images) - slow_count   # faulty images left for the weighted kinds
@@ -130,8 +133,8 @@ def build_demo_site(demo_dir, seed: int = 0, fault_share: float = 0.15, max_byte
     Manifest filenames keep the demo image's name (`000123.jpg`, `.png` for PNG variants) and
     `expected.demo_filename` names the demo image whose picture a url shows, so ground truth joins back.
     """
-    _check_int("seed", seed, 0)
-    _check_int("max_bytes", max_bytes, 1)
+    check_int("seed", seed, 0)
+    check_int("max_bytes", max_bytes, 1)
     if not isinstance(slow_delay, (int, float)) or isinstance(slow_delay, bool) or slow_delay <= 0:
         raise ValueError(f"slow_delay must be a number of seconds > 0; got {slow_delay!r}")
     demo_dir = Path(demo_dir)
@@ -211,6 +214,35 @@ def serve(site: DemoSite, port: int = DEMO_PORT) -> FaultServer:
         return FaultServer(site.routes, port=port)
     except OSError:
         return FaultServer(site.routes)
+
+
+@dataclass
+class ServedDemo:
+    """The demo set being served for processdata_01: its site, the running server, the url manifest."""
+
+    site: DemoSite
+    server: FaultServer
+    manifest_path: Path
+    origin: DataOrigin
+
+    def describe(self) -> str:
+        faulty = (self.site.expected["fault"] != "ok").mean()
+        return f"serving {len(self.site.expected):,} urls on {self.server.base_url} ({faulty:.0%} of them faulty)"
+
+
+def serve_demo(config) -> ServedDemo:
+    """Generate the demo set (`config`: processdata_01's DownloadConfig), serve it, write its url manifest.
+
+    Stop `.server` when the downloads are done.
+    """
+    demo_dir = scenes.demo_dir(config.data_dir, config.language, config.n_images, config.image_size, config.seed)
+    scenes.generate_demo_dataset(demo_dir, n_images=config.n_images, image_size=config.image_size,
+                                 language=config.language, seed=config.seed)
+    site = build_demo_site(demo_dir, seed=config.seed, max_bytes=config.max_bytes)
+    server = serve(site).start()
+    manifest_path = write_manifest(site, server.base_url, Path(config.output_dir) / "manifest.csv")
+    origin = DataOrigin(config.language, str((demo_dir / "objects.jsonl").resolve()))
+    return ServedDemo(site, server, manifest_path, origin)
 
 
 # -----------------------------------------------------------------------------
@@ -365,8 +397,3 @@ def _read_demo_set(demo_dir: Path) -> tuple[pd.DataFrame, dict[str, dict], dict]
         raise DataError(f"{demo_dir / 'captions.csv'}: {len(unknown)} image(s) missing from objects.jsonl, "
                         f"e.g. {unknown[0]}")
     return captions[["filename", "text"]], records, meta
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")

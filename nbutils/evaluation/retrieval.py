@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .io import DataError
+from ..errors import DataError
 
 KS = (1, 5, 10)
 # Rows of the similarity matrix computed at once: 1024 x 150k float32 is ~600 MB.

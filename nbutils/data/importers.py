@@ -26,7 +26,8 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from nbutils.io import DataError, atomic_path
+from ..errors import DataError
+from ..files import atomic_path
 
 OUTPUT_COLUMNS = ["image_path", "text", "url", "filename", "image_id"]
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}  # plus .jsonl, .json, .parquet
@@ -183,7 +184,8 @@ def _finish(df: pd.DataFrame | list[dict], path) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _strings(column: pd.Series) -> list[str]:
+def string_column(column: pd.Series) -> list[str]:
+    """A column as a list of str: missing values become "", numbers their text (ids like 007 survive as read)."""
     return column.fillna("").astype(str).tolist()
 
 
@@ -237,7 +239,7 @@ def read_original_csv(path: str | os.PathLike, images_root) -> pd.DataFrame:
     """The original project's `url,filename,text` CSV; images live at images_root/filename."""
     df = read_table(path, required=("url", "filename", "text"))
     root = _root(images_root, "original_csv")
-    df["image_path"] = _join_under(root, _strings(df["filename"]), lambda i: f"{path}: row {i + 1}")
+    df["image_path"] = _join_under(root, string_column(df["filename"]), lambda i: f"{path}: row {i + 1}")
     return _finish(df, path)
 
 
@@ -264,9 +266,9 @@ def _with_image_paths(df: pd.DataFrame, path, images_root) -> pd.DataFrame:
     root = os.path.abspath(images_root if images_root is not None else Path(path).parent)
     where = lambda i: f"{path}: row {i + 1}"  # noqa: E731
     if "image_path" in df.columns:
-        df["image_path"] = _resolve(root, _strings(df["image_path"]), where)
+        df["image_path"] = _resolve(root, string_column(df["image_path"]), where)
     else:
-        df["image_path"] = _join_under(root, _strings(df["filename"]), where)
+        df["image_path"] = _join_under(root, string_column(df["filename"]), where)
     return _finish(df, path)
 
 
@@ -379,7 +381,7 @@ def read_wukong(path: str | os.PathLike, images_root) -> pd.DataFrame:
     """Wukong `url,caption` CSV or parquet; images will be stored as images_root/wukong_filename(url)."""
     root = _root(images_root, "wukong")
     df = read_table(path, required=("url", "text"), columns={"caption": "text"})
-    urls = [u.strip() for u in _strings(df["url"])]
+    urls = [u.strip() for u in string_column(df["url"])]
     if not all(urls):
         raise DataError(f"{path}: row {urls.index('') + 1} has an empty url")
     df["url"] = urls

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .captions import normalize_caption
-from .io import DataError
+from ..errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -68,7 +68,7 @@ def drop_images(table: pd.DataFrame, failed: pd.DataFrame) -> tuple[pd.DataFrame
     return table.loc[~bad].reset_index(drop=True), dropped
 
 
-def split_by_image(table: pd.DataFrame, val_fraction: float = 0.05, test_fraction: float = 0.05,
+def split_by_image(table: pd.DataFrame, val_fraction: float, test_fraction: float,
                    seed: int = 0) -> dict[str, pd.DataFrame]:
     """Split rows into train/val/test so that every image lands in exactly one split.
 

@@ -1,4 +1,4 @@
-"""Small I/O helpers shared by every stage: atomic writes, JSON summaries, readable errors.
+"""File helpers shared by every stage: atomic writes, JSON and tables, summaries.
 
 A long job that is interrupted must never leave a half-written file where a rerun would
 trust it, so everything goes through a temporary name in the same folder and `os.replace`.
@@ -15,10 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file (and row or column) at fault."""
 
 
 @contextlib.contextmanager

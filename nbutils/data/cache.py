@@ -3,7 +3,8 @@
 Training on the original pipeline was bound by JPEG decoding (~60-190 images/s per core). Here every
 image is decoded, resized and cropped ONCE to the training geometry and stored as uint8 HWC rows of
 one raw file; at read time only the normalisation is left (thousands of images/s per core), or none at
-all when the uint8 batch goes to the GPU and is normalised there (`normalize_pixel_values`).
+all when the uint8 batch goes to the GPU and is normalised there (`nbutils.data.datasets`). No torch
+here: the torch Dataset that reads a cache is in `nbutils.data.datasets`.
 
 The geometric ops replay transformers' PIL-backend image processors (ViT, CLIP, Chinese-CLIP) exactly,
 so `ImageCache.pixel_values` equals `processor(images).pixel_values` to float rounding (~1e-6).
@@ -22,19 +23,19 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from math import ceil
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image, ImageOps
-from tqdm.auto import tqdm
+from PIL import Image
 
-from nbutils.io import DataError, atomic_path, read_json, write_json, write_table
+from ..errors import DataError
+from ..files import atomic_path, read_json, write_json, write_table
+from ..parallel import map_chunks, process_pool, split_into_chunks
+from .images import load_rgb
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.u8"
@@ -125,7 +126,7 @@ def processor_mean_std(processor) -> tuple[tuple[float, float, float], tuple[flo
         raise ValueError(f"{name}: the cache assumes do_rescale=True with rescale_factor=1/255")
     if getattr(processor, "do_normalize", True) is False:
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return _triple(processor.image_mean, "image_mean"), _triple(processor.image_std, "image_std")
+    return rgb_triple(processor.image_mean, "image_mean"), rgb_triple(processor.image_std, "image_std")
 
 
 def _size_dict(size) -> dict:
@@ -144,7 +145,7 @@ def _resample_name(resample, processor_name: str) -> str:
     raise ValueError(f"{processor_name}: resample={resample!r} is not one of {sorted(RESAMPLE)}")
 
 
-def _triple(value, name: str) -> tuple[float, float, float]:
+def rgb_triple(value, name: str) -> tuple[float, float, float]:
     values = [float(value)] * 3 if np.isscalar(value) else [float(v) for v in value]
     if len(values) != 3:
         raise ValueError(f"{name} must have 3 values (RGB), got {value!r}")
@@ -153,34 +154,6 @@ def _triple(value, name: str) -> tuple[float, float, float]:
 
 # -----------------------------------------------------------------------------
 # Decoding and the geometric transform
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image as RGB: EXIF rotation applied, transparency composited on white.
-
-    Raises (OSError, PIL errors, ValueError) when the file cannot be decoded.
-    """
-    with Image.open(path) as image:
-        image.load()  # only a full decode catches truncated files
-        return to_rgb(image)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """The part of `load_rgb` after decoding: EXIF rotation, 16-bit rescale, alpha on white, RGB.
-
-    `image` must be loaded. Shared with `nbutils.validate`, which decodes once and must accept exactly
-    the images this function handles.
-    """
-    image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # 16-bit greyscale: PIL's convert clips to 255 instead of rescaling.
-        array = np.asarray(image, dtype=np.float64) * (255 / 65535)
-        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
 
 
 def transform_uint8(image: Image.Image, geometry: ImageGeometry) -> np.ndarray:
@@ -266,16 +239,15 @@ def build_image_cache(
         # Room for every input; failures leave no gap (rows are assigned on success) and the
         # unused tail is cut off at the end. The file is sparse until written.
         images = _create_memmap(images_path, (len(paths), height, width, 3))
-        # Small builds still get split over all workers; big ones use CHUNK_SIZE.
-        chunk_size = max(1, min(CHUNK_SIZE, ceil(len(paths) / (4 * max(num_workers, 1)))))
-        chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
-        with tqdm(total=len(paths), unit="img", desc="image cache", disable=not progress) as bar:
-            for chunk, results in zip(chunks, _map_chunks(chunks, geometry.to_dict(), num_workers)):
-                failed += [(path, reason) for path, (array, reason) in zip(chunk, results) if array is None]
-                decoded = [(path, array) for path, (array, _) in zip(chunk, results) if array is not None]
+        chunks = split_into_chunks(paths, num_workers, CHUNK_SIZE)
+        with process_pool(min(num_workers, len(chunks))) as pool:
+            results = map_chunks(_decode_chunk, chunks, geometry.to_dict(), pool=pool, desc="image cache",
+                                 progress=progress)
+            for chunk, chunk_results in zip(chunks, results):
+                failed += [(path, reason) for path, (array, reason) in zip(chunk, chunk_results) if array is None]
+                decoded = [(path, array) for path, (array, _) in zip(chunk, chunk_results) if array is not None]
                 _store_rows(images, len(good), [array for _, array in decoded])
                 good += [path for path, _ in decoded]
-                bar.update(len(chunk))
         count = len(good)
         if images is not None:
             images.flush()
@@ -296,21 +268,6 @@ def build_image_cache(
             },
         )
     return ImageCache(cache_dir)
-
-
-def _map_chunks(chunks: list[list[str]], geometry: dict, num_workers: int):
-    """Yield each chunk's results in order, from a process pool when it is worth one."""
-    if num_workers <= 1 or len(chunks) <= 1:
-        for chunk in chunks:
-            yield _decode_chunk(chunk, geometry)
-        return
-    pool = ProcessPoolExecutor(max_workers=min(num_workers, len(chunks)))
-    try:
-        # In-order results keep row order == input order, so a rebuild is reproducible.
-        yield from pool.map(_decode_chunk, chunks, [geometry] * len(chunks))
-    finally:
-        # On an error or Ctrl-C, drop the queued chunks instead of decoding them all first.
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _store_rows(images: np.memmap, start: int, arrays: list[np.ndarray]) -> None:
@@ -442,7 +399,7 @@ class ImageCache:
         images = self._memmap()
         single = np.ndim(indices) == 0
         rows = np.atleast_1d(np.asarray(indices, dtype=np.int64))
-        scale, shift = _affine(mean, std)
+        scale, shift = normalization_affine(mean, std)
         out = np.empty((len(rows), 3, self.geometry.height, self.geometry.width), dtype=np.float32)
         for o, row in zip(out, rows):
             # One image at a time so the float block is still in cache for the multiply and add.
@@ -452,84 +409,13 @@ class ImageCache:
         return out[0] if single else out
 
 
-def _affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
+def normalization_affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift), each (3, 1, 1) float32, with x * scale + shift == (x / 255 - mean) / std."""
     # (x / 255 - mean) / std == x * scale + shift; computed in float64, applied in float32 (~1e-7 off).
-    mean = np.asarray(_triple(mean, "mean"), dtype=np.float64)
-    std = np.asarray(_triple(std, "std"), dtype=np.float64)
+    mean = np.asarray(rgb_triple(mean, "mean"), dtype=np.float64)
+    std = np.asarray(rgb_triple(std, "std"), dtype=np.float64)
     if (std <= 0).any():
         raise ValueError(f"std must be positive, got {tuple(std)}")
     scale = (RESCALE_FACTOR / std).astype(np.float32).reshape(3, 1, 1)
     shift = (-mean / std).astype(np.float32).reshape(3, 1, 1)
     return scale, shift
-
-
-def normalize_pixel_values(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Normalise uint8 (B, 3, H, W) or (3, H, W) on its own device (send uint8: 4x less to transfer)."""
-    scale, shift = _affine(mean, std)
-    scale = torch.from_numpy(scale).to(images.device)
-    shift = torch.from_numpy(shift).to(images.device)
-    return torch.addcmul(shift, images.to(torch.float32), scale).to(dtype)  # never modifies `images`
-
-
-# -----------------------------------------------------------------------------
-# Dataset and collator
-
-
-class CachedImageTextDataset(torch.utils.data.Dataset):
-    """(image, text) pairs from a table with image_path,text whose images are all in the cache."""
-
-    def __init__(self, cache, table: pd.DataFrame, mean, std, return_uint8: bool = False):
-        self.cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
-        for column in ("image_path", "text"):
-            if column not in table.columns:
-                raise DataError(f"table: missing column {column!r} (have {list(table.columns)})")
-        keys = [os.fspath(p) if isinstance(p, os.PathLike) else str(p) for p in table["image_path"]]
-        rows = self.cache._index.get_indexer(keys)
-        missing = np.flatnonzero(rows < 0)
-        if len(missing):
-            shown = ", ".join(f"row {table.index[i]}: {keys[i]!r}" for i in missing[:5])
-            raise DataError(
-                f"table: {len(missing)} image_path value(s) not in the image cache {self.cache.cache_dir} ({shown})"
-            )
-        bad_text = np.flatnonzero(~table["text"].map(lambda t: isinstance(t, str)).to_numpy(dtype=bool))
-        if len(bad_text):
-            raise DataError(f"table: column 'text' is not a string at row {table.index[bad_text[0]]}")
-        self.rows = rows.astype(np.int64)
-        self.texts: list[str] = table["text"].tolist()
-        self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
-        self.return_uint8 = return_uint8
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        row = int(self.rows[i])
-        if self.return_uint8:
-            pixel_values = torch.from_numpy(self.cache.uint8(row)).permute(2, 0, 1).contiguous()
-        else:
-            pixel_values = torch.from_numpy(self.cache.pixel_values(row, self.mean, self.std))
-        return {"pixel_values": pixel_values, "text": self.texts[i], "image_index": row}
-
-
-class ImageTextCollator:
-    """Stack pixel_values, keep texts, and tokenise them when a tokenizer is given."""
-
-    def __init__(self, tokenizer=None, max_length: int = 64, padding: str | bool = "longest"):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.padding = padding
-
-    def __call__(self, items: list[dict]) -> dict:
-        texts = [item["text"] for item in items]
-        batch = {
-            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
-            "texts": texts,
-            "image_index": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
-        }
-        if self.tokenizer is not None:
-            encoded = self.tokenizer(
-                texts, padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-            batch["input_ids"] = encoded["input_ids"]
-            batch["attention_mask"] = encoded["attention_mask"]
-        return batch

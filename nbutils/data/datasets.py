@@ -1,0 +1,119 @@
+"""The one image–text Dataset over the image cache, and the collator of each task.
+
+Items are uint8 CHW tensors straight from the cache's memmap: a DataLoader worker only copies bytes,
+and the batch goes to the device as uint8 (4x less to move than float32) to be normalised there with
+`normalize_pixel_values`. This is the path training runs and `benchmarks/bench_image_cache.py` times.
+
+Two sampling modes:
+    "image"    one item per image; its caption is picked from (seed, epoch, index), so each epoch sees
+               a different caption, every process picks the same one, and a resumed run repeats the
+               picks (contrastive training: one caption per image keeps duplicates out of a batch).
+               `fixed_caption=True` always takes the image's first caption (validation, test).
+    "caption"  one item per caption row (captioning: every reference caption is a training target).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import DataError
+from .cache import ImageCache, normalization_affine
+
+SAMPLING = ("image", "caption")
+
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """Image–caption items from a table with image_path,text whose images are all in `cache`.
+
+    Attributes: `image_paths` (distinct images, sorted), `captions` (each image's captions in table
+    order), `rows` (each image's cache row). Items: {"pixel_values": uint8 (3, H, W), "text": str,
+    "image_index": position in `image_paths`}.
+    """
+
+    def __init__(self, cache: ImageCache | str | os.PathLike, table: pd.DataFrame, sampling: str = "image",
+                 seed: int = 0, fixed_caption: bool = False, source: str = "table"):
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        self.cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
+        for column in ("image_path", "text"):
+            if column not in table.columns:
+                raise DataError(f"{source}: missing column {column!r} (have {list(table.columns)})")
+        if table.empty:
+            raise DataError(f"{source} is empty: nothing to train or evaluate on")
+        keys = [os.fspath(p) if isinstance(p, os.PathLike) else str(p) for p in table["image_path"]]
+        cached = self.cache._index.get_indexer(keys)
+        missing = np.flatnonzero(cached < 0)
+        if len(missing):
+            shown = ", ".join(f"row {table.index[i]}: {keys[i]!r}" for i in missing[:5])
+            raise DataError(f"{source}: {len(missing)} image_path value(s) not in the image cache "
+                            f"{self.cache.cache_dir} ({shown})")
+        texts = table["text"].tolist()
+        bad_text = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad_text:
+            raise DataError(f"{source}: column 'text' is not a string at row {table.index[bad_text[0]]}")
+
+        self.image_paths: list[str] = sorted(set(keys))
+        number = {path: i for i, path in enumerate(self.image_paths)}
+        self.captions: list[list[str]] = [[] for _ in self.image_paths]
+        self._items: list[tuple[int, int]] = []  # (image, caption) per caption row, in table order
+        for path, text in zip(keys, texts):
+            i = number[path]
+            self._items.append((i, len(self.captions[i])))
+            self.captions[i].append(text)
+        self.rows = self.cache.index_of(self.image_paths)
+        self.sampling, self.seed, self.fixed_caption, self.epoch = sampling, seed, fixed_caption, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Which epoch is running: with sampling="image" it chooses each image's caption."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.image_paths) if self.sampling == "image" else len(self._items)
+
+    def __getitem__(self, k: int) -> dict:
+        if self.sampling == "caption":
+            i, j = self._items[k]
+        elif self.fixed_caption:
+            i, j = k, 0
+        else:
+            i = k
+            j = int(np.random.default_rng([self.seed, self.epoch, k]).integers(len(self.captions[k])))
+        pixels = torch.from_numpy(self.cache.uint8(int(self.rows[i]))).permute(2, 0, 1)
+        return {"pixel_values": pixels, "text": self.captions[i][j], "image_index": i}
+
+
+def normalize_pixel_values(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalise uint8 (B, 3, H, W) or (3, H, W) on its own device, like the image processor would."""
+    scale, shift = normalization_affine(mean, std)
+    scale = torch.from_numpy(scale).to(images.device)
+    shift = torch.from_numpy(shift).to(images.device)
+    return torch.addcmul(shift, images.to(torch.float32), scale).to(dtype)  # never modifies `images`
+
+
+@dataclass
+class ContrastiveCollator:
+    """Stack uint8 images, tokenize captions, and give identical captions the same `text_groups` id.
+
+    `text_groups` is a hash of the caption text, so the ids agree across processes: the contrastive
+    loss masks identical captions out of each other's softmax (see nbutils.training.clip_loss).
+    """
+
+    tokenizer: object
+    max_length: int = 64
+
+    def __call__(self, items: list[dict]) -> dict:
+        texts = [item["text"] for item in items]
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "text_groups": torch.tensor([zlib.crc32(t.encode("utf-8")) for t in texts], dtype=torch.long),
+            "image_index": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
+        }

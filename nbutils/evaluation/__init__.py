@@ -1,0 +1,1 @@
+"""Evaluation on precomputed embeddings: retrieval metrics, zero-shot probes, and computing embeddings."""

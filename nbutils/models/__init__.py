@@ -1,0 +1,1 @@
+"""Models: image processors (PIL backend), locally trained tokenizers, CLIP-style dual encoders."""

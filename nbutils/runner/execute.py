@@ -1,0 +1,374 @@
+"""Run the pipeline notebooks with papermill and build a shareable report.
+
+    python -m nbutils run --profile demo [--only NB1,NB2] [-p key=value ...] [--run NAME]
+
+A profile (YAML, see `nbutils/profiles/demo.yaml`) says which notebooks run and with which
+parameters. Parameters are resolved before anything runs, most specific last:
+
+    run_dir, output_dir        always injected by the runner (absolute paths)
+    profile `common`           to every notebook that declares the name
+    profile `notebooks.<nb>`   to that notebook (it must declare the name)
+    -p key=value               to every selected notebook that declares `key`
+    -p nb.key=value            to that notebook only
+
+A parameter no notebook declares is an error (papermill itself would only warn), and so is a
+value whose type does not match the notebook's default. Everything lands in `outputs/<run>/`:
+
+    <nb>.ipynb  <nb>.html      the executed notebook and its report (code hidden)
+    <nb>/                      what the notebook wrote: summary.json, figures/*.png, ...
+    index.html                 links, headline numbers and figure thumbnails; zip the folder to share
+    run.json                   the record below, rewritten after every notebook
+
+run.json keys:
+    run, profile, profile_path, description   the run name and the profile it came from
+    command                    argv of the invocation
+    started_at, finished_at    ISO timestamps (finished_at is None while running)
+    status                     "running", "ok", "failed" or "interrupted"
+    seed                       the seed given to the notebooks (a {notebook: seed} dict if they differ)
+    git                        {commit, dirty} of the repository, or None outside a git checkout
+    device                     "cuda: <name>", "mps" or "cpu", as the kernels will see it
+    versions                   {python, torch, transformers, papermill, nbutils}
+    notebooks                  one entry per profile notebook, in pipeline order:
+        name, status           "ok", "failed", "skipped", "running" or "interrupted"
+        note                   why a notebook was skipped (None otherwise)
+        seconds                wall time of the execution
+        parameters             the exact dict injected by papermill
+        executed_notebook, report, summary   paths relative to the run folder (None if absent)
+        error                  for "failed": {cell_index, exec_count, ename, evalue}; cell_index is
+                               papermill's 0-based index in the executed notebook
+        carried_over           True when the entry comes from an earlier invocation of the same run
+                               (e.g. `--only train_clip` after a full run keeps the earlier entries)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .. import __version__
+from ..files import read_json, write_json
+from ..reporting.index_page import render_report, write_index
+from .parameters import notebook_parameters, resolve_parameters
+from .profiles import (KERNEL_NAME, NOTEBOOKS_DIR, OUTPUTS_DIR, PIPELINE, REPO_DIR, RUN_NAME, ParameterError, RunFailed,
+                       did_you_mean,
+                       load_profile)
+
+# ----------------------------------------------------------------------------- running
+
+def run_pipeline(profile: str | os.PathLike, only: str | Iterable[str] | None = None,
+                 params: Iterable[str] | Mapping = (), run_name: str | None = None,
+                 notebooks_dir: str | os.PathLike | None = None, outputs_dir: str | os.PathLike | None = None,
+                 command: list[str] | None = None) -> dict:
+    """Run the profile's notebooks in pipeline order; return the run.json record.
+
+    Every check (profile, --only, parameters) happens before the first notebook starts. Raises
+    ParameterError for bad input and RunFailed when a notebook fails (its executed notebook
+    and report are kept, and run.json / index.html are written either way).
+    """
+    probe = _start_device_probe()  # a few seconds of torch import, overlapped with the checks below
+    try:
+        prof, run_dir, listed, existing, selected, resolved = _plan(
+            profile, only, params, run_name, notebooks_dir, outputs_dir)
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        device = _device(probe)
+    except BaseException:
+        if probe is not None:
+            probe.kill()
+            probe.wait()
+        raise
+
+    notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _new_record(prof, run_dir.name, command, resolved, listed, existing, selected, run_dir, device)
+    _save(run_dir, record)
+    entries = {e["name"]: e for e in record["notebooks"]}
+
+    for i, nb in enumerate(selected, 1):
+        entry = entries[nb]
+        entry.update(status="running", parameters=resolved[nb], executed_notebook=f"{nb}.ipynb")
+        _clear_stale(run_dir, nb)
+        _save(run_dir, record)
+        print(f"[{i}/{len(selected)}] {nb} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            with _papermill_quiet():
+                papermill.execute_notebook(
+                    str(notebooks_dir / f"{nb}.ipynb"), str(run_dir / f"{nb}.ipynb"), parameters=resolved[nb],
+                    kernel_name=KERNEL_NAME, cwd=str(notebooks_dir), progress_bar=False, log_output=False,
+                    kernel_manager_class=_this_interpreter_kernel_manager())
+            entry["status"] = "ok"
+        except PapermillExecutionError as e:
+            entry.update(status="failed", error={"cell_index": e.cell_index, "exec_count": e.exec_count,
+                                                 "ename": e.ename, "evalue": e.evalue})
+        except KeyboardInterrupt:
+            entry["status"] = record["status"] = "interrupted"
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+            _finish(run_dir, record)
+            raise
+        except Exception as e:  # the kernel died, failed to start, ...
+            entry.update(status="failed", error={"cell_index": None, "exec_count": None,
+                                                 "ename": type(e).__name__, "evalue": str(e)})
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        _collect(run_dir, entry)
+        print(f"    {entry['status']} in {entry['seconds']:.1f} s", flush=True)
+
+        if entry["status"] == "failed":
+            for later in selected[i:]:
+                entries[later].update(status="skipped", note=f"not run: {nb} failed")
+            record["status"] = "failed"
+            _finish(run_dir, record)
+            raise RunFailed(_failure_message(nb, entry, run_dir))
+        _save(run_dir, record)
+
+    record["status"] = "ok"
+    _finish(run_dir, record)
+    return record
+
+
+def _plan(profile, only, params, run_name, notebooks_dir, outputs_dir):
+    """Every check before anything runs: profile, run name, --only, notebooks, parameters."""
+    prof = load_profile(profile)
+    notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR).resolve()
+    outputs_dir = Path(outputs_dir or OUTPUTS_DIR).resolve()
+    run_name = run_name or prof["run"]
+    if not RUN_NAME.match(run_name):
+        raise ParameterError(f"run name {run_name!r} must be a plain folder name (letters, digits, . _ -)")
+
+    only = [n.strip() for n in (only.split(",") if isinstance(only, str) else only or []) if n.strip()]
+    listed = [nb for nb in PIPELINE if nb in prof["notebooks"]]
+    errors = []
+    for nb in only:
+        if nb not in PIPELINE:
+            errors.append(f"--only {nb}: not a pipeline notebook{did_you_mean(nb, PIPELINE)}; pipeline: {', '.join(PIPELINE)}")
+        elif not (notebooks_dir / f"{nb}.ipynb").is_file():
+            errors.append(f"--only {nb}: {notebooks_dir / (nb + '.ipynb')} does not exist")
+        elif nb not in listed:
+            errors.append(f"--only {nb}: profile {prof['name']} has no entry for it; "
+                          f"its notebooks: {', '.join(listed)}")
+    if errors:
+        raise ParameterError("\n".join(errors))
+
+    existing = [nb for nb in listed if (notebooks_dir / f"{nb}.ipynb").is_file()]
+    for nb in listed:
+        if nb not in existing and not only:
+            print(f"note: skipping {nb}: {notebooks_dir / (nb + '.ipynb')} does not exist yet", flush=True)
+    selected = [nb for nb in existing if not only or nb in only]
+    if not selected:
+        raise ParameterError(f"profile {prof['name']}: none of its notebooks exist in {notebooks_dir}")
+
+    run_dir = outputs_dir / run_name
+    declared = {}
+    for nb in existing:
+        try:
+            declared[nb] = notebook_parameters(notebooks_dir / f"{nb}.ipynb")
+        except Exception as e:  # a notebook that is not valid JSON / nbformat
+            raise ParameterError(f"{notebooks_dir / (nb + '.ipynb')}: cannot read the notebook ({e})") from None
+    injected = {nb: {"run_dir": str(run_dir), "output_dir": str(run_dir / nb)} for nb in selected}
+    resolved = resolve_parameters(declared, selected, prof["common"], prof["notebooks"], params, injected)
+
+    return prof, run_dir, listed, existing, selected, resolved
+
+
+def _new_record(prof, run_name, command, resolved, listed, existing, selected, run_dir, device) -> dict:
+    previous = _previous_entries(run_dir, prof["name"])
+    entries = []
+    for nb in listed:
+        if nb in selected:
+            entry = _entry(nb, "running")
+        elif nb in previous:
+            entry = {**previous[nb], "carried_over": True}
+        else:
+            note = "not selected (--only)" if nb in existing else "notebook does not exist yet"
+            entry = _entry(nb, "skipped", note)
+        entries.append(entry)
+    seeds = {nb: p["seed"] for nb, p in resolved.items() if "seed" in p}
+    seed = next(iter(seeds.values())) if len({json.dumps(s) for s in seeds.values()}) == 1 else (seeds or None)
+    env = _environment()
+    return {"run": run_name, "profile": prof["name"], "profile_path": prof["path"],
+            "description": prof["description"], "command": list(command if command is not None else sys.argv),
+            "started_at": _now(), "finished_at": None, "status": "running", "seed": seed,
+            "git": env["git"], "device": device, "versions": env["versions"], "notebooks": entries}
+
+
+def _entry(nb, status, note=None) -> dict:
+    return {"name": nb, "status": status, "note": note, "seconds": None, "parameters": None,
+            "executed_notebook": None, "report": None, "summary": None, "error": None}
+
+
+def _previous_entries(run_dir: Path, profile_name: str) -> dict:
+    """Finished entries of an earlier invocation of this run, to keep in the index after `--only`."""
+    try:
+        old = read_json(run_dir / "run.json")
+        if old.get("profile") != profile_name:
+            return {}
+        return {e["name"]: e for e in old["notebooks"] if e.get("status") in ("ok", "failed")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _clear_stale(run_dir: Path, nb: str) -> None:
+    # The index must never show an earlier run's numbers or figures next to this run's status.
+    for path in [run_dir / f"{nb}.html", run_dir / nb / "summary.json", *(run_dir / nb / "figures").glob("*.png")]:
+        if path.is_file():
+            path.unlink()
+
+
+def _collect(run_dir: Path, entry: dict) -> None:
+    nb = entry["name"]
+    executed = run_dir / f"{nb}.ipynb"
+    entry["executed_notebook"] = executed.name if executed.is_file() else None
+    if executed.is_file():
+        try:
+            render_report(executed, run_dir / f"{nb}.html")
+            entry["report"] = f"{nb}.html"
+        except Exception as e:  # a report problem must not hide the notebook's own result
+            print(f"warning: could not render {executed} to HTML ({type(e).__name__}: {e})", file=sys.stderr)
+    entry["summary"] = f"{nb}/summary.json" if (run_dir / nb / "summary.json").is_file() else None
+
+
+def _failure_message(nb: str, entry: dict, run_dir: Path) -> str:
+    err = entry["error"]
+    where = "" if err["cell_index"] is None else f" in cell {err['cell_index']}"
+    if err.get("exec_count") is not None:
+        where += f" (In [{err['exec_count']}])"
+    kept = (f"; executed notebook kept at {run_dir / entry['executed_notebook']}"
+            if entry["executed_notebook"] else "")
+    return f"{nb} failed{where} ({err['ename']}: {err['evalue']}){kept}"
+
+
+def _finish(run_dir: Path, record: dict) -> None:
+    record["finished_at"] = _now()
+    _save(run_dir, record)
+
+
+def _save(run_dir: Path, record: dict) -> None:
+    write_json(run_dir / "run.json", record)
+    write_index(run_dir)
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _papermill_quiet():
+    # The parameters were checked above; papermill's own line parser would warn "Unable to parse
+    # line" / "Passed unknown parameter" for valid parameters whose comment holds an '='.
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@functools.lru_cache(maxsize=1)
+def _this_interpreter_kernel_manager():
+    """A kernel manager whose "python3" is always this interpreter.
+
+    jupyter_client already swaps a bare "python" in kernel.json for sys.executable, but a
+    user-level kernelspec with an absolute path (another env) would otherwise win.
+    """
+    import zmq
+    from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from traitlets import default
+
+    class ThisInterpreterSpecs(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            if kernel_name == KERNEL_NAME:
+                return KernelSpec(resource_dir=RESOURCES, **get_kernel_dict())
+            return super().get_kernel_spec(kernel_name)
+
+    class ThisInterpreterKernelManager(AsyncKernelManager):
+        @default("kernel_spec_manager")
+        def _kernel_spec_manager_default(self):
+            return ThisInterpreterSpecs(data_dir=self.data_dir)
+
+        if "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has("curve"):
+            # jupyter_client >= 8.10: encrypt kernel traffic (ipykernel warns on every start otherwise)
+            @default("transport_encryption")
+            def _transport_encryption_default(self):
+                return "auto"
+
+    return ThisInterpreterKernelManager
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> dict:
+    versions = {"python": platform.python_version(), "nbutils": __version__}
+    for pkg in ("torch", "transformers", "papermill"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"versions": versions, "git": _git()}
+
+
+# Asked in a child process: initialising CUDA here would hold GPU memory for the whole run.
+_DEVICE_PROBE = ("import torch\n"
+                 "if torch.cuda.is_available(): print('cuda: ' + torch.cuda.get_device_name(0))\n"
+                 "elif torch.backends.mps.is_available(): print('mps')\n"
+                 "else: print('cpu')")
+_device_seen: list[str] = []  # the answer, once per process
+
+
+def _start_device_probe():
+    if _device_seen:
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-c", _DEVICE_PROBE], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return None
+
+
+def _device(probe) -> str:
+    """"cuda: <name>", "mps" or "cpu" as a fresh interpreter (like the kernels) sees it."""
+    if _device_seen:
+        return _device_seen[0]
+    if probe is None:
+        return "unknown"
+    try:
+        out, _ = probe.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
+        return "unknown"
+    lines = out.strip().splitlines()
+    if probe.returncode != 0 or not lines:
+        return "unknown"
+    _device_seen.append(lines[-1])
+    return lines[-1]
+
+
+def _git() -> dict | None:
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=60)
+
+    try:
+        if git("rev-parse", "--is-inside-work-tree").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip() if head.returncode == 0 else None,  # None before the first commit
+            "dirty": bool(status.stdout.strip())}
+
+

@@ -1,0 +1,1 @@
+"""Training: losses and the Trainer glue of each training notebook (train_clip today)."""

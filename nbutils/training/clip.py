@@ -1,0 +1,282 @@
+"""Contrastive image–text training (CLIP-style dual encoders) with the Hugging Face Trainer.
+
+The same function runs from the `train_clip` notebook, from the command line, and under
+`torchrun --nproc_per_node=N -m nbutils.train_clip ...` / `accelerate launch`: the Trainer sets up
+DDP, and `clip_loss` gathers features across ranks with gradients so every rank sees the global
+batch of negatives.
+
+Duplicate captions are false negatives. They are handled twice: a training batch holds one caption
+per image (a different one each epoch), and rows whose caption text is identical are masked out of
+each other's softmax (`text_groups`, see nbutils.training.clip_loss).
+
+    python -m nbutils.train_clip --run-dir outputs/demo --epochs 20
+    torchrun --nproc_per_node=4 -m nbutils.train_clip --run-dir outputs/flickr \\
+        --model OFA-Sys/chinese-clip-vit-base-patch16 --batch-size 48
+
+Every field of `TrainClipConfig` is an option (`--lock-image true`). `--batch-size` is per process: the
+loss gathers features across processes, so the negatives per step are batch_size x processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .. import stages
+from ..config import StageConfig, param
+from ..data.cache import ImageGeometry
+from ..data.datasets import ContrastiveCollator, ImageTextDataset, normalize_pixel_values
+from ..evaluation import retrieval
+from ..evaluation.embeddings import embed, embed_texts
+from ..evaluation.zero_shot import demo_zero_shot
+from ..models import clip as clip_models
+from ..models.tokenizer import train_tokenizer
+from .clip_loss import clamp_logit_scale_, clip_loss
+
+# Learning rates that work per mode: towers trained from scratch tolerate a large rate; pretrained
+# towers are destroyed by it (the original project's 5e-4 on pretrained towers never learned).
+DEFAULT_LEARNING_RATE = {"demo": 5e-4, "compose": 5e-5, "pretrained": 1e-5}
+
+
+# -----------------------------------------------------------------------------
+# the Trainer
+
+class ContrastiveTrainer(Trainer):
+    """Trainer whose loss is symmetric InfoNCE, gathered across ranks, with the temperature kept sane."""
+
+    def __init__(self, *args, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pixel_mean, self.pixel_std = mean, std
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, gather=True):
+        pixel_values = normalize_pixel_values(inputs["pixel_values"], self.pixel_mean, self.pixel_std,
+                                              dtype=next(model.parameters()).dtype)
+        # Through model(...) rather than the towers directly, so DDP's hooks see the forward pass.
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        pixel_values=pixel_values, return_loss=False)
+        scale = clip_models.logit_scale_parameter(self.accelerator.unwrap_model(model))
+        loss = clip_loss(outputs.image_embeds, outputs.text_embeds, scale, inputs.get("text_groups"), gather=gather)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs, gather=False)  # eval batches may be uneven across ranks
+        return loss.detach(), None, None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # transformers 5.23: save_pretrained writes ViT weights under their original names
+        # (encoder.layer.N.attention.attention.key) but the Trainer's resume loads the raw state
+        # dict without from_pretrained's renaming, so the towers silently stay random. Load through
+        # from_pretrained, which applies the conversion, and copy the weights over.
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
+        missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {resume_from_checkpoint} does not fit the model: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        # The temperature is not a weight: decaying it pulls the scale towards 1 (CLIP, open_clip).
+        return [n for n in super().get_decay_parameter_names(model) if "logit_scale" not in n]
+
+
+class TemperatureAndEpochCallback(TrainerCallback):
+    """Clamp the learnable scale to <= 100 after each step; tell the dataset which epoch it is."""
+
+    def __init__(self, dataset: ImageTextDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(math.floor(state.epoch + 1e-6)))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            clamp_logit_scale_(clip_models.logit_scale_parameter(model))
+
+
+# -----------------------------------------------------------------------------
+# parameters
+
+
+@dataclass(frozen=True)
+class TrainClipConfig(StageConfig):
+    """train_clip's parameters (the notebook's `parameters` cell and the command line)."""
+
+    stage = "train_clip"
+    output_dir: str = param("../outputs/dev/train_clip", "injected by the runner: where this notebook writes")
+    model: str = param("demo", '"demo" (small towers from configs), "compose" (vision_model + text_model), '
+                               "or a CLIP / Chinese-CLIP checkpoint: hub id or folder")
+    vision_model: str = param("", 'with model "compose": e.g. google/vit-base-patch16-224')
+    text_model: str = param("", 'with model "compose": e.g. hfl/chinese-roberta-wwm-ext')
+    lock_image: bool = param(False, "LiT: freeze the image tower, train the text side")
+    lock_text: bool = param(False, "freeze the text tower")
+    projections_only: bool = param(False, "freeze both towers, train the projections and the temperature")
+    epochs: float = param(10.0, "passes over the training images")
+    max_steps: int = param(-1, "stop after this many steps (-1: run all epochs)")
+    batch_size: int = param(64, "per process; the loss sees batch_size x processes negatives")
+    learning_rate: float = param(0.0, "0 picks the mode's default: 5e-4 demo, 5e-5 compose, 1e-5 pretrained")
+    weight_decay: float = param(0.1, "AdamW weight decay (never on the temperature)")
+    warmup_ratio: float = param(0.1, "share of the steps spent warming up the learning rate")
+    gradient_accumulation_steps: int = param(1, "batches per optimiser step")
+    max_grad_norm: float = param(1.0, "gradient clipping")
+    eval_steps: int = param(0, "validate every N steps (0: every epoch)")
+    save_steps: int = param(0, "checkpoint every N steps (0: every epoch)")
+    logging_steps: int = param(10, "log the loss every N steps")
+    num_workers: int = param(0, "DataLoader workers")
+    resume: str = param("auto", '"auto" continues from the newest checkpoint in output_dir, "" starts fresh, '
+                                "or a checkpoint folder")
+    max_text_length: int = param(64, "captions are truncated to this many tokens")
+    projection_dim: int = param(128, "demo model only: embedding size")
+    report_to: str = param("none", 'Trainer loggers: "none", "tensorboard", "wandb", ...')
+
+
+# -----------------------------------------------------------------------------
+# the whole job
+
+
+@dataclass
+class ClipRun:
+    """What `train_clip` returns to the notebook."""
+
+    bundle: object
+    summary: dict
+    log_history: list = field(default_factory=list)
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    zero_shot: pd.DataFrame | None = None
+    test: ImageTextDataset | None = None
+    test_image_embeds: torch.Tensor | None = None
+
+    def search_examples(self, n_queries: int = 4, k: int = 5) -> list[dict]:
+        """Text→image search on the test split for the first caption of `n_queries` evenly spaced images.
+
+        Each result: {"query", "target" (the query's own image), "scores", "images"} (top k, best first),
+        for `nbutils.reporting.grids.search_results_html`.
+        """
+        step = max(1, len(self.test.captions) // n_queries)
+        targets = list(range(0, len(self.test.captions), step))[:n_queries]
+        queries = [self.test.captions[i][0] for i in targets]
+        scores, top = retrieval.search(embed_texts(self.bundle, queries), self.test_image_embeds, k=k)
+        return [{"query": q, "target": t, "scores": s.tolist(), "images": i.tolist()}
+                for q, t, s, i in zip(queries, targets, scores, top)]
+
+
+def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
+    """The model to train and its mode: "demo" (small towers from configs + a tokenizer trained on the
+    captions), "compose" (vision_model + text_model as a VisionTextDualEncoder), or "pretrained"."""
+    if config.model == "demo":
+        tokenizer = train_tokenizer(list(prepared.tables["train"]["text"]))
+        size = prepared.cache.geometry.height
+        net = clip_models.build_demo_dual_encoder(tokenizer, image_size=size, projection_dim=config.projection_dim)
+        return clip_models.ClipBundle(net, tokenizer, prepared.image_processor, "dual_encoder"), "demo"
+    if config.model == "compose":
+        if not config.vision_model or not config.text_model:
+            raise ValueError("model='compose' needs both vision_model and text_model (hub ids or folders)")
+        return clip_models.compose_dual_encoder(config.vision_model, config.text_model), "compose"
+    return clip_models.load_clip_model(config.model), "pretrained"
+
+
+def check_geometry(bundle, prepared: stages.PreparedDataset) -> None:
+    """The cache must hold images exactly as this model's processor would make them."""
+    clip_models.check_image_size(bundle.model, prepared.cache.geometry.height, parameter="processdata_03 image_size")
+    want = ImageGeometry.from_processor(bundle.image_processor)
+    if want != prepared.cache.geometry:
+        raise ValueError(f"the image cache was built as {prepared.cache.geometry.to_dict()} but the model's processor "
+                         f"wants {want.to_dict()}: rerun processdata_03 with image_processor set to this checkpoint")
+
+
+SUMMARY_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall",
+                   "median_rank_i2t", "median_rank_t2i")
+
+
+def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
+    """Train a dual encoder on `config.run_dir`'s processdata_03 splits; evaluate retrieval before and after."""
+    c = config
+    output_dir = Path(c.output_dir)
+    prepared = stages.load_prepared(c.run_dir)
+    torch.manual_seed(c.seed)
+    bundle, mode = load_bundle(c, prepared)
+    if mode != "demo":
+        check_geometry(bundle, prepared)
+    frozen = clip_models.apply_freezing(bundle.model, lock_image=c.lock_image, lock_text=c.lock_text,
+                                        projections_only=c.projections_only)
+    mean, std = prepared.mean_std
+    train = prepared.dataset("train", seed=c.seed)
+    val = prepared.dataset("val", seed=c.seed, fixed_caption=True)
+    test = prepared.dataset("test", seed=c.seed, fixed_caption=True)
+    if len(train) < c.batch_size:
+        raise ValueError(f"batch_size={c.batch_size} is larger than the {len(train)} training images")
+    lr = c.learning_rate or DEFAULT_LEARNING_RATE[mode]
+    # Batches are dropped when ragged (see dataloader_drop_last), so a tiny val split has none.
+    evaluate = len(val) >= c.batch_size
+    if not evaluate:
+        print(f"note: the val split has {len(val)} images, fewer than batch_size={c.batch_size}: no validation loss")
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"), num_train_epochs=c.epochs, max_steps=c.max_steps,
+        per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
+        gradient_accumulation_steps=c.gradient_accumulation_steps, learning_rate=lr, weight_decay=c.weight_decay,
+        # transformers 5: a float below 1 in warmup_steps is a ratio of the total steps.
+        warmup_steps=c.warmup_ratio, lr_scheduler_type="cosine", max_grad_norm=c.max_grad_norm,
+        # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
+        dataloader_drop_last=True, dataloader_num_workers=c.num_workers, remove_unused_columns=False,
+        eval_strategy="no" if not evaluate else "steps" if c.eval_steps else "epoch", eval_steps=c.eval_steps or None,
+        save_strategy="steps" if c.save_steps else "epoch", save_steps=c.save_steps or None, save_total_limit=2,
+        logging_steps=c.logging_steps, seed=c.seed, data_seed=c.seed, bf16=cuda and torch.cuda.is_bf16_supported(),
+        report_to=c.report_to, disable_tqdm=False, use_cpu=not cuda,
+    )
+    trainer = ContrastiveTrainer(model=bundle.model, args=args, train_dataset=train, eval_dataset=val,
+                                 data_collator=ContrastiveCollator(bundle.tokenizer, c.max_text_length),
+                                 callbacks=[TemperatureAndEpochCallback(train), *callbacks], mean=mean, std=std)
+
+    before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=c.max_text_length))
+    trainer.train(resume_from_checkpoint=_resume_checkpoint(args.output_dir, c.resume))
+    image_embeds, text_embeds, text_to_image = embed(bundle, test, mean, std, max_length=c.max_text_length)
+    after = retrieval.retrieval_metrics(image_embeds, text_embeds, text_to_image)
+
+    zero_shot = None
+    if prepared.origin.ground_truth:
+        zero_shot = demo_zero_shot(bundle, test, image_embeds, prepared.origin.ground_truth, prepared.origin.language)
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {key: after[key] for key in (*SUMMARY_METRICS, "chance_r1", "n_test_images")}
+    summary.update({
+        "initial": {k: before[k] for k in SUMMARY_METRICS},
+        "final_train_loss": losses[-1] if losses else None, "chance_loss": math.log(c.batch_size),
+        "batch_size": c.batch_size, "global_batch_size": c.batch_size * args.world_size * c.gradient_accumulation_steps,
+        "learning_rate": lr, "steps": trainer.state.global_step, "mode": mode, "trainable_parameters": frozen,
+    })
+    if zero_shot is not None and len(zero_shot):
+        summary["zero_shot_accuracy"] = {r.attribute: r.accuracy for r in zero_shot.itertuples()}
+    if trainer.is_world_process_zero():
+        stages.save_clip_run(output_dir, bundle, summary)
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+    return ClipRun(bundle, summary, trainer.state.log_history, before, after, zero_shot, test, image_embeds)
+
+
+def _resume_checkpoint(checkpoint_dir: str, resume: str):
+    """"auto": the newest checkpoint if one exists; "" : start fresh; otherwise a checkpoint path."""
+    if resume != "auto":
+        return resume or None
+    found = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(found[-1]) if found else None
+
+
+def main(argv=None) -> int:
+    """`python -m nbutils.train_clip`: every TrainClipConfig field is an option."""
+    config = TrainClipConfig.from_arguments(argv, prog="python -m nbutils.train_clip", description=__doc__)
+    result = train_clip(config)
+    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
