@@ -2,7 +2,9 @@
 
     python -m benchmarks.bench_image_cache [--n 300] [--size 224]
 
-(d) and (e) time the per-item Dataset + collator path a DataLoader worker runs.
+(d) and (e) time the path training runs: `ImageTextDataset` items one by one, the `ContrastiveCollator`
+(tokenising the captions too), and for (d) `normalize_pixel_values` to float32 on the host (a CPU run);
+(e) stops at the uint8 batch that a GPU run sends to the device.
 All read timings run on ONE core (torch.set_num_threads(1), no workers), best of --repeats passes over
 all N images. The one-off build uses every core. Results: a table on stdout and
 benchmarks/results/image_cache.json. See benchmarks/README.md for what each number means.
@@ -28,14 +30,10 @@ from PIL import Image, ImageDraw
 # is the torchvision backend when torchvision is installed).
 from transformers import ViTImageProcessorPil
 
-from nbutils.image_cache import (
-    CachedImageTextDataset,
-    ImageGeometry,
-    ImageTextCollator,
-    build_image_cache,
-    processor_mean_std,
-)
-from nbutils.io import write_json
+from nbutils.data.cache import ImageGeometry, build_image_cache, processor_mean_std
+from nbutils.data.datasets import ContrastiveCollator, ImageTextDataset, normalize_pixel_values
+from nbutils.files import write_json
+from nbutils.models.tokenizer import train_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "image_cache.json"
 TARGET_RATIO = 25.0
@@ -81,11 +79,17 @@ def best_of(repeats: int, fn) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=300, help="number of 640x480 JPEGs")
     parser.add_argument("--size", type=int, default=224, help="ViTImageProcessor size")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="rows per read; above ~32 at 224 px each float32 batch exceeds glibc's mmap threshold")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="rows per read; above ~32 at 224 px each float32 batch exceeds glibc's mmap threshold",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -126,31 +130,39 @@ def main(argv=None) -> dict:
                 images = cache.uint8(rows)
                 assert images.shape == (len(rows), args.size, args.size, 3)
 
-        # (d), (e) what one DataLoader worker does: dataset items one by one, then the collator.
-        table = pd.DataFrame({"image_path": paths, "text": ["a photo"] * len(paths)})
-        collate = ImageTextCollator()
+        # (d), (e) the training path: what one DataLoader worker and the training step do with a batch.
+        table = pd.DataFrame(
+            {"image_path": paths, "text": [f"一张照片，第{i}张 photo {i}" for i in range(len(paths))]}
+        )
+        dataset = ImageTextDataset(cache, table, sampling="image")
+        collate = ContrastiveCollator(train_tokenizer(table["text"]))
+        assert list(dataset.rows) == list(range(len(paths)))  # item i is cache row i, as in `batches`
 
-        def dataset_path(return_uint8):
-            dataset = CachedImageTextDataset(cache, table, mean, std, return_uint8=return_uint8)
-
+        def training_path(normalise):
             def run():
                 for rows in batches:
                     batch = collate([dataset[int(i)] for i in rows])
-                    assert batch["pixel_values"].shape == (len(rows), 3, args.size, args.size)
+                    pixel_values = batch["pixel_values"]
+                    if normalise:
+                        pixel_values = normalize_pixel_values(pixel_values, mean, std)
+                    assert pixel_values.shape == (len(rows), 3, args.size, args.size)
 
             return run
 
         original_s = best_of(args.repeats, original)
         pixel_values_s = best_of(args.repeats, cached_pixel_values)
         uint8_s = best_of(args.repeats, cached_uint8)
-        dataset_s = best_of(args.repeats, dataset_path(return_uint8=False))
-        dataset_uint8_s = best_of(args.repeats, dataset_path(return_uint8=True))
+        dataset_s = best_of(args.repeats, training_path(normalise=True))
+        dataset_uint8_s = best_of(args.repeats, training_path(normalise=False))
 
         # Honesty check (untimed): both paths give the same numbers for every image.
         max_diff = 0.0
         for rows in batches:
             expected = np.concatenate(
-                [processor(Image.open(paths[i]).convert("RGB"), return_tensors="np").pixel_values for i in rows]
+                [
+                    processor(Image.open(paths[i]).convert("RGB"), return_tensors="np").pixel_values
+                    for i in rows
+                ]
             )
             max_diff = max(max_diff, float(np.abs(cache.pixel_values(rows, mean, std) - expected).max()))
         assert max_diff < 1e-5, f"cache differs from ViTImageProcessor by {max_diff}"
@@ -190,16 +202,30 @@ def main(argv=None) -> dict:
     }
     write_json(args.out, results)
 
-    print(f"{args.n} x 640x480 JPEG (~{mean_jpeg_kb:.0f} KB) -> {args.size}x{args.size}, one core, best of {args.repeats}")
+    print(
+        f"{args.n} x 640x480 JPEG (~{mean_jpeg_kb:.0f} KB) -> {args.size}x{args.size}, one core, best of {args.repeats}"
+    )
     print(f"{'path':44s} {'img/s':>10s} {'vs (a)':>8s}")
     print(f"{'(a) PIL decode + ViTImageProcessor':44s} {rate(original_s):10.0f} {1:8.1f}x")
-    print(f"{'(b) ImageCache.pixel_values (float32)':44s} {rate(pixel_values_s):10.0f} {original_s / pixel_values_s:8.1f}x")
-    print(f"{'(c) ImageCache.uint8 (normalise on device)':44s} {rate(uint8_s):10.0f} {original_s / uint8_s:8.1f}x")
-    print(f"{'(d) Dataset items + collator (float32)':44s} {rate(dataset_s):10.0f} {original_s / dataset_s:8.1f}x")
-    print(f"{'(e) Dataset items + collator (uint8)':44s} {rate(dataset_uint8_s):10.0f} {original_s / dataset_uint8_s:8.1f}x")
+    print(
+        f"{'(b) ImageCache.pixel_values (float32)':44s} {rate(pixel_values_s):10.0f} "
+        f"{original_s / pixel_values_s:8.1f}x"
+    )
+    print(
+        f"{'(c) ImageCache.uint8 (normalise on device)':44s} {rate(uint8_s):10.0f} {original_s / uint8_s:8.1f}x"
+    )
+    print(
+        f"{'(d) training: Dataset+collator+normalise':44s} {rate(dataset_s):10.0f} {original_s / dataset_s:8.1f}x"
+    )
+    print(
+        f"{'(e) training, to the uint8 batch':44s} {rate(dataset_uint8_s):10.0f} "
+        f"{original_s / dataset_uint8_s:8.1f}x"
+    )
     print(f"one-off build, {os.cpu_count()} cores: {rate(build_s):.0f} img/s ({build_s:.1f} s)")
-    print(f"max |(a) - (b)| = {max_diff:.2e}; target (b)/(a) >= {TARGET_RATIO:.0f}x: "
-          f"{'met' if results['meets_target'] else 'NOT met'}")
+    print(
+        f"max |(a) - (b)| = {max_diff:.2e}; target (b)/(a) >= {TARGET_RATIO:.0f}x: "
+        f"{'met' if results['meets_target'] else 'NOT met'}"
+    )
     print(f"wrote {args.out}")
     return results
 

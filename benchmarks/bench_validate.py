@@ -25,8 +25,8 @@ import PIL
 from PIL import Image
 
 from benchmarks.bench_image_cache import _cpu_name, make_jpegs
-from nbutils.io import write_json
-from nbutils.validate import ValidationConfig, validate_images
+from nbutils.data.validate import ValidationConfig, validate_images
+from nbutils.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "validate.json"
 
@@ -55,7 +55,9 @@ def make_faulty(folder: Path, photo: str) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=400, help="number of 640x480 JPEGs")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -64,10 +66,16 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench_validate_") as tmp:
         tmp = Path(tmp)
-        paths = make_jpegs(tmp / "jpeg", args.n) + make_faulty(tmp / "faulty", str(tmp / "jpeg" / "00000.jpg"))
+        paths = make_jpegs(tmp / "jpeg", args.n) + make_faulty(
+            tmp / "faulty", str(tmp / "jpeg" / "00000.jpg")
+        )
         # two captions per image, like a real caption table
-        table = pd.DataFrame({"image_path": [p for p in paths for _ in range(2)],
-                              "text": [f"caption {k}" for k in range(2 * len(paths))]})
+        table = pd.DataFrame(
+            {
+                "image_path": [p for p in paths for _ in range(2)],
+                "text": [f"caption {k}" for k in range(2 * len(paths))],
+            }
+        )
         mean_jpeg_kb = float(np.mean([os.path.getsize(p) for p in paths[: args.n]]) / 1024)
 
         def run(num_workers):
@@ -76,7 +84,9 @@ def main(argv=None) -> dict:
                 out = tmp / "out"
                 shutil.rmtree(out, ignore_errors=True)  # fresh: nothing to reuse from the last run
                 start = time.perf_counter()
-                result = validate_images(table, out, ValidationConfig(num_workers=num_workers), progress=False)
+                result = validate_images(
+                    table, out, ValidationConfig(num_workers=num_workers), progress=False
+                )
                 times.append(time.perf_counter() - start)
             return min(times), result
 
@@ -86,8 +96,10 @@ def main(argv=None) -> dict:
         pd.testing.assert_frame_equal(serial.rejects, parallel.rejects)
 
     n_images = len(paths)
-    summary = {k: serial.summary[k] for k in ("checked", "clean", "rejected", "rejected_by_reason",
-                                              "duplicates", "normalised")}
+    summary = {
+        k: serial.summary[k]
+        for k in ("checked", "clean", "rejected", "rejected_by_reason", "duplicates", "normalised")
+    }
     results = {
         "n_images": n_images,
         "n_rows": len(table),
@@ -112,8 +124,10 @@ def main(argv=None) -> dict:
     }
     write_json(args.out, results)
 
-    print(f"validate_images: {n_images} images ({args.n} x 640x480 JPEG ~{mean_jpeg_kb:.0f} KB + faulty), "
-          f"{len(table)} rows, best of {args.repeats}")
+    print(
+        f"validate_images: {n_images} images ({args.n} x 640x480 JPEG ~{mean_jpeg_kb:.0f} KB + faulty), "
+        f"{len(table)} rows, best of {args.repeats}"
+    )
     print(f"{'num_workers=1':24s} {n_images / serial_s:8.0f} img/s  ({serial_s:.2f} s)")
     print(f"{f'all cores ({cores})':24s} {n_images / parallel_s:8.0f} img/s  ({parallel_s:.2f} s)")
     print(f"speed-up {serial_s / parallel_s:.2f}x; {summary}")

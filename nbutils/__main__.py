@@ -9,29 +9,51 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nbutils",
-                                     description="Workbench commands for the image-text notebooks.")
+    parser = argparse.ArgumentParser(
+        prog="python -m nbutils", description="Workbench commands for the image-text notebooks."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the pipeline notebooks of a profile and build outputs/<run>/index.html",
+        "run",
+        help="run the pipeline notebooks of a profile and build outputs/<run>/index.html",
         description="Run a profile's notebooks in pipeline order with papermill; write executed notebooks, "
-                    "HTML reports (code hidden), run.json and index.html under outputs/<run>/.",
+        "HTML reports (code hidden), run.json and index.html under outputs/<run>/.",
         epilog="examples:\n"
-               "  python -m nbutils run --profile demo\n"
-               "  python -m nbutils run --profile demo --only processdata_03 -p n_images=500 --run small\n"
-               "  python -m nbutils run --profile my_data.yaml -p processdata_03.image_size=224",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--profile", default="demo",
-                     help="profile name in nbutils/profiles/ or a path to a .yaml file (default: demo)")
-    run.add_argument("--only", action="append", metavar="NB1,NB2",
-                     help="run only these notebooks of the profile (comma-separated, repeatable)")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="set a parameter for every selected notebook declaring KEY, or NOTEBOOK.KEY=VALUE "
-                          "for one notebook; typed like the notebook's default (repeatable)")
-    run.add_argument("--run", dest="run_name", metavar="NAME",
-                     help="run name: results go to outputs/NAME (default: the profile's `run`)")
-    run.add_argument("--notebooks-dir", metavar="DIR", help="where the notebooks are (default: <repo>/notebooks)")
+        "  python -m nbutils run --profile demo\n"
+        "  python -m nbutils run --profile demo --only processdata_03 -p n_images=500 --run small\n"
+        "  python -m nbutils run --profile my_data.yaml -p processdata_03.image_size=224",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--profile",
+        default="demo",
+        help="profile name in nbutils/runner/profiles/ or a path to a .yaml file (default: demo)",
+    )
+    run.add_argument(
+        "--only",
+        action="append",
+        metavar="NB1,NB2",
+        help="run only these notebooks of the profile (comma-separated, repeatable)",
+    )
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a parameter for every selected notebook declaring KEY, or NOTEBOOK.KEY=VALUE "
+        "for one notebook; typed like the notebook's default (repeatable)",
+    )
+    run.add_argument(
+        "--run",
+        dest="run_name",
+        metavar="NAME",
+        help="run name: results go to outputs/NAME (default: the profile's `run`)",
+    )
+    run.add_argument(
+        "--notebooks-dir", metavar="DIR", help="where the notebooks are (default: <repo>/notebooks)"
+    )
     run.add_argument("--outputs-dir", metavar="DIR", help="where run folders go (default: <repo>/outputs)")
     return parser
 
@@ -49,9 +71,15 @@ def _run(args, argv) -> int:
 
     only = ",".join(args.only) if args.only else None
     try:
-        record = run_pipeline(args.profile, only=only, params=args.param, run_name=args.run_name,
-                              notebooks_dir=args.notebooks_dir, outputs_dir=args.outputs_dir,
-                              command=["python", "-m", "nbutils", *argv])
+        record = run_pipeline(
+            args.profile,
+            only=only,
+            params=args.param,
+            run_name=args.run_name,
+            notebooks_dir=args.notebooks_dir,
+            outputs_dir=args.outputs_dir,
+            command=["python", "-m", "nbutils", *argv],
+        )
     except ParameterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

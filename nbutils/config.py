@@ -48,8 +48,10 @@ class StageConfig:
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise TypeError(f"{type(self).__name__}.{name} must be {kind.__name__} "
-                                f"(default {self._default(name)!r}), got {value!r} ({type(value).__name__})")
+                raise TypeError(
+                    f"{type(self).__name__}.{name} must be {kind.__name__} "
+                    f"(default {self._default(name)!r}), got {value!r} ({type(value).__name__})"
+                )
 
     @classmethod
     def from_notebook(cls, namespace: Mapping[str, Any]):
@@ -57,8 +59,10 @@ class StageConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         missing = [name for name in names if name not in namespace]
         if missing:
-            raise NameError(f"{cls.__name__}: the {cls.stage or 'notebook'} parameters cell does not set "
-                            f"{', '.join(missing)}; it must assign every field of {cls.__name__}")
+            raise NameError(
+                f"{cls.__name__}: the {cls.stage or 'notebook'} parameters cell does not set "
+                f"{', '.join(missing)}; it must assign every field of {cls.__name__}"
+            )
         return cls(**{name: namespace[name] for name in names})
 
     def to_dict(self) -> dict:
@@ -77,17 +81,25 @@ class StageConfig:
     @classmethod
     def argument_parser(cls, prog: str, description: str = "") -> argparse.ArgumentParser:
         """One option per field (`--batch-size`), typed and documented by the field; --run-dir is required."""
-        parser = argparse.ArgumentParser(prog=prog, description=description,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = argparse.ArgumentParser(
+            prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         for f, kind in zip(dataclasses.fields(cls), field_types(cls).values()):
             option = "--" + f.name.replace("_", "-")
             if f.name == "run_dir":
                 parser.add_argument(option, required=True, help=f"run folder ({f.metadata['help']})")
             elif f.name == "output_dir":
-                parser.add_argument(option, default=None, help=f"where results go (default: <run-dir>/{cls.stage})")
+                parser.add_argument(
+                    option, default=None, help=f"where results go (default: <run-dir>/{cls.stage})"
+                )
             else:
-                parser.add_argument(option, dest=f.name, default=f.default, type=_parse_bool if kind is bool else kind,
-                                    help=f"{f.metadata.get('help', '')} (default: {f.default!r})")
+                parser.add_argument(
+                    option,
+                    dest=f.name,
+                    default=f.default,
+                    type=_parse_bool if kind is bool else kind,
+                    help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
+                )
         return parser
 
     @classmethod
@@ -118,8 +130,10 @@ def field_types(cls) -> dict[str, type]:
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         if kind not in SCALAR_TYPES:
-            raise TypeError(f"{cls.__name__}.{f.name}: config fields must be bool, int, float or str "
-                            f"(papermill injects literals), got {kind}")
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: config fields must be bool, int, float or str "
+                f"(papermill injects literals), got {kind}"
+            )
         types[f.name] = kind
     return types
 

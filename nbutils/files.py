@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -57,7 +58,7 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 def sweep_stale_temporaries(folder: str | os.PathLike) -> None:
     """Delete every temporary that a killed process left anywhere under `folder` (once per job)."""
-    for parent, dirnames, filenames in os.walk(folder):   # does not follow links out of `folder`
+    for parent, dirnames, filenames in os.walk(folder):  # does not follow links out of `folder`
         for name in dirnames + filenames:
             if _TEMPORARY.match(name):
                 _remove_if_orphaned(Path(parent) / name)

@@ -38,8 +38,15 @@ def process_pool(num_workers: int) -> Iterator[ProcessPoolExecutor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def map_chunks(fn: Callable, chunks: Sequence, *args, pool: ProcessPoolExecutor | None, desc: str,
-               unit: str = "img", progress: bool = True) -> Iterator:
+def map_chunks(
+    fn: Callable,
+    chunks: Sequence,
+    *args,
+    pool: ProcessPoolExecutor | None,
+    desc: str,
+    unit: str = "img",
+    progress: bool = True,
+) -> Iterator:
     """Yield `fn(chunk, *args)` for each chunk, in order, from `pool` (or in this process if None).
 
     `fn` must be a module-level function (it is pickled to the workers). The bar counts items.

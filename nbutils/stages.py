@@ -1,7 +1,7 @@
 """What each pipeline stage leaves for the next: typed hand-offs, one loader per stage.
 
-    processdata_01  downloaded.csv (+ status.parquet, images/)       load_downloaded(run_dir) -> DownloadedImages
-    processdata_02  clean.csv (+ rejects.csv, checks.csv)            load_validated(run_dir)  -> ValidatedImages
+    processdata_01  downloaded.csv (+ status.parquet, images/)       load_downloaded(run_dir) -> ImageTable
+    processdata_02  clean.csv (+ rejects.csv, checks.csv)            load_validated(run_dir)  -> ImageTable
     processdata_03  train/val/test[_small].csv, dropped.csv, cache   load_prepared(run_dir)   -> PreparedDataset
     train_clip      model/ (a save_pretrained folder), summary.json  load_clip(run_dir)       -> TrainedClip
 
@@ -39,12 +39,18 @@ class DataOrigin:
     ground_truth: str | None = None
 
 
-def write_stage(stage_dir: str | os.PathLike, stage: str, files: dict[str, str], origin: DataOrigin | None = None,
-                **extra) -> Path:
+def write_stage(
+    stage_dir: str | os.PathLike, stage: str, files: dict[str, str], origin: DataOrigin | None = None, **extra
+) -> Path:
     """Write `<stage_dir>/stage.json`: the stage's files (relative names), its data origin and `extra` fields."""
-    manifest = {"stage": stage, "format_version": FORMAT_VERSION,
-                "created_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "files": dict(files), "origin": asdict(origin) if origin else None, **extra}
+    manifest = {
+        "stage": stage,
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "files": dict(files),
+        "origin": asdict(origin) if origin else None,
+        **extra,
+    }
     return write_json(Path(stage_dir) / STAGE_FILE, manifest)
 
 
@@ -56,11 +62,15 @@ def read_stage(run_dir: str | os.PathLike, stage: str) -> tuple[Path, dict]:
         raise DataError(f"{path} not found: run {stage} for this run first")
     manifest = read_json(path)
     if manifest.get("stage") != stage or manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: written by another stage or version ({manifest.get('stage')!r}, "
-                        f"format_version {manifest.get('format_version')!r}); rerun {stage}")
+        raise DataError(
+            f"{path}: written by another stage or version ({manifest.get('stage')!r}, "
+            f"format_version {manifest.get('format_version')!r}); rerun {stage}"
+        )
     missing = [name for name in manifest["files"].values() if not (stage_dir / name).exists()]
     if missing:
-        raise DataError(f"{stage_dir}: {', '.join(missing)} missing although {STAGE_FILE} lists them; rerun {stage}")
+        raise DataError(
+            f"{stage_dir}: {', '.join(missing)} missing although {STAGE_FILE} lists them; rerun {stage}"
+        )
     return stage_dir, manifest
 
 
@@ -72,53 +82,53 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-# ----------------------------------------------------------------------------- processdata_01
+# ----------------------------------------------------------------------------- processdata_01 and 02
 
 
 @dataclass
-class DownloadedImages:
-    """processdata_01's result: one row per caption whose image arrived (image_path, text, url, id)."""
+class ImageTable:
+    """Caption rows whose image is usable (image_path, text, ...), with the data's origin.
+
+    processdata_01 leaves the rows whose image arrived (image_path, text, url, id); processdata_02 the
+    rows whose image passed validation (image_path, text[, url]), paths absolute.
+    """
 
     table: pd.DataFrame
     origin: DataOrigin
     stage_dir: Path
 
 
-def save_downloaded(output_dir, table: pd.DataFrame, origin: DataOrigin) -> DownloadedImages:
+def save_downloaded(output_dir, table: pd.DataFrame, origin: DataOrigin) -> ImageTable:
+    """Write processdata_01's table of downloaded rows and its manifest."""
     output_dir = Path(output_dir)
     write_table(table, output_dir / "downloaded.csv")
     write_stage(output_dir, "processdata_01", {"table": "downloaded.csv"}, origin)
-    return DownloadedImages(table, origin, output_dir)
+    return ImageTable(table, origin, output_dir)
 
 
-def load_downloaded(run_dir) -> DownloadedImages:
-    stage_dir, manifest = read_stage(run_dir, "processdata_01")
-    return DownloadedImages(_read_csv(stage_dir / manifest["files"]["table"]), _origin(manifest), stage_dir)
-
-
-# ----------------------------------------------------------------------------- processdata_02
-
-
-@dataclass
-class ValidatedImages:
-    """processdata_02's result: the rows whose image passed (image_path, text[, url]), paths absolute."""
-
-    table: pd.DataFrame
-    origin: DataOrigin
-    stage_dir: Path
-
-
-def save_validated(output_dir, table: pd.DataFrame, origin: DataOrigin) -> ValidatedImages:
+def save_validated(output_dir, table: pd.DataFrame, origin: DataOrigin) -> ImageTable:
     """Record processdata_02's outputs (`validate_images` wrote the tables) and the data's origin."""
     output_dir = Path(output_dir)
-    write_stage(output_dir, "processdata_02",
-                {"table": "clean.csv", "rejects": "rejects.csv", "checks": "checks.csv"}, origin)
-    return ValidatedImages(table, origin, output_dir)
+    write_stage(
+        output_dir,
+        "processdata_02",
+        {"table": "clean.csv", "rejects": "rejects.csv", "checks": "checks.csv"},
+        origin,
+    )
+    return ImageTable(table, origin, output_dir)
 
 
-def load_validated(run_dir) -> ValidatedImages:
-    stage_dir, manifest = read_stage(run_dir, "processdata_02")
-    return ValidatedImages(_read_csv(stage_dir / manifest["files"]["table"]), _origin(manifest), stage_dir)
+def load_downloaded(run_dir) -> ImageTable:
+    return _load_image_table(run_dir, "processdata_01")
+
+
+def load_validated(run_dir) -> ImageTable:
+    return _load_image_table(run_dir, "processdata_02")
+
+
+def _load_image_table(run_dir, stage: str) -> ImageTable:
+    stage_dir, manifest = read_stage(run_dir, stage)
+    return ImageTable(_read_csv(stage_dir / manifest["files"]["table"]), _origin(manifest), stage_dir)
 
 
 # ----------------------------------------------------------------------------- processdata_03
@@ -148,8 +158,14 @@ class PreparedDataset:
         """The `ImageTextDataset` of `split` ("train", "val", "test", "train_small", "test_small")."""
         from .data.datasets import ImageTextDataset  # torch: only the training stages pay for it
 
-        return ImageTextDataset(self.cache, self.tables[split], sampling=sampling, seed=seed,
-                                fixed_caption=fixed_caption, source=f"split {split!r} of {self.name}")
+        return ImageTextDataset(
+            self.cache,
+            self.tables[split],
+            sampling=sampling,
+            seed=seed,
+            fixed_caption=fixed_caption,
+            source=f"split {split!r} of {self.name}",
+        )
 
     def summary(self) -> dict:
         out = {}
@@ -172,10 +188,20 @@ def save_prepared(output_dir, prepared: PreparedDataset) -> PreparedDataset:
         write_table(prepared.tables[name], output_dir / f"{name}.csv")
     write_table(prepared.dropped, output_dir / "dropped.csv")
     prepared.image_processor.save_pretrained(output_dir / "image_processor")
-    files = {**{name: f"{name}.csv" for name in PREPARED_TABLES}, "dropped": "dropped.csv",
-             "image_processor": "image_processor"}
-    write_stage(output_dir, "processdata_03", files, prepared.origin, name=prepared.name,
-                cache_dir=str(Path(prepared.cache.cache_dir).resolve()), geometry=prepared.cache.geometry.to_dict())
+    files = {
+        **{name: f"{name}.csv" for name in PREPARED_TABLES},
+        "dropped": "dropped.csv",
+        "image_processor": "image_processor",
+    }
+    write_stage(
+        output_dir,
+        "processdata_03",
+        files,
+        prepared.origin,
+        name=prepared.name,
+        cache_dir=str(Path(prepared.cache.cache_dir).resolve()),
+        geometry=prepared.cache.geometry.to_dict(),
+    )
     return prepared
 
 
@@ -188,8 +214,9 @@ def load_prepared(run_dir) -> PreparedDataset:
     tables = {name: _read_csv(stage_dir / files[name]) for name in PREPARED_TABLES}
     dropped = pd.read_csv(stage_dir / files["dropped"], dtype={"text": str}, keep_default_na=False)
     processor = load_image_processor(str(stage_dir / files["image_processor"]))
-    return PreparedDataset(tables, dropped, ImageCache(manifest["cache_dir"]), processor, manifest["name"],
-                           _origin(manifest))
+    return PreparedDataset(
+        tables, dropped, ImageCache(manifest["cache_dir"]), processor, manifest["name"], _origin(manifest)
+    )
 
 
 # ----------------------------------------------------------------------------- train_clip
@@ -221,4 +248,6 @@ def load_clip(run_dir) -> TrainedClip:
 
     stage_dir, manifest = read_stage(run_dir, "train_clip")
     model_dir = stage_dir / manifest["files"]["model"]
-    return TrainedClip(load_clip_model(model_dir), read_json(stage_dir / manifest["files"]["summary"]), model_dir)
+    return TrainedClip(
+        load_clip_model(model_dir), read_json(stage_dir / manifest["files"]["summary"]), model_dir
+    )

@@ -80,14 +80,18 @@ class ImageGeometry:
             raise ValueError(f"ImageGeometry.resize must be 'exact' or 'shortest_edge', got {self.resize!r}")
         if self.resize == "shortest_edge":
             if not isinstance(self.shortest_edge, (int, np.integer)) or self.shortest_edge <= 0:
-                raise ValueError(f"ImageGeometry.shortest_edge must be a positive int, got {self.shortest_edge!r}")
+                raise ValueError(
+                    f"ImageGeometry.shortest_edge must be a positive int, got {self.shortest_edge!r}"
+                )
         elif self.shortest_edge is not None:
             raise ValueError("ImageGeometry.shortest_edge is only used with resize='shortest_edge'")
         if self.resample not in RESAMPLE:
-            raise ValueError(f"ImageGeometry.resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
+            raise ValueError(
+                f"ImageGeometry.resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}"
+            )
 
     @classmethod
-    def from_processor(cls, processor) -> "ImageGeometry":
+    def from_processor(cls, processor) -> ImageGeometry:
         """Read the geometry of a ViT / CLIP / Chinese-CLIP image processor (or a processor holding one)."""
         processor = getattr(processor, "image_processor", processor)
         name = type(processor).__name__
@@ -104,12 +108,16 @@ class ImageGeometry:
             return cls(height, width, "exact", None, resample)
         if set(size) == {"shortest_edge"}:
             if not do_crop or not (crop.get("height") and crop.get("width")):
-                raise ValueError(f"{name}: size={size} without a center crop gives a different size per image")
-            return cls(int(crop["height"]), int(crop["width"]), "shortest_edge", int(size["shortest_edge"]), resample)
+                raise ValueError(
+                    f"{name}: size={size} without a center crop gives a different size per image"
+                )
+            return cls(
+                int(crop["height"]), int(crop["width"]), "shortest_edge", int(size["shortest_edge"]), resample
+            )
         raise ValueError(f"{name}: unsupported size={size} (need height/width or shortest_edge)")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ImageGeometry":
+    def from_dict(cls, d: dict) -> ImageGeometry:
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -216,7 +224,7 @@ def build_image_cache(
     geometry: ImageGeometry,
     num_workers: int | None = None,
     progress: bool = True,
-) -> "ImageCache":
+) -> ImageCache:
     """Decode every image once into `cache_dir`; reuse the cache when inputs and geometry are unchanged.
 
     Paths are de-duplicated and stored exactly as given (look them up with the same strings).
@@ -241,11 +249,16 @@ def build_image_cache(
         images = _create_memmap(images_path, (len(paths), height, width, 3))
         chunks = split_into_chunks(paths, num_workers, CHUNK_SIZE)
         with process_pool(min(num_workers, len(chunks))) as pool:
-            results = map_chunks(_decode_chunk, chunks, geometry.to_dict(), pool=pool, desc="image cache",
-                                 progress=progress)
+            results = map_chunks(
+                _decode_chunk, chunks, geometry.to_dict(), pool=pool, desc="image cache", progress=progress
+            )
             for chunk, chunk_results in zip(chunks, results):
-                failed += [(path, reason) for path, (array, reason) in zip(chunk, chunk_results) if array is None]
-                decoded = [(path, array) for path, (array, _) in zip(chunk, chunk_results) if array is not None]
+                failed += [
+                    (path, reason) for path, (array, reason) in zip(chunk, chunk_results) if array is None
+                ]
+                decoded = [
+                    (path, array) for path, (array, _) in zip(chunk, chunk_results) if array is not None
+                ]
                 _store_rows(images, len(good), [array for _, array in decoded])
                 good += [path for path, _ in decoded]
         count = len(good)
@@ -297,7 +310,7 @@ def _fingerprint(paths: Sequence[str], geometry: ImageGeometry) -> str:
     return digest.hexdigest()
 
 
-def _open_if_current(cache_dir: Path, fingerprint: str) -> "ImageCache | None":
+def _open_if_current(cache_dir: Path, fingerprint: str) -> ImageCache | None:
     if not (cache_dir / META_FILE).is_file():
         return None
     try:
@@ -321,7 +334,9 @@ class ImageCache:
             raise DataError(f"{meta_path}: missing; {self.cache_dir} is not a finished image cache")
         self.meta = read_json(meta_path)
         if self.meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}")
+            raise DataError(
+                f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}"
+            )
         self.geometry = ImageGeometry.from_dict(self.meta["geometry"])
         index = pd.read_csv(self.cache_dir / INDEX_FILE, dtype={"image_path": str}, keep_default_na=False)
         count = int(self.meta["count"])
@@ -337,7 +352,7 @@ class ImageCache:
         self._pid = None
 
     @classmethod
-    def open(cls, cache_dir: str | os.PathLike) -> "ImageCache":
+    def open(cls, cache_dir: str | os.PathLike) -> ImageCache:
         return cls(cache_dir)
 
     def __len__(self) -> int:

@@ -36,8 +36,15 @@ class ImageTextDataset(torch.utils.data.Dataset):
     "image_index": position in `image_paths`}.
     """
 
-    def __init__(self, cache: ImageCache | str | os.PathLike, table: pd.DataFrame, sampling: str = "image",
-                 seed: int = 0, fixed_caption: bool = False, source: str = "table"):
+    def __init__(
+        self,
+        cache: ImageCache | str | os.PathLike,
+        table: pd.DataFrame,
+        sampling: str = "image",
+        seed: int = 0,
+        fixed_caption: bool = False,
+        source: str = "table",
+    ):
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
         self.cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
@@ -51,8 +58,10 @@ class ImageTextDataset(torch.utils.data.Dataset):
         missing = np.flatnonzero(cached < 0)
         if len(missing):
             shown = ", ".join(f"row {table.index[i]}: {keys[i]!r}" for i in missing[:5])
-            raise DataError(f"{source}: {len(missing)} image_path value(s) not in the image cache "
-                            f"{self.cache.cache_dir} ({shown})")
+            raise DataError(
+                f"{source}: {len(missing)} image_path value(s) not in the image cache "
+                f"{self.cache.cache_dir} ({shown})"
+            )
         texts = table["text"].tolist()
         bad_text = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad_text:
@@ -88,7 +97,9 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return {"pixel_values": pixels, "text": self.captions[i][j], "image_index": i}
 
 
-def normalize_pixel_values(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalize_pixel_values(
+    images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Normalise uint8 (B, 3, H, W) or (3, H, W) on its own device, like the image processor would."""
     scale, shift = normalization_affine(mean, std)
     scale = torch.from_numpy(scale).to(images.device)
@@ -109,7 +120,9 @@ class ContrastiveCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         texts = [item["text"] for item in items]
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {
             "pixel_values": torch.stack([item["pixel_values"] for item in items]),
             "input_ids": batch["input_ids"],

@@ -38,34 +38,63 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 import requests
-from tqdm.auto import tqdm
 import urllib3
+from tqdm.auto import tqdm
 
 from .. import files
 from ..config import StageConfig, param
 from ..errors import DataError, check_int, short_error
 from ..files import atomic_path, write_table
-from .images import SIGNATURE_BYTES, image_format, to_rgb
 from . import importers
+from .images import SIGNATURE_BYTES, image_format, to_rgb
 from .importers import read_table, string_column, wukong_filename
 
 # -----------------------------------------------------------------------------
 # config
-STATUS_LOG = "_status.jsonl"        # one JSON row per finished download, appended as they finish
-STATUS_FILE = "status.parquet"      # the full status table, written at the end of each run
-STATUS_COLUMNS = ["id", "url", "path", "status", "error_kind", "http_status", "bytes", "sha1",
-                  "elapsed", "attempts", "error"]
+STATUS_LOG = "_status.jsonl"  # one JSON row per finished download, appended as they finish
+STATUS_FILE = "status.parquet"  # the full status table, written at the end of each run
+STATUS_COLUMNS = [
+    "id",
+    "url",
+    "path",
+    "status",
+    "error_kind",
+    "http_status",
+    "bytes",
+    "sha1",
+    "elapsed",
+    "attempts",
+    "error",
+]
 ERROR_KINDS = (
-    "http_404", "http_403", "http_4xx", "http_5xx", "http_429", "timeout", "connection", "truncated",
-    "too_many_redirects", "too_large", "bad_content_type", "not_an_image", "unsupported_url",
-    "unsafe_filename", "resize_failed",
+    "http_404",
+    "http_403",
+    "http_4xx",
+    "http_5xx",
+    "http_429",
+    "timeout",
+    "connection",
+    "truncated",
+    "too_many_redirects",
+    "too_large",
+    "bad_content_type",
+    "not_an_image",
+    "unsupported_url",
+    "unsafe_filename",
+    "resize_failed",
 )
-PLAN_KINDS = ("unsafe_filename", "unsupported_url")   # decided from the manifest alone, never fetched
+PLAN_KINDS = ("unsafe_filename", "unsupported_url")  # decided from the manifest alone, never fetched
 URL_SCHEMES = ("http", "https")
 # Leading bytes of the formats we keep; an HTML error page never starts with any of them.
-DRAIN_ERROR_BODY = 64_000           # read small error pages so the connection goes back to the pool
-IN_FLIGHT_PER_WORKER = 4            # queued tasks per thread: a million-row manifest is not a million futures
-NAME_ERRNOS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL}   # the name's fault
+DRAIN_ERROR_BODY = 64_000  # read small error pages so the connection goes back to the pool
+IN_FLIGHT_PER_WORKER = 4  # queued tasks per thread: a million-row manifest is not a million futures
+NAME_ERRNOS = {
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.EINVAL,
+}  # the name's fault
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -74,10 +103,16 @@ class DownloadConfig(StageConfig):
     """processdata_01's parameters: what to download and how. Defaults suit a public crawl."""
 
     stage = "processdata_01"
-    output_dir: str = param("../outputs/dev/processdata_01", "injected by the runner: where this notebook writes")
-    source: str = param("demo", '"demo" (serve the generated set from a faulty local server) or a manifest path')
-    input_format: str = param("table", '"table" (columns named below), or an importer with urls: original_csv, '
-                                       "ai_challenger, wukong")
+    output_dir: str = param(
+        "../outputs/dev/processdata_01", "injected by the runner: where this notebook writes"
+    )
+    source: str = param(
+        "demo", '"demo" (serve the generated set from a faulty local server) or a manifest path'
+    )
+    input_format: str = param(
+        "table",
+        '"table" (columns named below), or an importer with urls: original_csv, ai_challenger, wukong',
+    )
     url_column: str = param("url", 'manifest columns for "table" (CSV / TSV / JSONL / parquet)')
     caption_column: str = param("text", "the caption column")
     filename_column: str = param("filename", "empty: name files by the sha1 of their url")
@@ -90,16 +125,22 @@ class DownloadConfig(StageConfig):
     backoff: float = param(0.5, "seconds before the first retry, doubled each retry (with jitter)")
     max_redirects: int = param(5, "more redirects than this fail the url")
     max_bytes: int = param(20_000_000, "larger bodies are refused, and stop being read at this size")
-    user_agent: str = param("nbutils-downloader/0.1 (image-text research; +https://github.com/)",
-                            "User-Agent header of every request")
-    resize_shorter_side: int = param(0, "shrink on download so the shorter side is at most this (0 keeps the bytes)")
+    user_agent: str = param(
+        "nbutils-downloader/0.1 (image-text research; +https://github.com/)",
+        "User-Agent header of every request",
+    )
+    resize_shorter_side: int = param(
+        0, "shrink on download so the shorter side is at most this (0 keeps the bytes)"
+    )
     retry_failed: bool = param(False, "on a rerun, retry rows that failed before")
     verify_existing: bool = param(True, "on a rerun, sha1-check the files a previous run kept")
     jpeg_quality: int = param(90, "JPEG quality of images resized on download")
     content_types: str = param("image/", "comma-separated Content-Type prefixes accepted")
     backoff_cap: float = param(30.0, "longest backoff wait, seconds")
     max_retry_after: float = param(60.0, "longest wait a server's Retry-After can impose, seconds")
-    total_timeout: float = param(120.0, "seconds for one attempt's whole body: a host trickling bytes fails too")
+    total_timeout: float = param(
+        120.0, "seconds for one attempt's whole body: a host trickling bytes fails too"
+    )
     chunk_size: int = param(65536, "bytes read at a time")
     language: str = param("zh", "demo only: caption language")
     n_images: int = param(3000, "demo only: images to generate and serve")
@@ -114,9 +155,9 @@ class DownloadConfig(StageConfig):
 
 @dataclass
 class DownloadResult:
-    status: pd.DataFrame        # one row per distinct download (STATUS_COLUMNS)
+    status: pd.DataFrame  # one row per distinct download (STATUS_COLUMNS)
     summary: dict
-    table: pd.DataFrame         # image_path, text, url, id: caption rows whose image is ok
+    table: pd.DataFrame  # image_path, text, url, id: caption rows whose image is ok
 
 
 class UnsafeFilenameError(DataError):
@@ -127,8 +168,13 @@ class UnsafeFilenameError(DataError):
 # manifest
 
 
-def read_manifest(path, url_column: str = "url", caption_column: str = "text", filename_column: str = "",
-                  id_column: str = "") -> pd.DataFrame:
+def read_manifest(
+    path,
+    url_column: str = "url",
+    caption_column: str = "text",
+    filename_column: str = "",
+    id_column: str = "",
+) -> pd.DataFrame:
     """Read a url/caption table (CSV, TSV, JSONL, parquet) into columns id, url, filename, text.
 
     One row per caption; several rows may share a url. Without `filename_column` the file name is
@@ -136,25 +182,39 @@ def read_manifest(path, url_column: str = "url", caption_column: str = "text", f
     File names are checked later, per row (an unsafe name fails its row, not the whole manifest).
     """
     df = read_table(path)
-    for name, column in (("url_column", url_column), ("caption_column", caption_column),
-                         ("filename_column", filename_column), ("id_column", id_column)):
+    for name, column in (
+        ("url_column", url_column),
+        ("caption_column", caption_column),
+        ("filename_column", filename_column),
+        ("id_column", id_column),
+    ):
         if column and column not in df.columns:
-            raise DataError(f"{path}: no column {column!r} ({name}={column!r}); "
-                            f"the file has columns {list(df.columns)}")
+            raise DataError(
+                f"{path}: no column {column!r} ({name}={column!r}); the file has columns {list(df.columns)}"
+            )
     urls = [u.strip() for u in string_column(df[url_column])]
-    return pd.DataFrame({
-        "id": string_column(df[id_column]) if id_column else [str(i) for i in range(len(df))],
-        "url": urls,
-        "filename": string_column(df[filename_column]) if filename_column else [wukong_filename(u) for u in urls],
-        "text": [t.strip() for t in string_column(df[caption_column])],
-    })
+    return pd.DataFrame(
+        {
+            "id": string_column(df[id_column]) if id_column else [str(i) for i in range(len(df))],
+            "url": urls,
+            "filename": string_column(df[filename_column])
+            if filename_column
+            else [wukong_filename(u) for u in urls],
+            "text": [t.strip() for t in string_column(df[caption_column])],
+        }
+    )
 
 
 def load_manifest(config: DownloadConfig, path) -> pd.DataFrame:
     """The manifest at `path`, read as `config` says: the named columns ("table") or a published layout."""
     if config.input_format == "table":
-        return read_manifest(path, url_column=config.url_column, caption_column=config.caption_column,
-                             filename_column=config.filename_column, id_column=config.id_column)
+        return read_manifest(
+            path,
+            url_column=config.url_column,
+            caption_column=config.caption_column,
+            filename_column=config.filename_column,
+            id_column=config.id_column,
+        )
     return importers.import_captions(config.input_format, path, images_root=str(config.images_path))
 
 
@@ -166,18 +226,27 @@ def _check_manifest(manifest) -> pd.DataFrame:
         raise DataError(f"manifest must be a DataFrame or a path, not {type(manifest).__name__}")
     missing = [c for c in ("url", "text") if c not in manifest.columns]
     if missing:
-        raise DataError(f"manifest: missing column(s) {missing}; it has columns {list(manifest.columns)} "
-                        "(read files with read_manifest(path, url_column=..., caption_column=...))")
+        raise DataError(
+            f"manifest: missing column(s) {missing}; it has columns {list(manifest.columns)} "
+            "(read files with read_manifest(path, url_column=..., caption_column=...))"
+        )
     if len(manifest) == 0:
         raise DataError("manifest: no rows")
     urls = [u.strip() for u in string_column(manifest["url"])]
-    return pd.DataFrame({
-        "id": string_column(manifest["id"]) if "id" in manifest.columns else [str(i) for i in range(len(manifest))],
-        "url": urls,
-        "filename": (string_column(manifest["filename"]) if "filename" in manifest.columns
-                     else [wukong_filename(u) for u in urls]),
-        "text": string_column(manifest["text"]),
-    })
+    return pd.DataFrame(
+        {
+            "id": string_column(manifest["id"])
+            if "id" in manifest.columns
+            else [str(i) for i in range(len(manifest))],
+            "url": urls,
+            "filename": (
+                string_column(manifest["filename"])
+                if "filename" in manifest.columns
+                else [wukong_filename(u) for u in urls]
+            ),
+            "text": string_column(manifest["text"]),
+        }
+    )
 
 
 def safe_relative_path(filename) -> str:
@@ -237,8 +306,8 @@ class _Item:
 
     id: str
     url: str
-    path: str                       # relative to out_dir (the raw name when unsafe)
-    kind: str = ""                  # set when the manifest alone decides the row fails
+    path: str  # relative to out_dir (the raw name when unsafe)
+    kind: str = ""  # set when the manifest alone decides the row fails
     message: str = ""
 
     @property
@@ -250,7 +319,7 @@ def _plan(manifest: pd.DataFrame, reserved: set[str]) -> tuple[list[_Item], list
     """Distinct downloads, and for each manifest row the index of its download."""
     items: list[_Item] = []
     index: dict[tuple[str, str], int] = {}
-    owner: dict[str, str] = {}              # relative path -> the url that writes it
+    owner: dict[str, str] = {}  # relative path -> the url that writes it
     row_item = []
     for row_id, url, name in zip(manifest["id"], manifest["url"], manifest["filename"]):
         try:
@@ -261,8 +330,11 @@ def _plan(manifest: pd.DataFrame, reserved: set[str]) -> tuple[list[_Item], list
         if j is None:
             j = index[(url, path)] = len(items)
             if not kind and path in reserved:
-                kind, message = "unsafe_filename", f"file name {path!r} is reserved for the downloader's status files"
-            elif not kind and path in owner:   # same name, another url: one would overwrite the other
+                kind, message = (
+                    "unsafe_filename",
+                    f"file name {path!r} is reserved for the downloader's status files",
+                )
+            elif not kind and path in owner:  # same name, another url: one would overwrite the other
                 kind, message = "unsafe_filename", f"file name {path!r} is already used by {owner[path]}"
             elif not kind:
                 owner[path] = url
@@ -275,7 +347,10 @@ def _plan(manifest: pd.DataFrame, reserved: set[str]) -> tuple[list[_Item], list
     folders = {p.rsplit("/", k)[0] for p in owner for k in range(1, p.count("/") + 1)}
     for item in items:
         if not item.kind and item.path in folders:
-            item.kind, item.message = "unsafe_filename", f"file name {item.path!r} is also a folder of other files"
+            item.kind, item.message = (
+                "unsafe_filename",
+                f"file name {item.path!r} is also a folder of other files",
+            )
     return items, row_item
 
 
@@ -284,8 +359,15 @@ def _plan(manifest: pd.DataFrame, reserved: set[str]) -> tuple[list[_Item], list
 
 
 class _Failure(Exception):
-    def __init__(self, kind: str, message: str, http_status: int = 0, nbytes: int = 0, retryable: bool = False,
-                 retry_after: float | None = None):
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        http_status: int = 0,
+        nbytes: int = 0,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.kind, self.message, self.http_status, self.nbytes = kind, message, http_status, nbytes
         self.retryable, self.retry_after = retryable, retry_after
@@ -308,7 +390,7 @@ def _retry_after(value: str | None) -> float | None:
 def retry_delay(config: DownloadConfig, attempt: int, retry_after: float | None = None) -> float:
     """Seconds to wait before retry number `attempt + 1` (attempt counts from 0)."""
     # Jitter keeps threads that failed together on one host from retrying in lock-step.
-    delay = min(config.backoff_cap, config.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+    delay = min(config.backoff_cap, config.backoff * 2**attempt) * random.uniform(0.5, 1.0)
     if retry_after is not None:
         delay = max(delay, min(retry_after, config.max_retry_after))
     return delay
@@ -326,19 +408,25 @@ def _http_failure(response: requests.Response) -> _Failure:
     if code == 403:
         return _Failure("http_403", "HTTP 403 Forbidden", code)
     if code == 429:
-        return _Failure("http_429", "HTTP 429 Too Many Requests", code, retryable=True, retry_after=retry_after)
+        return _Failure(
+            "http_429", "HTTP 429 Too Many Requests", code, retryable=True, retry_after=retry_after
+        )
     if 500 <= code < 600:
-        return _Failure("http_5xx", f"HTTP {code} {response.reason}", code, retryable=True, retry_after=retry_after)
+        return _Failure(
+            "http_5xx", f"HTTP {code} {response.reason}", code, retryable=True, retry_after=retry_after
+        )
     # Other 4xx, and the odd 1xx/2xx/3xx that is not a plain 200: a final answer that is not the image.
     return _Failure("http_4xx", f"HTTP {code} {response.reason}", code)
 
 
-def _fetch(session: requests.Session, url: str, config: DownloadConfig,
-           stop: threading.Event | None = None) -> tuple[bytes, int]:
+def _fetch(
+    session: requests.Session, url: str, config: DownloadConfig, stop: threading.Event | None = None
+) -> tuple[bytes, int]:
     """GET `url` once: (body, status) for an image, else raise _Failure. `stop` set: give up early."""
     try:
-        with session.get(url, stream=True, allow_redirects=True,
-                         timeout=(config.connect_timeout, config.read_timeout)) as response:
+        with session.get(
+            url, stream=True, allow_redirects=True, timeout=(config.connect_timeout, config.read_timeout)
+        ) as response:
             code = response.status_code
             if code != 200:
                 raise _http_failure(response)
@@ -355,35 +443,49 @@ def _fetch(session: requests.Session, url: str, config: DownloadConfig,
                 # read1, not iter_content: it returns as soon as some bytes arrive, so the deadline
                 # below is checked even while a host trickles its body byte by byte.
                 body += chunk
-                if len(body) > config.max_bytes:   # no or false Content-Length, or a decompression bomb
+                if len(body) > config.max_bytes:  # no or false Content-Length, or a decompression bomb
                     raise _Failure("too_large", f"body passed max_bytes {config.max_bytes}", code, len(body))
                 if not checked and len(body) >= SIGNATURE_BYTES:
                     checked = True
                     if not image_format(bytes(body[:SIGNATURE_BYTES])):
-                        raise _Failure("not_an_image", f"body starts with {bytes(body[:16])!r}", code, len(body))
-                if stop is not None and stop.is_set():   # Ctrl-C: do not make the user wait for a big body
+                        raise _Failure(
+                            "not_an_image", f"body starts with {bytes(body[:16])!r}", code, len(body)
+                        )
+                if stop is not None and stop.is_set():  # Ctrl-C: do not make the user wait for a big body
                     raise _Failure("connection", "interrupted", code, len(body))
                 if time.monotonic() > deadline:
-                    raise _Failure("timeout", f"body not complete after {config.total_timeout} s", code,
-                                   len(body), retryable=True)
+                    raise _Failure(
+                        "timeout",
+                        f"body not complete after {config.total_timeout} s",
+                        code,
+                        len(body),
+                        retryable=True,
+                    )
             if not checked and not image_format(bytes(body)):
-                raise _Failure("not_an_image", f"body is {len(body)} bytes: {bytes(body[:16])!r}", code, len(body))
+                raise _Failure(
+                    "not_an_image", f"body is {len(body)} bytes: {bytes(body[:16])!r}", code, len(body)
+                )
             # urllib3 enforces Content-Length itself; this catches a short body if it ever does not.
             if length.isdigit() and "Content-Encoding" not in response.headers and len(body) < int(length):
-                raise _Failure("truncated", f"got {len(body)} of {length} bytes", code, len(body), retryable=True)
+                raise _Failure(
+                    "truncated", f"got {len(body)} of {length} bytes", code, len(body), retryable=True
+                )
             return bytes(body), code
     except _Failure:
         raise
     except requests.exceptions.TooManyRedirects:
         raise _Failure("too_many_redirects", f"more than {config.max_redirects} redirects") from None
-    except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema) as e:   # also a redirect to ftp:// or file://
+    except (
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+    ) as e:  # also a redirect to ftp:// or file://
         raise _Failure("unsupported_url", short_error(e)) from None
     except requests.exceptions.Timeout as e:
         raise _Failure("timeout", short_error(e), retryable=True) from None
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
         raise _Failure("truncated", short_error(e), 200, retryable=True) from None
-    except requests.exceptions.SSLError as e:   # a bad certificate stays bad
+    except requests.exceptions.SSLError as e:  # a bad certificate stays bad
         raise _Failure("connection", short_error(e)) from None
     except requests.exceptions.ConnectionError as e:
         # requests reports a read timeout in the middle of the body as a ConnectionError.
@@ -395,13 +497,16 @@ def _fetch(session: requests.Session, url: str, config: DownloadConfig,
     # Reading the body goes straight to urllib3, whose errors requests has not translated.
     except urllib3.exceptions.ReadTimeoutError as e:
         raise _Failure("timeout", short_error(e), 200, retryable=True) from None
-    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as e:   # IncompleteRead, bad gzip
+    except (
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.DecodeError,
+    ) as e:  # IncompleteRead, bad gzip
         raise _Failure("truncated", short_error(e), 200, retryable=True) from None
     except urllib3.exceptions.SSLError as e:
         raise _Failure("connection", short_error(e), 200) from None
     except urllib3.exceptions.HTTPError as e:
         raise _Failure("connection", short_error(e), 200, retryable=True) from None
-    except (ValueError, UnicodeError) as e:   # urls that even requests cannot parse
+    except (ValueError, UnicodeError) as e:  # urls that even requests cannot parse
         raise _Failure("unsupported_url", f"malformed url ({short_error(e)})") from None
 
 
@@ -412,16 +517,15 @@ def shrink_image(data: bytes, shorter_side: int, quality: int = 90) -> bytes:
     """
     from PIL import Image
 
-
     with Image.open(io.BytesIO(data)) as image:
         w, h = image.size
         if min(w, h) <= shorter_side:
             return data
         scale = shorter_side / min(w, h)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image.draft("RGB", size)   # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers `size`
+        image.draft("RGB", size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers `size`
         image.load()
-        rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)   # EXIF orientation swaps width and height
+        rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps width and height
         rgb = to_rgb(image)
     out = io.BytesIO()
     rgb.resize(size[::-1] if rotated else size, Image.Resampling.LANCZOS).save(out, "JPEG", quality=quality)
@@ -454,7 +558,7 @@ class _Downloader:
             session.headers["User-Agent"] = self.config.user_agent
             session.trust_env = self._trust_env
             ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if ca_bundle:   # what trust_env would have read
+            if ca_bundle:  # what trust_env would have read
                 session.verify = ca_bundle
             with self._lock:
                 self._sessions.append(session)
@@ -483,7 +587,9 @@ class _Downloader:
         config, start, attempts = self.config, time.monotonic(), 0
 
         def row(status="ok", kind="", message="", http_status=200, nbytes=0, sha1=""):
-            return _row(item, status, kind, http_status, nbytes, sha1, time.monotonic() - start, attempts, message)
+            return _row(
+                item, status, kind, http_status, nbytes, sha1, time.monotonic() - start, attempts, message
+            )
 
         for attempt in range(config.retries + 1):
             attempts += 1
@@ -505,20 +611,20 @@ class _Downloader:
             return row("error", "unsafe_filename", problem, http_status, len(data))
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            problem = self._escapes(target)   # a link swapped in while we were downloading
+            problem = self._escapes(target)  # a link swapped in while we were downloading
             if not problem:
                 files.write_bytes(target, data)
         except OSError as e:
-            if e.errno not in NAME_ERRNOS:   # a full disk or a read-only folder stops the whole run
+            if e.errno not in NAME_ERRNOS:  # a full disk or a read-only folder stops the whole run
                 raise
-            problem = f"cannot write {item.path!r}: {e.strerror}"   # e.g. a file where a folder should be
+            problem = f"cannot write {item.path!r}: {e.strerror}"  # e.g. a file where a folder should be
         if problem:
             return row("error", "unsafe_filename", problem, http_status, len(data))
         return row(http_status=http_status, nbytes=len(data), sha1=hashlib.sha1(data).hexdigest())
 
     def _escapes(self, target: Path) -> str:
         """Why writing `target` would be wrong (a link leading out of out_dir, a folder), or ""."""
-        parent = os.path.realpath(target.parent)   # follows every existing link on the way
+        parent = os.path.realpath(target.parent)  # follows every existing link on the way
         if parent != self.out_real and not parent.startswith(self.out_real + os.sep):
             return f"{target.relative_to(self.out_dir)} resolves to {parent}, outside the output folder"
         if target.is_dir() and not target.is_symlink():
@@ -538,11 +644,30 @@ def _needs_environment() -> bool:
     return any(os.path.exists(os.path.expanduser(f"~/{name}")) for name in (".netrc", "_netrc"))
 
 
-def _row(item: _Item, status: str, kind: str, http_status: int, nbytes: int, sha1: str, elapsed: float,
-         attempts: int, error: str) -> dict:
-    return {"id": item.id, "url": item.url, "path": item.path, "status": status, "error_kind": kind,
-            "http_status": int(http_status), "bytes": int(nbytes), "sha1": sha1, "elapsed": round(elapsed, 4),
-            "attempts": attempts, "error": error}
+def _row(
+    item: _Item,
+    status: str,
+    kind: str,
+    http_status: int,
+    nbytes: int,
+    sha1: str,
+    elapsed: float,
+    attempts: int,
+    error: str,
+) -> dict:
+    return {
+        "id": item.id,
+        "url": item.url,
+        "path": item.path,
+        "status": status,
+        "error_kind": kind,
+        "http_status": int(http_status),
+        "bytes": int(nbytes),
+        "sha1": sha1,
+        "elapsed": round(elapsed, 4),
+        "attempts": attempts,
+        "error": error,
+    }
 
 
 def _sha1_file(path: Path) -> str:
@@ -564,7 +689,7 @@ def _read_log(path: Path) -> dict[tuple[str, str], dict]:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        with open(path, "r+b") as f:   # appending after a torn line would glue two rows together
+        with open(path, "r+b") as f:  # appending after a torn line would glue two rows together
             f.truncate(end)
     rows = {}
     for line in data[:end].splitlines():
@@ -572,7 +697,7 @@ def _read_log(path: Path) -> dict[tuple[str, str], dict]:
             row = json.loads(line)
             rows[(row["url"], row["path"])] = row
         except (ValueError, KeyError, TypeError):
-            continue   # only a damaged line is lost; its url is simply downloaded again
+            continue  # only a damaged line is lost; its url is simply downloaded again
     return rows
 
 
@@ -587,7 +712,7 @@ def _exclusive(out_dir: Path):
     """Refuse to run while another download writes into the same folder (the lock dies with its process)."""
     try:
         import fcntl
-    except ImportError:   # Windows: no advisory locks here, so one run per folder is up to the user
+    except ImportError:  # Windows: no advisory locks here, so one run per folder is up to the user
         yield
         return
     fd = os.open(out_dir, os.O_RDONLY)
@@ -595,8 +720,10 @@ def _exclusive(out_dir: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DataError(f"{out_dir}: another download is writing into this folder; wait for it to finish") from None
-        except OSError:   # a file system without locks (some NFS mounts): carry on unguarded
+            raise DataError(
+                f"{out_dir}: another download is writing into this folder; wait for it to finish"
+            ) from None
+        except OSError:  # a file system without locks (some NFS mounts): carry on unguarded
             pass
         yield
     finally:
@@ -608,8 +735,14 @@ def _exclusive(out_dir: Path):
 
 
 def _check_config(config: DownloadConfig) -> None:
-    for name, minimum in (("workers", 1), ("retries", 0), ("max_redirects", 0), ("max_bytes", 1),
-                          ("resize_shorter_side", 0), ("chunk_size", 1)):
+    for name, minimum in (
+        ("workers", 1),
+        ("retries", 0),
+        ("max_redirects", 0),
+        ("max_bytes", 1),
+        ("resize_shorter_side", 0),
+        ("chunk_size", 1),
+    ):
         check_int(f"DownloadConfig.{name}", getattr(config, name), minimum)
     for name in ("connect_timeout", "read_timeout", "total_timeout"):
         if not getattr(config, name) > 0:
@@ -620,11 +753,14 @@ def _check_config(config: DownloadConfig) -> None:
     if not 1 <= config.jpeg_quality <= 95:
         raise ValueError(f"DownloadConfig.jpeg_quality must be in 1..95; got {config.jpeg_quality!r}")
     if not any(t.strip() for t in config.content_types.split(",")):
-        raise ValueError("DownloadConfig.content_types must name at least one Content-Type prefix, e.g. 'image/'")
+        raise ValueError(
+            "DownloadConfig.content_types must name at least one Content-Type prefix, e.g. 'image/'"
+        )
 
 
-def download_images(manifest, out_dir, config: DownloadConfig | None = None, status_path=None,
-                    progress: bool = True) -> DownloadResult:
+def download_images(
+    manifest, out_dir, config: DownloadConfig | None = None, status_path=None, progress: bool = True
+) -> DownloadResult:
     """Download every distinct (url, filename) of `manifest` into `out_dir`; resumable.
 
     `manifest` comes from `read_manifest` (or is a path to read with its defaults). Returns the
@@ -640,14 +776,14 @@ def download_images(manifest, out_dir, config: DownloadConfig | None = None, sta
     status_path = Path(status_path).absolute() if status_path else out_dir / STATUS_FILE
     log_path = out_dir / STATUS_LOG
     reserved = {STATUS_LOG}
-    if status_path.is_relative_to(out_dir):   # no image may be written over the status table
+    if status_path.is_relative_to(out_dir):  # no image may be written over the status table
         reserved.add(status_path.relative_to(out_dir).as_posix())
     with _exclusive(out_dir):
         files.sweep_stale_temporaries(out_dir)
         items, row_item = _plan(manifest, reserved)
         previous = _read_log(log_path)
         rows: list[dict | None] = [None] * len(items)
-        tasks, done_now = [], []            # (index, previous ok row or None); rows decided here
+        tasks, done_now = [], []  # (index, previous ok row or None); rows decided here
         for j, item in enumerate(items):
             old = previous.get(item.key)
             if item.kind:
@@ -655,19 +791,31 @@ def download_images(manifest, out_dir, config: DownloadConfig | None = None, sta
                 done_now.append(j)
             elif old and old.get("status") == "ok":
                 tasks.append((j, old))
-            elif old and old.get("status") == "error" and old.get("error_kind") not in PLAN_KINDS \
-                    and not config.retry_failed:
+            elif (
+                old
+                and old.get("status") == "error"
+                and old.get("error_kind") not in PLAN_KINDS
+                and not config.retry_failed
+            ):
                 rows[j] = {**old, "id": item.id}
             else:
                 tasks.append((j, None))
         skipped = sum(r is not None for r in rows) - len(done_now)
-        bar = tqdm(total=len(items), initial=len(done_now) + skipped, desc="download", unit="img",
-                   disable=not progress, smoothing=0.05)
+        bar = tqdm(
+            total=len(items),
+            initial=len(done_now) + skipped,
+            desc="download",
+            unit="img",
+            disable=not progress,
+            smoothing=0.05,
+        )
         downloader = _Downloader(config, out_dir)
         counts = Counter(r["status"] for r in rows if r is not None)
         try:
-            with open(log_path, "a", encoding="utf-8") as log, \
-                    contextlib.closing(_run(downloader, items, tasks, config.workers)) as results:
+            with (
+                open(log_path, "a", encoding="utf-8") as log,
+                contextlib.closing(_run(downloader, items, tasks, config.workers)) as results,
+            ):
                 for j in done_now:
                     log.write(json.dumps(rows[j], ensure_ascii=False) + "\n")
                 log.flush()
@@ -676,18 +824,21 @@ def download_images(manifest, out_dir, config: DownloadConfig | None = None, sta
                     counts[row["status"]] += 1
                     if was_skipped:
                         skipped += 1
-                    else:   # persisted before anything else: a kill from here on loses nothing
+                    else:  # persisted before anything else: a kill from here on loses nothing
                         log.write(json.dumps(row, ensure_ascii=False) + "\n")
                         log.flush()
                     bar.update(1)
                     finished = counts["ok"] + counts["error"]
-                    bar.set_postfix_str(f"ok {100 * counts['ok'] / finished:.1f}%, failed {counts['error']}",
-                                        refresh=False)
+                    bar.set_postfix_str(
+                        f"ok {100 * counts['ok'] / finished:.1f}%, failed {counts['error']}", refresh=False
+                    )
         finally:
             bar.close()
             downloader.close()
         status = pd.DataFrame(rows, columns=STATUS_COLUMNS)
-        status = status.astype({"http_status": "int64", "bytes": "int64", "attempts": "int64", "elapsed": "float64"})
+        status = status.astype(
+            {"http_status": "int64", "bytes": "int64", "attempts": "int64", "elapsed": "float64"}
+        )
         # One line per key, this run's rows last: the log stays as long as the manifest, not the number of reruns.
         current = {item.key for item in items}
         _write_log(log_path, [r for k, r in previous.items() if k not in current] + status.to_dict("records"))
@@ -696,12 +847,14 @@ def download_images(manifest, out_dir, config: DownloadConfig | None = None, sta
     seconds = time.monotonic() - started
     ok = status["status"].eq("ok").to_numpy()
     keep = ok[row_item]
-    table = pd.DataFrame({
-        "image_path": [os.path.join(out_dir, p) for p in status["path"].to_numpy()[row_item][keep]],
-        "text": manifest["text"].to_numpy()[keep],
-        "url": manifest["url"].to_numpy()[keep],
-        "id": manifest["id"].to_numpy()[keep],
-    })
+    table = pd.DataFrame(
+        {
+            "image_path": [os.path.join(out_dir, p) for p in status["path"].to_numpy()[row_item][keep]],
+            "text": manifest["text"].to_numpy()[keep],
+            "url": manifest["url"].to_numpy()[keep],
+            "id": manifest["id"].to_numpy()[keep],
+        }
+    )
     failed = status.loc[~ok, "error_kind"].value_counts()
     summary = {
         "rows": len(manifest),
@@ -743,5 +896,15 @@ def _run(downloader: _Downloader, items: list[_Item], tasks: list, workers: int)
             raise
 
 
-__all__ = ["DownloadConfig", "DownloadResult", "ERROR_KINDS", "UnsafeFilenameError", "download_images",
-           "load_manifest", "read_manifest", "retry_delay", "safe_relative_path", "shrink_image"]
+__all__ = [
+    "DownloadConfig",
+    "DownloadResult",
+    "ERROR_KINDS",
+    "UnsafeFilenameError",
+    "download_images",
+    "load_manifest",
+    "read_manifest",
+    "retry_delay",
+    "safe_relative_path",
+    "shrink_image",
+]

@@ -14,8 +14,13 @@ from PIL import Image, ImageOps
 
 # First bytes of the formats PIL reads (WEBP is "RIFF" + size + "WEBP", see `image_format`).
 IMAGE_SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
-    b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
 }
 SIGNATURE_BYTES = 12  # enough for every signature above and RIFF....WEBP
 
@@ -43,7 +48,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """The part of `load_rgb` after decoding: EXIF rotation, 16-bit rescale, alpha on white, RGB.
 
-    `image` must be loaded. Shared with `nbutils.validate`, which decodes once and must accept exactly
+    `image` must be loaded. Shared with `nbutils.data.validate`, which decodes once and must accept exactly
     the images this function handles.
     """
     image = ImageOps.exif_transpose(image)
@@ -56,4 +61,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
-

@@ -21,8 +21,8 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -70,7 +70,7 @@ def _read_utf8(path: str | os.PathLike) -> tuple[Path, bytes]:
     """Bytes of `path` without a BOM, after checking they are valid UTF-8."""
     path, data = _read_bytes(path)
     if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+        data = data[len(codecs.BOM_UTF8) :]
     try:
         data.decode("utf-8")
         return path, data
@@ -78,7 +78,7 @@ def _read_utf8(path: str | os.PathLike) -> tuple[Path, bytes]:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise DataError(
-            f"{path}: not valid UTF-8 at line {line}, byte {column} ({data[e.start:e.start + 4]!r}); "
+            f"{path}: not valid UTF-8 at line {line}, byte {column} ({data[e.start : e.start + 4]!r}); "
             "re-save it as UTF-8 (Chinese files are often GB18030: iconv -f gb18030 -t utf-8)"
         ) from None
 
@@ -111,7 +111,9 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def read_table(path: str | os.PathLike, required: Iterable[str] = (), columns: dict | None = None) -> pd.DataFrame:
+def read_table(
+    path: str | os.PathLike, required: Iterable[str] = (), columns: dict | None = None
+) -> pd.DataFrame:
     """Read a CSV / TSV / tab-separated .txt / JSONL / JSON (list of objects) / parquet table.
 
     `columns` renames the file's columns to ours (e.g. {"caption": "text"}); `required` names
@@ -120,13 +122,15 @@ def read_table(path: str | os.PathLike, required: Iterable[str] = (), columns: d
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise DataError(f"{path}: unsupported table type {suffix!r}; expected one of {', '.join(TABLE_SUFFIXES)}")
+        raise DataError(
+            f"{path}: unsupported table type {suffix!r}; expected one of {', '.join(TABLE_SUFFIXES)}"
+        )
     if suffix == ".parquet":
         _check_file(path)
         try:
             df = pd.read_parquet(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+            raise DataError(f"{path}: not a readable parquet file ({e})") from e
     elif suffix == ".json":
         path, data = _read_json(path)
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -138,7 +142,13 @@ def read_table(path: str | os.PathLike, required: Iterable[str] = (), columns: d
     else:
         path, data = _read_utf8(path)
         try:  # from bytes: pandas parses these ~3x faster than a StringIO
-            df = pd.read_csv(io.BytesIO(data), encoding="utf-8", sep=TABLE_SEPARATORS[suffix], dtype=str, keep_default_na=False)
+            df = pd.read_csv(
+                io.BytesIO(data),
+                encoding="utf-8",
+                sep=TABLE_SEPARATORS[suffix],
+                dtype=str,
+                keep_default_na=False,
+            )
         except pd.errors.EmptyDataError:
             raise DataError(f"{path}: empty file (no rows)") from None
         except pd.errors.ParserError as e:
@@ -151,7 +161,9 @@ def read_table(path: str | os.PathLike, required: Iterable[str] = (), columns: d
     if columns:
         df = df.rename(columns=columns)
         if df.columns.duplicated().any():
-            raise DataError(f"{path}: renaming {columns} gives duplicate columns; the file has columns {found}")
+            raise DataError(
+                f"{path}: renaming {columns} gives duplicate columns; the file has columns {found}"
+            )
     missing = [c for c in required if c not in df.columns]
     if missing:
         renamed = f" (after renaming {columns})" if columns else ""
@@ -191,7 +203,9 @@ def string_column(column: pd.Series) -> list[str]:
 
 def _root(images_root, fmt: str) -> str:
     if images_root is None:
-        raise DataError(f"{fmt}: images_root is required (the folder the images are in, or will be downloaded to)")
+        raise DataError(
+            f"{fmt}: images_root is required (the folder the images are in, or will be downloaded to)"
+        )
     return os.path.abspath(os.path.expanduser(os.fspath(images_root)))
 
 
@@ -202,7 +216,9 @@ def _join_under(root: str, names: Sequence[str], where: Callable[[int], str]) ->
     paths = [os.path.normpath(prefix + name) for name in names]  # plain string ops: millions of rows
     for i, (name, p) in enumerate(zip(names, paths)):
         if not name or name.startswith(os.sep) or not p.startswith(prefix):
-            raise DataError(f"{where(i)}: image file name {name!r} must be a relative path inside images_root")
+            raise DataError(
+                f"{where(i)}: image file name {name!r} must be a relative path inside images_root"
+            )
     return paths
 
 
@@ -243,7 +259,9 @@ def read_original_csv(path: str | os.PathLike, images_root) -> pd.DataFrame:
     return _finish(df, path)
 
 
-def read_caption_table(path: str | os.PathLike, images_root=None, columns: dict | None = None) -> pd.DataFrame:
+def read_caption_table(
+    path: str | os.PathLike, images_root=None, columns: dict | None = None
+) -> pd.DataFrame:
     """Any table `read_table` reads with a `text` column and an `image_path` or `filename` column.
 
     Relative image paths / file names are resolved against images_root, or the table's own folder.
@@ -278,22 +296,30 @@ def read_flickr_tokens(path: str | os.PathLike, images_root) -> pd.DataFrame:
     root = _root(images_root, "flickr_tokens")
     path, rows = _keyed_lines(path)
     names = [key for _, key, _ in rows]
-    return _finish({
-        "image_path": _join_under(root, names, lambda i: f"{path}: line {rows[i][0]}"),
-        "text": [text for _, _, text in rows],
-        "filename": names,
-        "image_id": [os.path.splitext(name)[0] for name in names],
-    }, path)
+    return _finish(
+        {
+            "image_path": _join_under(root, names, lambda i: f"{path}: line {rows[i][0]}"),
+            "text": [text for _, _, text in rows],
+            "filename": names,
+            "image_id": [os.path.splitext(name)[0] for name in names],
+        },
+        path,
+    )
 
 
 def read_coco_captions(path: str | os.PathLike, images_root) -> pd.DataFrame:
     """COCO captions JSON (`images[{id, file_name}]`, `annotations[{image_id, caption}]`)."""
     root = _root(images_root, "coco_captions")
     path, data = _read_json(path)
-    if not (isinstance(data, dict) and isinstance(data.get("images"), list)
-            and isinstance(data.get("annotations"), list)):
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("images"), list)
+        and isinstance(data.get("annotations"), list)
+    ):
         found = list(data) if isinstance(data, dict) else type(data).__name__
-        raise DataError(f"{path}: not a COCO captions file: expected 'images' and 'annotations' lists, found {found}")
+        raise DataError(
+            f"{path}: not a COCO captions file: expected 'images' and 'annotations' lists, found {found}"
+        )
     files = {}
     for i, image in enumerate(data["images"]):
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
@@ -310,10 +336,15 @@ def read_coco_captions(path: str | os.PathLike, images_root) -> pd.DataFrame:
         ids.append(ann["image_id"])
         names.append(files[ann["image_id"]])
         texts.append(ann["caption"])
-    return _finish({
-        "image_path": _join_under(root, names, lambda j: f"{path}: annotations[{j}]"),
-        "text": texts, "filename": names, "image_id": ids,
-    }, path)
+    return _finish(
+        {
+            "image_path": _join_under(root, names, lambda j: f"{path}: annotations[{j}]"),
+            "text": texts,
+            "filename": names,
+            "image_id": ids,
+        },
+        path,
+    )
 
 
 def read_coco_cn(path: str | os.PathLike, images_root) -> pd.DataFrame:
@@ -338,12 +369,15 @@ def read_coco_cn(path: str | os.PathLike, images_root) -> pd.DataFrame:
                 name = f"{split}/{name}"
         names.append(name)
         ids.append(str(int(m["id"])) if m else key)
-    return _finish({
-        "image_path": _join_under(root, names, lambda i: f"{path}: line {rows[i][0]}"),
-        "text": [text for _, _, text in rows],
-        "filename": [os.path.basename(n) for n in names],
-        "image_id": ids,
-    }, path)
+    return _finish(
+        {
+            "image_path": _join_under(root, names, lambda i: f"{path}: line {rows[i][0]}"),
+            "text": [text for _, _, text in rows],
+            "filename": [os.path.basename(n) for n in names],
+            "image_id": ids,
+        },
+        path,
+    )
 
 
 def read_ai_challenger(path: str | os.PathLike, images_root) -> pd.DataFrame:
@@ -361,10 +395,16 @@ def read_ai_challenger(path: str | os.PathLike, images_root) -> pd.DataFrame:
             raise DataError(f"{path}: item {i} ({item['image_id']}): 'caption' must be a list of strings")
         rows += [(i, str(item["image_id"]), item.get("url", ""), c) for c in captions]
     names = [r[1] for r in rows]
-    return _finish({
-        "image_path": _join_under(root, names, lambda k: f"{path}: item {rows[k][0]}"),
-        "text": [r[3] for r in rows], "url": [r[2] for r in rows], "filename": names, "image_id": names,
-    }, path)
+    return _finish(
+        {
+            "image_path": _join_under(root, names, lambda k: f"{path}: item {rows[k][0]}"),
+            "text": [r[3] for r in rows],
+            "url": [r[2] for r in rows],
+            "filename": names,
+            "image_id": names,
+        },
+        path,
+    )
 
 
 def wukong_filename(url: str) -> str:
@@ -461,7 +501,9 @@ def _safe_members(tar: tarfile.TarFile, tar_path: Path) -> list[tarfile.TarInfo]
     for m in tar.getmembers():
         parts = PurePosixPath(m.name).parts
         if m.name.startswith(("/", "\\")) or ".." in parts or "\\" in m.name:
-            raise DataError(f"{tar_path}: refusing member {m.name!r}: it would be extracted outside the target folder")
+            raise DataError(
+                f"{tar_path}: refusing member {m.name!r}: it would be extracted outside the target folder"
+            )
         if m.isdir():
             continue
         if not m.isfile():
@@ -499,7 +541,9 @@ def _shard_samples(samples: dict, status: pd.DataFrame | None, read: Callable, w
             raise DataError(f"{where}: sample {key} has status 'success' but no image file")
         if _missing(caption):
             if ".txt" not in files:
-                raise DataError(f"{where}: sample {key} has no caption (no parquet 'caption' column and no {key}.txt)")
+                raise DataError(
+                    f"{where}: sample {key} has no caption (no parquet 'caption' column and no {key}.txt)"
+                )
             caption = _decode(read(files[".txt"]), where, f"{key}.txt")
         if _missing(url) and ".json" in files:
             try:
@@ -507,8 +551,15 @@ def _shard_samples(samples: dict, status: pd.DataFrame | None, read: Callable, w
             except (json.JSONDecodeError, AttributeError):
                 raise DataError(f"{where}: {key}.json is not a JSON object") from None
         name = files[ext].name.rpartition("/")[2]  # the real file name, whatever its case
-        rows.append({"source": files[ext], "text": caption, "url": "" if _missing(url) else url,
-                     "filename": name, "image_id": key})
+        rows.append(
+            {
+                "source": files[ext],
+                "text": caption,
+                "url": "" if _missing(url) else url,
+                "filename": name,
+                "image_id": key,
+            }
+        )
     return rows
 
 

@@ -32,18 +32,29 @@ class PrepareConfig(StageConfig):
     """processdata_03's parameters: where the captions come from, how to split them, the cache geometry."""
 
     stage = "processdata_03"
-    output_dir: str = param("../outputs/dev/processdata_03", "injected by the runner: where this notebook writes")
-    source: str = param("demo", '"demo", "processdata_02" (this run\'s validated table), or a path to a caption '
-                                "file/folder")
-    input_format: str = param("text_image_csv", "importer for a path source: original_csv, text_image_csv, "
-                                                "flickr_tokens, coco_captions, coco_cn, ai_challenger, wukong, "
-                                                "img2dataset, table (nbutils.data.importers.IMPORTERS)")
-    images_root: str = param("", "folder the table's image names are relative to (empty: the table's own folder)")
+    output_dir: str = param(
+        "../outputs/dev/processdata_03", "injected by the runner: where this notebook writes"
+    )
+    source: str = param(
+        "demo", '"demo", "processdata_02" (this run\'s validated table), or a path to a caption file/folder'
+    )
+    input_format: str = param(
+        "text_image_csv",
+        "importer for a path source: original_csv, text_image_csv, "
+        "flickr_tokens, coco_captions, coco_cn, ai_challenger, wukong, "
+        "img2dataset, table (nbutils.data.importers.IMPORTERS)",
+    )
+    images_root: str = param(
+        "", "folder the table's image names are relative to (empty: the table's own folder)"
+    )
     language: str = param("zh", '"zh" or "en": demo captions, and how caption lengths are counted')
     n_images: int = param(3000, "demo only: images to generate")
-    image_size: int = param(64, "training resolution of the cache; 0 means the checkpoint processor's own size")
-    image_processor: str = param("vit", '"vit", "clip", or a hub id / checkpoint folder whose processor the '
-                                        "cache must match")
+    image_size: int = param(
+        64, "training resolution of the cache; 0 means the checkpoint processor's own size"
+    )
+    image_processor: str = param(
+        "vit", '"vit", "clip", or a hub id / checkpoint folder whose processor the cache must match'
+    )
     val_fraction: float = param(0.05, "share of IMAGES (not captions) held out for validation")
     test_fraction: float = param(0.1, "share of images held out for test")
     small_train_images: int = param(500, "images in train_small (quick experiments)")
@@ -65,22 +76,27 @@ def load_source(config: PrepareConfig) -> tuple[pd.DataFrame, str, stages.DataOr
     if source == "demo":
         image_size = config.image_size or 64
         out = scenes.demo_dir(config.data_dir, language, config.n_images, image_size, config.seed)
-        table = scenes.generate_demo_dataset(out, n_images=config.n_images, image_size=image_size,
-                                             language=language, seed=config.seed)
+        table = scenes.generate_demo_dataset(
+            out, n_images=config.n_images, image_size=image_size, language=language, seed=config.seed
+        )
         return table, f"demo-{out.name}", stages.DataOrigin(language, str((out / "objects.jsonl").resolve()))
     if source == "processdata_02":
         validated = stages.load_validated(config.run_dir)
         origin = stages.DataOrigin(validated.origin.language or language, validated.origin.ground_truth)
-        return (importers.read_text_image_csv(validated.stage_dir / "clean.csv"),
-                f"{Path(config.run_dir).resolve().name}-clean", origin)
+        return (
+            importers.read_text_image_csv(validated.stage_dir / "clean.csv"),
+            f"{Path(config.run_dir).resolve().name}-clean",
+            origin,
+        )
     if not os.path.exists(source):
         raise DataError(f"source={source!r}: no such file or folder (or use 'demo' / 'processdata_02')")
     table = importers.import_captions(config.input_format, source, images_root=config.images_root or None)
     return table, Path(source).stem, stages.DataOrigin(language)
 
 
-def prepare_dataset(table: pd.DataFrame, config: PrepareConfig, dataset_name: str,
-                    origin: stages.DataOrigin) -> stages.PreparedDataset:
+def prepare_dataset(
+    table: pd.DataFrame, config: PrepareConfig, dataset_name: str, origin: stages.DataOrigin
+) -> stages.PreparedDataset:
     """Clean `table`, cache its images, split by image, and write everything to `config.output_dir`."""
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -88,15 +104,26 @@ def prepare_dataset(table: pd.DataFrame, config: PrepareConfig, dataset_name: st
     geometry = image_cache.ImageGeometry.from_processor(processor)
 
     source_label = str(config.source)
-    clean, dropped = splits.clean_captions(table, source=source_label, max_caption_chars=config.max_caption_chars)
+    clean, dropped = splits.clean_captions(
+        table, source=source_label, max_caption_chars=config.max_caption_chars
+    )
     if clean.empty:
-        raise DataError(f"{source_label}: no usable rows left after cleaning "
-                        f"({dropped['reason'].value_counts().to_dict()})")
+        raise DataError(
+            f"{source_label}: no usable rows left after cleaning "
+            f"({dropped['reason'].value_counts().to_dict()})"
+        )
 
-    cache_dir = config.cache_dir or (Path(config.data_dir) / "cache" /
-                                     f"{dataset_name}-{geometry.height}x{geometry.width}-{geometry.resize}")
-    cache = image_cache.build_image_cache(clean["image_path"].unique(), Path(cache_dir).resolve(), geometry,
-                                          num_workers=config.num_workers or None)
+    cache_dir = config.cache_dir or (
+        Path(config.data_dir)
+        / "cache"
+        / f"{dataset_name}-{geometry.height}x{geometry.width}-{geometry.resize}"
+    )
+    cache = image_cache.build_image_cache(
+        clean["image_path"].unique(),
+        Path(cache_dir).resolve(),
+        geometry,
+        num_workers=config.num_workers or None,
+    )
     clean, unreadable = splits.drop_images(clean, cache.failed)
     dropped = pd.concat([dropped, unreadable], ignore_index=True)
 

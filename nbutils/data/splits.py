@@ -11,14 +11,15 @@ import os
 import numpy as np
 import pandas as pd
 
-from .captions import normalize_caption
 from ..errors import DataError
+from .captions import normalize_caption
 
 SPLITS = ("train", "val", "test")
 
 
-def clean_captions(table: pd.DataFrame, source: str = "table", max_caption_chars: int = 0,
-                   check_images: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def clean_captions(
+    table: pd.DataFrame, source: str = "table", max_caption_chars: int = 0, check_images: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Normalise captions and drop rows that cannot be trained on.
 
     Returns `(clean, dropped)`: `clean` has columns image_path,text; `dropped` has
@@ -30,11 +31,13 @@ def clean_captions(table: pd.DataFrame, source: str = "table", max_caption_chars
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; it has {list(table.columns)}")
 
-    df = pd.DataFrame({
-        "row": np.arange(len(table)),
-        "image_path": table["image_path"].fillna("").astype(str).str.strip().to_numpy(),
-        "text": [normalize_caption(t) if isinstance(t, str) else "" for t in table["text"]],
-    })
+    df = pd.DataFrame(
+        {
+            "row": np.arange(len(table)),
+            "image_path": table["image_path"].fillna("").astype(str).str.strip().to_numpy(),
+            "text": [normalize_caption(t) if isinstance(t, str) else "" for t in table["text"]],
+        }
+    )
     reason = pd.Series("", index=df.index, dtype=object)
 
     def flag(mask, why):
@@ -68,8 +71,9 @@ def drop_images(table: pd.DataFrame, failed: pd.DataFrame) -> tuple[pd.DataFrame
     return table.loc[~bad].reset_index(drop=True), dropped
 
 
-def split_by_image(table: pd.DataFrame, val_fraction: float, test_fraction: float,
-                   seed: int = 0) -> dict[str, pd.DataFrame]:
+def split_by_image(
+    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int = 0
+) -> dict[str, pd.DataFrame]:
     """Split rows into train/val/test so that every image lands in exactly one split.
 
     Images are shuffled with `seed`; each non-zero fraction gets at least one image.
@@ -85,8 +89,10 @@ def split_by_image(table: pd.DataFrame, val_fraction: float, test_fraction: floa
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_val - n_test < 1:
-        raise DataError(f"only {n} images: too few to split into train/val/test "
-                        f"(val_fraction={val_fraction}, test_fraction={test_fraction})")
+        raise DataError(
+            f"only {n} images: too few to split into train/val/test "
+            f"(val_fraction={val_fraction}, test_fraction={test_fraction})"
+        )
     order = np.random.default_rng(seed).permutation(n)
     split_of = {}
     for i, idx in enumerate(order):
@@ -119,6 +125,12 @@ def split_counts(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for name, df in splits.items():
         n_img = df["image_path"].nunique()
-        rows.append({"split": name, "images": n_img, "rows": len(df),
-                     "captions_per_image": round(len(df) / n_img, 2) if n_img else 0.0})
+        rows.append(
+            {
+                "split": name,
+                "images": n_img,
+                "rows": len(df),
+                "captions_per_image": round(len(df) / n_img, 2) if n_img else 0.0,
+            }
+        )
     return pd.DataFrame(rows).set_index("split")

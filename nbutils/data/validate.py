@@ -4,7 +4,7 @@ Images from the web include HTML error pages saved as .jpg, empty and truncated 
 bombs, thumbnails, banners, CMYK and 16-bit files, palettes with transparency, EXIF-rotated photos and
 "photo not available" placeholders behind hundreds of urls. Each distinct image is checked once, in a
 process pool: read the header and reject on size; then decode it fully, exactly as
-`nbutils.image_cache.load_rgb` will (an image that passes here never crashes a later stage).
+`nbutils.data.images.load_rgb` will (an image that passes here never crashes a later stage).
 Files that are not already plain 8-bit RGB / greyscale JPEG or PNG are rewritten as RGB JPEGs of
 exactly what `load_rgb` returns, so every later reader sees the same pixels.
 
@@ -48,7 +48,7 @@ PLAIN_MODES = ("RGB", "L")
 JPEG_MAX_SIDE = 65500  # libjpeg cannot write larger images
 NORMALISED_DIR = "normalised"
 # JPEG comment of every normalised copy: lets a rerun reuse it. Bump the version if load_rgb changes.
-NORMALISED_TAG = "nbutils.validate v1"
+NORMALISED_TAG = "nbutils.validate v1"  # a stable identifier, not the module path
 
 
 @dataclass(frozen=True)
@@ -56,15 +56,22 @@ class ValidationConfig(StageConfig):
     """processdata_02's parameters: what counts as a usable image. Rejections are checked in field order."""
 
     stage = "processdata_02"
-    output_dir: str = param("../outputs/dev/processdata_02", "injected by the runner: where this notebook writes")
-    source: str = param("processdata_01", '"processdata_01" (this run\'s downloads) or a CSV / parquet with '
-                                          "image_path,text")
-    max_pixels: int = param(50_000_000, "larger images are rejected from their header, before decoding "
-                                        "(decompression bombs)")
+    output_dir: str = param(
+        "../outputs/dev/processdata_02", "injected by the runner: where this notebook writes"
+    )
+    source: str = param(
+        "processdata_01", '"processdata_01" (this run\'s downloads) or a CSV / parquet with image_path,text'
+    )
+    max_pixels: int = param(
+        50_000_000, "larger images are rejected from their header, before decoding (decompression bombs)"
+    )
     min_side: int = param(32, "smaller images are rejected")
     max_aspect: float = param(6.0, "long side / short side above this is rejected")
-    placeholder_min_urls: int = param(5, 'the same bytes behind this many urls is a placeholder ("photo not '
-                                         'available"); 0 turns the check off')
+    placeholder_min_urls: int = param(
+        5,
+        'the same bytes behind this many urls is a placeholder ("photo not '
+        'available"); 0 turns the check off',
+    )
     normalised_quality: int = param(95, "JPEG quality of normalised copies (4:4:4 chroma)")
     num_workers: int = param(0, "processes; 0 means all cores, 1 works in this process")
 
@@ -79,14 +86,27 @@ class ValidationConfig(StageConfig):
         if Image.MAX_IMAGE_PIXELS is not None:
             # Later stages open images with PIL's own limit; anything above it would crash them.
             limit = 2 * Image.MAX_IMAGE_PIXELS
-            require(self.max_pixels <= limit, "max_pixels",
-                    f"at most PIL's limit {limit} (PIL.Image.MAX_IMAGE_PIXELS x 2)")
+            require(
+                self.max_pixels <= limit,
+                "max_pixels",
+                f"at most PIL's limit {limit} (PIL.Image.MAX_IMAGE_PIXELS x 2)",
+            )
         require(is_int(self.min_side) and self.min_side >= 1, "min_side", "an int >= 1")
-        require(isinstance(self.max_aspect, (int, float)) and self.max_aspect >= 1, "max_aspect", "a number >= 1")
-        require(is_int(self.placeholder_min_urls) and self.placeholder_min_urls >= 0 and self.placeholder_min_urls != 1,
-                "placeholder_min_urls", "0 (off) or an int >= 2")
-        require(is_int(self.normalised_quality) and 1 <= self.normalised_quality <= 100,
-                "normalised_quality", "an int in 1..100")
+        require(
+            isinstance(self.max_aspect, (int, float)) and self.max_aspect >= 1, "max_aspect", "a number >= 1"
+        )
+        require(
+            is_int(self.placeholder_min_urls)
+            and self.placeholder_min_urls >= 0
+            and self.placeholder_min_urls != 1,
+            "placeholder_min_urls",
+            "0 (off) or an int >= 2",
+        )
+        require(
+            is_int(self.normalised_quality) and 1 <= self.normalised_quality <= 100,
+            "normalised_quality",
+            "an int in 1..100",
+        )
         require(is_int(self.num_workers) and self.num_workers >= 0, "num_workers", "an int >= 0")
 
 
@@ -202,16 +222,22 @@ def _check(check: ImageCheck, config: ValidationConfig) -> ImageCheck:
     return check
 
 
-def normalise_image(path: str | os.PathLike, out_path: str | os.PathLike,
-                    config: ValidationConfig | None = None) -> Path:
+def normalise_image(
+    path: str | os.PathLike, out_path: str | os.PathLike, config: ValidationConfig | None = None
+) -> Path:
     """Write `load_rgb(path)` as an 8-bit RGB JPEG (quality `normalised_quality`, 4:4:4), atomically."""
     config = config or ValidationConfig()
     data = Path(path).read_bytes()
     rgb = load_rgb(io.BytesIO(data))
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        rgb.save(tmp, "JPEG", quality=config.normalised_quality, subsampling=0,
-                 comment=_tag(hashlib.sha1(data).hexdigest(), config.normalised_quality))
+        rgb.save(
+            tmp,
+            "JPEG",
+            quality=config.normalised_quality,
+            subsampling=0,
+            comment=_tag(hashlib.sha1(data).hexdigest(), config.normalised_quality),
+        )
     return out_path
 
 
@@ -307,15 +333,23 @@ def _normalise_chunk(jobs: list[tuple[str, str, str]], config: ValidationConfig)
         try:
             normalise_image(source, out_path, config)
         except Exception as e:  # it passed check_image: this is the disk, not the image
-            raise DataError(f"{source}: could not write its normalised copy {out_path}: {_short_error(e)}") from e
+            raise DataError(
+                f"{source}: could not write its normalised copy {out_path}: {_short_error(e)}"
+            ) from e
         written.append(True)
     return written
 
 
-def _map(pool, fn, items: list, config: ValidationConfig, num_workers: int, desc: str, progress: bool) -> list:
+def _map(
+    pool, fn, items: list, config: ValidationConfig, num_workers: int, desc: str, progress: bool
+) -> list:
     """fn over chunks of items, in order, with a progress bar; results flattened."""
     chunks = split_into_chunks(items, num_workers, CHUNK_SIZE)
-    return [out for result in map_chunks(fn, chunks, config, pool=pool, desc=desc, progress=progress) for out in result]
+    return [
+        out
+        for result in map_chunks(fn, chunks, config, pool=pool, desc=desc, progress=progress)
+        for out in result
+    ]
 
 
 # -----------------------------------------------------------------------------
@@ -330,9 +364,12 @@ def load_input(config: ValidationConfig) -> tuple[pd.DataFrame, DataOrigin]:
     return read_table(config.source, required=("image_path", "text")), DataOrigin(language=None)
 
 
-
-def validate_images(table: pd.DataFrame, out_dir: str | os.PathLike, config: ValidationConfig | None = None,
-                    progress: bool = True) -> ValidationResult:
+def validate_images(
+    table: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    config: ValidationConfig | None = None,
+    progress: bool = True,
+) -> ValidationResult:
     """Check each distinct image of `table` (image_path, text[, url]) once and write the clean table.
 
     Byte-identical copies (sha1) behind fewer than `placeholder_min_urls` urls/files are merged into the
@@ -370,15 +407,16 @@ def validate_images(table: pd.DataFrame, out_dir: str | os.PathLike, config: Val
     reasons.update({p: f"placeholder: same bytes behind {n} urls" for p, n in placeholder_of.items()})
 
     keep = row_paths.map(lambda p: p in output).to_numpy(dtype=bool)
-    clean = pd.DataFrame({"image_path": row_paths[keep].map(output).to_numpy(),
-                          "text": table["text"].to_numpy()[keep]})
+    clean = pd.DataFrame(
+        {"image_path": row_paths[keep].map(output).to_numpy(), "text": table["text"].to_numpy()[keep]}
+    )
     if has_url:
         clean["url"] = table["url"].to_numpy()[keep]
     rejected = sorted(reasons)
-    rejects = pd.DataFrame({"image_path": rejected})
+    rejects = pd.DataFrame({"image_path": pd.Series(rejected, dtype=object)})  # str columns even when empty
     if has_url:
         rejects["url"] = [next(iter(urls.get(p, [])), "") for p in rejected]
-    rejects["reason"] = [reasons[p] for p in rejected]
+    rejects["reason"] = pd.Series([reasons[p] for p in rejected], dtype=object)
 
     checks_df = pd.DataFrame([asdict(c) for c in checks], columns=[f.name for f in fields(ImageCheck)])
     checks_df["ok"] = checks_df["path"].map(lambda p: p in output).astype(bool)
@@ -399,8 +437,15 @@ def validate_images(table: pd.DataFrame, out_dir: str | os.PathLike, config: Val
         "normalised": len(jobs),
         "normalised_reused": len(jobs) - sum(written),
         # "mode CMYK", "format WEBP", "transparency", "EXIF orientation", "animated": images each
-        "normalised_by_reason": dict(sorted(Counter(
-            re.sub(r" \d+$", "", part) for p in todo for part in by_path[p].normalise_reason.split("; ")).items())),
+        "normalised_by_reason": dict(
+            sorted(
+                Counter(
+                    re.sub(r" \d+$", "", part)
+                    for p in todo
+                    for part in by_path[p].normalise_reason.split("; ")
+                ).items()
+            )
+        ),
         "rows_in": len(table),
         "rows_clean": len(clean),
         "rows_rejected": len(table) - len(clean),
@@ -420,7 +465,9 @@ def _check_table(table: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"validate_images: table must be a pandas DataFrame, got {type(table).__name__}")
     missing = [c for c in ("image_path", "text") if c not in table.columns]
     if missing:
-        raise DataError(f"validate_images: table is missing column(s) {missing}; it has {list(table.columns)}")
+        raise DataError(
+            f"validate_images: table is missing column(s) {missing}; it has {list(table.columns)}"
+        )
     if len(table) == 0:
         raise DataError("validate_images: table has no rows")
     return table.reset_index(drop=True)

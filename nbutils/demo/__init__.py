@@ -1,1 +1,1 @@
-"""The demo: a generated captioned image set (scenes), a faulty web site serving it (site, fault_server)."""
+"""The demo: a generated captioned image set (scenes), a faulty web site serving it (website, fault_server)."""

@@ -26,11 +26,11 @@ class Route:
     body: bytes = b""
     status: int = 200
     content_type: str = "image/jpeg"
-    fail_first: int = 0              # answer `fail_status` to the first N requests, then normally
+    fail_first: int = 0  # answer `fail_status` to the first N requests, then normally
     fail_status: int = 500
-    delay: float = 0.0               # seconds to wait before answering (a slow host)
-    truncate_to: int | None = None   # announce len(body) but send only this many bytes, then close
-    redirect_to: str | None = None   # answer 302 with this Location (path or full URL)
+    delay: float = 0.0  # seconds to wait before answering (a slow host)
+    truncate_to: int | None = None  # announce len(body) but send only this many bytes, then close
+    redirect_to: str | None = None  # answer 302 with this Location (path or full URL)
     headers: dict = field(default_factory=dict)
 
 
@@ -59,7 +59,7 @@ class FaultServer:
         self.routes[path if path.startswith("/") else "/" + path] = route
         return self.url(path)
 
-    def start(self) -> "FaultServer":
+    def start(self) -> FaultServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fault-server", daemon=True)
         self._thread.start()
         return self
@@ -70,7 +70,7 @@ class FaultServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -31,19 +31,19 @@ from ..parallel import map_chunks, process_pool
 # -----------------------------------------------------------------------------
 # config
 FORMAT_VERSION = 1
-GENERATOR = "nbutils.demo_data"   # recorded in meta.json; only folders carrying it are ever replaced
+GENERATOR = "nbutils.demo_data"  # recorded in meta.json (a stable id); only folders carrying it are replaced
 JPEG_QUALITY = 92
-SUPERSAMPLE = 4                 # draw at 4x and downsample with LANCZOS: anti-aliased edges
-NOISE_STD = 3.0                 # per-pixel Gaussian noise after downsampling (uint8 units)
-COLOUR_JITTER = 10              # +- per channel on each object's colour, so colours are not one exact value
+SUPERSAMPLE = 4  # draw at 4x and downsample with LANCZOS: anti-aliased edges
+NOISE_STD = 3.0  # per-pixel Gaussian noise after downsampling (uint8 units)
+COLOUR_JITTER = 10  # +- per channel on each object's colour, so colours are not one exact value
 OBJECT_COUNT_P = (0.3, 0.4, 0.3)  # probability of 1, 2, 3 objects
-RADIUS = {"big": 0.40, "small": 0.22}   # object radius as a fraction of a grid cell
-RADIUS_JITTER = 0.08            # +- relative
-MAX_ROTATION = 15.0             # degrees; more would turn a square into a diamond
+RADIUS = {"big": 0.40, "small": 0.22}  # object radius as a fraction of a grid cell
+RADIUS_JITTER = 0.08  # +- relative
+MAX_ROTATION = 15.0  # degrees; more would turn a square into a diamond
 BACKGROUND_MIN_DISTANCE = 90.0  # RGB distance between a background and every object colour
 MIN_IMAGE_SIZE = 16
-PARALLEL_MIN_IMAGES = 1000      # below this a process pool costs more than it saves
-CHUNK = 250                     # images per worker task
+PARALLEL_MIN_IMAGES = 1000  # below this a process pool costs more than it saves
+CHUNK = 250  # images per worker task
 
 # -----------------------------------------------------------------------------
 # vocabulary (canonical ids are the English keys; ground truth uses them)
@@ -73,13 +73,31 @@ SIZES = {
 POSITIONS = {
     "top-left": {"row": 0, "col": 0, "zh": "左上角", "en": "top left", "en_phrase": "in the top left corner"},
     "top": {"row": 0, "col": 1, "zh": "正上方", "en": "top", "en_phrase": "at the top"},
-    "top-right": {"row": 0, "col": 2, "zh": "右上角", "en": "top right", "en_phrase": "in the top right corner"},
+    "top-right": {
+        "row": 0,
+        "col": 2,
+        "zh": "右上角",
+        "en": "top right",
+        "en_phrase": "in the top right corner",
+    },
     "left": {"row": 1, "col": 0, "zh": "左边", "en": "left", "en_phrase": "on the left"},
     "centre": {"row": 1, "col": 1, "zh": "中间", "en": "centre", "en_phrase": "in the centre"},
     "right": {"row": 1, "col": 2, "zh": "右边", "en": "right", "en_phrase": "on the right"},
-    "bottom-left": {"row": 2, "col": 0, "zh": "左下角", "en": "bottom left", "en_phrase": "in the bottom left corner"},
+    "bottom-left": {
+        "row": 2,
+        "col": 0,
+        "zh": "左下角",
+        "en": "bottom left",
+        "en_phrase": "in the bottom left corner",
+    },
     "bottom": {"row": 2, "col": 1, "zh": "正下方", "en": "bottom", "en_phrase": "at the bottom"},
-    "bottom-right": {"row": 2, "col": 2, "zh": "右下角", "en": "bottom right", "en_phrase": "in the bottom right corner"},
+    "bottom-right": {
+        "row": 2,
+        "col": 2,
+        "zh": "右下角",
+        "en": "bottom right",
+        "en_phrase": "in the bottom right corner",
+    },
 }
 POSITION_AT = {(p["row"], p["col"]): name for name, p in POSITIONS.items()}
 BACKGROUNDS = {"plain": {"zh": "纯色", "en": "plain"}, "gradient": {"zh": "渐变", "en": "gradient"}}
@@ -98,7 +116,9 @@ def attribute_prompts(attribute: str, language: str = "zh") -> tuple[list[str], 
     attribute = {"color": "colour"}.get(attribute, attribute)
     if attribute == "colour":
         names = list(COLOURS)
-        prompts = [f"一个{COLOURS[c]['zh']}的物体" if language == "zh" else f"{_a(c)} {c} object" for c in names]
+        prompts = [
+            f"一个{COLOURS[c]['zh']}的物体" if language == "zh" else f"{_a(c)} {c} object" for c in names
+        ]
     elif attribute == "shape":
         names = list(SHAPES)
         prompts = [f"一个{SHAPES[s]['zh']}" if language == "zh" else f"{_a(s)} {s}" for s in names]
@@ -107,8 +127,12 @@ def attribute_prompts(attribute: str, language: str = "zh") -> tuple[list[str], 
         prompts = [f"一个{SIZES[s]['zh']}的物体" if language == "zh" else f"a {s} object" for s in names]
     elif attribute == "position":
         names = list(POSITIONS)
-        prompts = [f"{POSITIONS[p]['zh']}有一个物体" if language == "zh" else f"an object {POSITIONS[p]['en_phrase']}"
-                   for p in names]
+        prompts = [
+            f"{POSITIONS[p]['zh']}有一个物体"
+            if language == "zh"
+            else f"an object {POSITIONS[p]['en_phrase']}"
+            for p in names
+        ]
     else:
         raise ValueError(f"attribute must be one of colour, shape, size, position; got {attribute!r}")
     return names, prompts
@@ -117,12 +141,17 @@ def attribute_prompts(attribute: str, language: str = "zh") -> tuple[list[str], 
 # -----------------------------------------------------------------------------
 # captions
 
+
 def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
 def _zh_join(items: list[str], rng) -> str:
-    return items[0] if len(items) == 1 else "、".join(items[:-1]) + _pick(rng, ["和", "以及", "，还有"]) + items[-1]
+    return (
+        items[0]
+        if len(items) == 1
+        else "、".join(items[:-1]) + _pick(rng, ["和", "以及", "，还有"]) + items[-1]
+    )
 
 
 def _en_join(items: list[str]) -> str:
@@ -205,7 +234,7 @@ def _zh_sizes(objs, rng, bg):
 
 
 def _zh_focus(objs, rng, bg):
-    o = objs[0]   # objs arrive shuffled: one random object
+    o = objs[0]  # objs arrive shuffled: one random object
     where = POSITIONS[o["position"]]["zh"]
     if rng.random() < 0.5:
         return f"{where}可以看到{_zh_np(o, rng, 0.5)}"
@@ -213,11 +242,15 @@ def _zh_focus(objs, rng, bg):
 
 
 def _zh_located(objs, rng, bg):
-    return "，".join(f"{_zh_np(o, rng, 0.4, article=False)}位于{POSITIONS[o['position']]['zh']}" for o in objs)
+    return "，".join(
+        f"{_zh_np(o, rng, 0.4, article=False)}位于{POSITIONS[o['position']]['zh']}" for o in objs
+    )
 
 
 def _en_list(objs, rng, bg):
-    head = _pick(rng, ["there is ", "the picture shows ", "this image shows ", "we see ", "the image contains "])
+    head = _pick(
+        rng, ["there is ", "the picture shows ", "this image shows ", "we see ", "the image contains "]
+    )
     return head + _en_join([_en_np(o, rng, 0.3) for o in objs])
 
 
@@ -228,7 +261,10 @@ def _en_count(objs, rng, bg):
 
 
 def _en_where_has(objs, rng, bg):
-    parts = [f"{POSITIONS[o['position']]['en_phrase']} there is {_en_np(o, rng, 0.6)}" for o in _reading_order(objs)]
+    parts = [
+        f"{POSITIONS[o['position']]['en_phrase']} there is {_en_np(o, rng, 0.6)}"
+        for o in _reading_order(objs)
+    ]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + ", and " + parts[-1]
 
 
@@ -260,21 +296,46 @@ def _en_focus(objs, rng, bg):
 
 
 def _en_located(objs, rng, bg):
-    return _en_join([f"{_en_np(o, rng, 0.4, article='the')} is {POSITIONS[o['position']]['en_phrase']}"
-                     for o in objs])
+    return _en_join(
+        [f"{_en_np(o, rng, 0.4, article='the')} is {POSITIONS[o['position']]['en_phrase']}" for o in objs]
+    )
 
 
 TEMPLATES = {
-    "zh": [_zh_list, _zh_count, _zh_where_has, _zh_at, _zh_background, _zh_picture, _zh_sizes, _zh_focus,
-           _zh_located],
-    "en": [_en_list, _en_count, _en_where_has, _en_at, _en_background, _en_picture, _en_sizes, _en_focus,
-           _en_located],
+    "zh": [
+        _zh_list,
+        _zh_count,
+        _zh_where_has,
+        _zh_at,
+        _zh_background,
+        _zh_picture,
+        _zh_sizes,
+        _zh_focus,
+        _zh_located,
+    ],
+    "en": [
+        _en_list,
+        _en_count,
+        _en_where_has,
+        _en_at,
+        _en_background,
+        _en_picture,
+        _en_sizes,
+        _en_focus,
+        _en_located,
+    ],
 }
 MAX_CAPTIONS_PER_IMAGE = len(TEMPLATES["zh"])
 
 
-def describe_objects(objects: list[dict], language: str = "zh", rng=None, *,
-                     background_style: str | None = None, n_captions: int | None = None) -> list[str]:
+def describe_objects(
+    objects: list[dict],
+    language: str = "zh",
+    rng=None,
+    *,
+    background_style: str | None = None,
+    n_captions: int | None = None,
+) -> list[str]:
     """Distinct true captions of an image holding `objects`, each from a different template.
 
     `objects` are ground-truth dicts (shape, colour, size, position). Returns `n_captions` captions
@@ -285,7 +346,9 @@ def describe_objects(objects: list[dict], language: str = "zh", rng=None, *,
     if not objects:
         raise ValueError("objects must hold at least one object")
     rng = np.random.default_rng(rng)
-    templates = [t for t in TEMPLATES[language] if background_style is not None or "background" not in t.__name__]
+    templates = [
+        t for t in TEMPLATES[language] if background_style is not None or "background" not in t.__name__
+    ]
     n_captions = len(templates) if n_captions is None else n_captions
     if not 1 <= n_captions <= len(templates):
         raise ValueError(f"n_captions must be between 1 and {len(templates)}; got {n_captions}")
@@ -297,7 +360,9 @@ def describe_objects(objects: list[dict], language: str = "zh", rng=None, *,
             captions.append(text)
         if len(captions) == n_captions:
             return captions
-    raise AssertionError(f"only {len(captions)} distinct captions for {objects}")  # templates differ by construction
+    raise AssertionError(
+        f"only {len(captions)} distinct captions for {objects}"
+    )  # templates differ by construction
 
 
 def _alternation(words) -> str:
@@ -306,10 +371,12 @@ def _alternation(words) -> str:
 
 _ZH_OBJECT = re.compile(
     f"(?:(大|小)的)?({_alternation(c['zh'] for c in COLOURS.values())})的?(大|小)?"
-    f"({_alternation(s['zh'] for s in SHAPES.values())})")
+    f"({_alternation(s['zh'] for s in SHAPES.values())})"
+)
 _EN_SIZE_WORDS = {w: size for size, v in SIZES.items() for w in v["en_synonyms"]}
 _EN_OBJECT = re.compile(
-    rf"\b(?:({_alternation(_EN_SIZE_WORDS)}) )?({_alternation(COLOURS)}) ({_alternation(SHAPES)})\b")
+    rf"\b(?:({_alternation(_EN_SIZE_WORDS)}) )?({_alternation(COLOURS)}) ({_alternation(SHAPES)})\b"
+)
 _ZH_COLOUR = re.compile(_alternation(c["zh"] for c in COLOURS.values()))
 _ZH_SHAPE = re.compile(_alternation(c["zh"] for c in SHAPES.values()))
 _EN_COLOUR = re.compile(rf"\b({_alternation(COLOURS)})\b")
@@ -332,10 +399,14 @@ def caption_attributes(text: str, language: str = "zh") -> dict:
     """
     _check_language(language)
     if language == "zh":
-        text = re.sub(r"\s+", "", text)   # character-tokenised Chinese ("红 色 圆 形") still parses
-        lookup = {v["zh"]: k for table in (COLOURS, SHAPES, SIZES, POSITIONS, BACKGROUNDS) for k, v in table.items()}
-        objects = [{"colour": lookup[c], "shape": lookup[s], "size": lookup[z1 or z2] if (z1 or z2) else None}
-                   for z1, c, z2, s in _ZH_OBJECT.findall(text)]
+        text = re.sub(r"\s+", "", text)  # character-tokenised Chinese ("红 色 圆 形") still parses
+        lookup = {
+            v["zh"]: k for table in (COLOURS, SHAPES, SIZES, POSITIONS, BACKGROUNDS) for k, v in table.items()
+        }
+        objects = [
+            {"colour": lookup[c], "shape": lookup[s], "size": lookup[z1 or z2] if (z1 or z2) else None}
+            for z1, c, z2, s in _ZH_OBJECT.findall(text)
+        ]
         colours = {lookup[c] for c in _ZH_COLOUR.findall(text)}
         shapes = {lookup[s] for s in _ZH_SHAPE.findall(text)}
         positions = {lookup[p] for p in _ZH_POSITION.findall(text)}
@@ -343,8 +414,10 @@ def caption_attributes(text: str, language: str = "zh") -> dict:
         background = [lookup[b] for b in _ZH_BACKGROUND.findall(text)]
     else:
         text = " ".join(text.lower().split())
-        objects = [{"colour": c, "shape": s, "size": _EN_SIZE_WORDS[z] if z else None}
-                   for z, c, s in _EN_OBJECT.findall(text)]
+        objects = [
+            {"colour": c, "shape": s, "size": _EN_SIZE_WORDS[z] if z else None}
+            for z, c, s in _EN_OBJECT.findall(text)
+        ]
         colours, shapes = set(_EN_COLOUR.findall(text)), set(_EN_SHAPE.findall(text))
         by_phrase = {p["en_phrase"]: k for k, p in POSITIONS.items()}
         positions = {by_phrase[p] for p in _EN_POSITION.findall(text)}
@@ -364,6 +437,7 @@ def caption_attributes(text: str, language: str = "zh") -> dict:
 # -----------------------------------------------------------------------------
 # images
 
+
 def _sample_scene(rng, image_size: int) -> dict:
     """Objects (with geometry in output-pixel units) and background for one image."""
     n = int(rng.choice([1, 2, 3], p=OBJECT_COUNT_P))
@@ -371,7 +445,7 @@ def _sample_scene(rng, image_size: int) -> dict:
     cell = image_size / 3
     objects, used = [], set()
     for c in cells:
-        while True:   # no two objects with the same colour and shape: captions could not tell them apart
+        while True:  # no two objects with the same colour and shape: captions could not tell them apart
             shape, colour = _pick(rng, list(SHAPES)), _pick(rng, list(COLOURS))
             if (shape, colour) not in used:
                 used.add((shape, colour))
@@ -381,27 +455,45 @@ def _sample_scene(rng, image_size: int) -> dict:
         radius = cell * RADIUS[size] * (1 + rng.uniform(-RADIUS_JITTER, RADIUS_JITTER))
         # Stars and triangles reach 1.1 radius; keep the whole shape inside its own cell.
         slack = max(cell / 2 - 1.1 * radius, 0.0) * 0.8
-        cx, cy = (col + 0.5) * cell + rng.uniform(-slack, slack), (row + 0.5) * cell + rng.uniform(-slack, slack)
-        rgb = np.clip(np.array(COLOURS[colour]["rgb"]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255)
-        objects.append({
-            "shape": shape, "colour": colour, "size": size, "row": row, "col": col,
-            "position": POSITION_AT[(row, col)],
-            "centre_xy": [round(float(cx), 2), round(float(cy), 2)], "radius_px": round(float(radius), 2),
-            "rotation": round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 2),
-            "rgb": [int(v) for v in rgb],
-        })
+        cx, cy = (
+            (col + 0.5) * cell + rng.uniform(-slack, slack),
+            (row + 0.5) * cell + rng.uniform(-slack, slack),
+        )
+        rgb = np.clip(
+            np.array(COLOURS[colour]["rgb"]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255
+        )
+        objects.append(
+            {
+                "shape": shape,
+                "colour": colour,
+                "size": size,
+                "row": row,
+                "col": col,
+                "position": POSITION_AT[(row, col)],
+                "centre_xy": [round(float(cx), 2), round(float(cy), 2)],
+                "radius_px": round(float(radius), 2),
+                "rotation": round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 2),
+                "rgb": [int(v) for v in rgb],
+            }
+        )
     style = "plain" if rng.random() < 0.5 else "gradient"
     colours = [_background_colour(rng) for _ in range(1 if style == "plain" else 2)]
-    while style == "gradient" and np.linalg.norm(np.subtract(*colours)) < 40:   # a gradient must be visible
+    while style == "gradient" and np.linalg.norm(np.subtract(*colours)) < 40:  # a gradient must be visible
         colours[1] = _background_colour(rng)
-    return {"objects": objects, "background_style": style, "background_colours": colours,
-            "background_angle": float(rng.uniform(0, 2 * math.pi))}
+    return {
+        "objects": objects,
+        "background_style": style,
+        "background_colours": colours,
+        "background_angle": float(rng.uniform(0, 2 * math.pi)),
+    }
 
 
 def _background_colour(rng) -> list[int]:
     """A muted colour (low saturation, mid value) far from every object colour."""
     while True:
-        rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.38, 0.72))) * 255
+        rgb = (
+            np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.38, 0.72))) * 255
+        )
         if min(np.linalg.norm(rgb - c["rgb"]) for c in COLOURS.values()) >= BACKGROUND_MIN_DISTANCE:
             return [int(round(v)) for v in rgb]
 
@@ -409,15 +501,29 @@ def _background_colour(rng) -> list[int]:
 def _shape_points(shape: str, cx: float, cy: float, r: float, degrees: float) -> list[tuple[float, float]]:
     if shape == "square":
         pts = [(x * 0.85, y * 0.85) for x, y in [(-1, -1), (1, -1), (1, 1), (-1, 1)]]
-    elif shape == "triangle":   # equilateral, centroid at the centre, pointing up
+    elif shape == "triangle":  # equilateral, centroid at the centre, pointing up
         pts = [(1.1 * math.cos(a), 1.1 * math.sin(a)) for a in np.radians([-90, 30, 150])]
     elif shape == "star":
-        pts = [((1.1 if k % 2 == 0 else 0.45) * math.cos(a), (1.1 if k % 2 == 0 else 0.45) * math.sin(a))
-               for k, a in enumerate(np.radians(np.arange(10) * 36 - 90))]
+        pts = [
+            ((1.1 if k % 2 == 0 else 0.45) * math.cos(a), (1.1 if k % 2 == 0 else 0.45) * math.sin(a))
+            for k, a in enumerate(np.radians(np.arange(10) * 36 - 90))
+        ]
     elif shape == "cross":
         w = 0.33
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
-               (-w, -w)]
+        pts = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
     else:
         raise ValueError(f"no polygon for shape {shape!r}")
     cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
@@ -433,7 +539,7 @@ def _draw(scene: dict, image_size: int, rng) -> Image.Image:
         c1 = np.array(scene["background_colours"][1], dtype=np.float32)
         xy = (np.arange(big, dtype=np.float32) + 0.5) / big - 0.5
         a = scene["background_angle"]
-        t = xy[None, :] * math.cos(a) + xy[:, None] * math.sin(a)   # projection on the gradient direction
+        t = xy[None, :] * math.cos(a) + xy[:, None] * math.sin(a)  # projection on the gradient direction
         t = (t - t.min()) / (t.max() - t.min())
         canvas = Image.fromarray((c0 + t[..., None] * (c1 - c0)).round().astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
@@ -456,13 +562,22 @@ def _make_image(index: int, seed: int, image_size: int, language: str, captions_
     image = _draw(scene, image_size, rng)
     # Captions get their own stream: the same seed then draws the same scenes whatever the language or
     # captions_per_image, and the same scenes and captions at every image size.
-    captions = describe_objects(scene["objects"], language, np.random.default_rng([seed, index, 1]),
-                                background_style=scene["background_style"], n_captions=captions_per_image)
+    captions = describe_objects(
+        scene["objects"],
+        language,
+        np.random.default_rng([seed, index, 1]),
+        background_style=scene["background_style"],
+        n_captions=captions_per_image,
+    )
     buf = io.BytesIO()
     # 4:4:4 chroma: with the default 4:2:0 a small object's colour bleeds into the background at 64 px.
     image.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     background = np.mean(scene["background_colours"], axis=0).round().astype(int).tolist()
-    record = {"objects": scene["objects"], "background": background, "background_style": scene["background_style"]}
+    record = {
+        "objects": scene["objects"],
+        "background": background,
+        "background_style": scene["background_style"],
+    }
     return buf.getvalue(), record, captions
 
 
@@ -470,8 +585,9 @@ def _write_range(indices: range, folder: str, params: dict) -> list[tuple[dict, 
     """Render and write the images `indices` into `folder`/images; return (record, captions) per image."""
     out = []
     for i in indices:
-        jpeg, record, captions = _make_image(i, params["seed"], params["image_size"], params["language"],
-                                             params["captions_per_image"])
+        jpeg, record, captions = _make_image(
+            i, params["seed"], params["image_size"], params["language"], params["captions_per_image"]
+        )
         rel = f"images/{i:06d}.jpg"
         (Path(folder) / rel).write_bytes(jpeg)
         out.append(({"image_path": rel, **record}, captions))
@@ -480,6 +596,7 @@ def _write_range(indices: range, folder: str, params: dict) -> list[tuple[dict, 
 
 # -----------------------------------------------------------------------------
 # the data set on disk
+
 
 def _check_language(language):
     if language not in LANGUAGES:
@@ -492,10 +609,17 @@ def _check_params(n_images, image_size, language, seed, captions_per_image) -> d
     _check_language(language)
     check_int("seed", seed, 0)
     if not is_int(captions_per_image) or not 4 <= captions_per_image <= MAX_CAPTIONS_PER_IMAGE:
-        raise ValueError(f"captions_per_image must be an integer between 4 and {MAX_CAPTIONS_PER_IMAGE}; "
-                         f"got {captions_per_image!r}")
-    return {"n_images": int(n_images), "image_size": int(image_size), "language": language, "seed": int(seed),
-            "captions_per_image": int(captions_per_image)}
+        raise ValueError(
+            f"captions_per_image must be an integer between 4 and {MAX_CAPTIONS_PER_IMAGE}; "
+            f"got {captions_per_image!r}"
+        )
+    return {
+        "n_images": int(n_images),
+        "image_size": int(image_size),
+        "language": language,
+        "seed": int(seed),
+        "captions_per_image": int(captions_per_image),
+    }
 
 
 def _read_captions(out_dir: Path) -> pd.DataFrame:
@@ -515,17 +639,31 @@ def _read_meta(out_dir: Path) -> dict | None:
 
 def _existing_matches(out_dir: Path, params: dict) -> bool:
     meta = _read_meta(out_dir)
-    return (meta is not None and meta.get("format_version") == FORMAT_VERSION and meta.get("params") == params
-            and (out_dir / "captions.csv").is_file() and (out_dir / "objects.jsonl").is_file())
+    return (
+        meta is not None
+        and meta.get("format_version") == FORMAT_VERSION
+        and meta.get("params") == params
+        and (out_dir / "captions.csv").is_file()
+        and (out_dir / "objects.jsonl").is_file()
+    )
 
 
-def demo_dir(data_dir, language: str = "zh", n_images: int = 3000, image_size: int = 64, seed: int = 0) -> Path:
+def demo_dir(
+    data_dir, language: str = "zh", n_images: int = 3000, image_size: int = 64, seed: int = 0
+) -> Path:
     """Where the demo set with these parameters lives under `data_dir` (one folder per parameter set)."""
     return Path(data_dir) / "demo" / f"{language}-n{n_images}-{image_size}px-seed{seed}"
 
 
-def generate_demo_dataset(out_dir, n_images: int = 3000, image_size: int = 64, language: str = "zh",
-                          seed: int = 0, captions_per_image: int = 5, progress: bool = True) -> pd.DataFrame:
+def generate_demo_dataset(
+    out_dir,
+    n_images: int = 3000,
+    image_size: int = 64,
+    language: str = "zh",
+    seed: int = 0,
+    captions_per_image: int = 5,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Write the synthetic data set to `out_dir` and return its captions (image_path absolute, text).
 
     Layout: images/000000.jpg..., captions.csv (text, image_path relative), objects.jsonl (ground truth),
@@ -539,8 +677,10 @@ def generate_demo_dataset(out_dir, n_images: int = 3000, image_size: int = 64, l
     if _existing_matches(out_dir, params):
         return _read_captions(out_dir)
     if out_dir.exists() and _read_meta(out_dir) is None and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise DataError(f"{out_dir}: exists and is not a demo data set (no meta.json from {GENERATOR}); "
-                        "refusing to replace it")
+        raise DataError(
+            f"{out_dir}: exists and is not a demo data set (no meta.json from {GENERATOR}); "
+            "refusing to replace it"
+        )
 
     with atomic_path(out_dir, sweep_stale=True) as tmp:
         (tmp / "images").mkdir(parents=True)
@@ -549,20 +689,34 @@ def generate_demo_dataset(out_dir, n_images: int = 3000, image_size: int = 64, l
         results = []
         with process_pool(workers) as pool:
             # In order, so the output does not depend on timing.
-            for chunk_results in map_chunks(_write_range, chunks, str(tmp), params, pool=pool, desc="demo images",
-                                            progress=progress):
+            for chunk_results in map_chunks(
+                _write_range, chunks, str(tmp), params, pool=pool, desc="demo images", progress=progress
+            ):
                 results.extend(chunk_results)
 
-        rows = [{"text": text, "image_path": record["image_path"]} for record, captions in results for text in captions]
+        rows = [
+            {"text": text, "image_path": record["image_path"]}
+            for record, captions in results
+            for text in captions
+        ]
         write_table(pd.DataFrame(rows, columns=["text", "image_path"]), tmp / "captions.csv")
-        write_text(tmp / "objects.jsonl",
-                   "".join(json.dumps(record, ensure_ascii=False) + "\n" for record, _ in results))
-        write_json(tmp / "meta.json", {
-            "format_version": FORMAT_VERSION, "generator": GENERATOR, "params": params,
-            "n_captions": len(rows), "jpeg_quality": JPEG_QUALITY, "supersample": SUPERSAMPLE,
-            "noise_std": NOISE_STD,
-            "vocabulary": {"shapes": SHAPES, "colours": COLOURS, "sizes": SIZES, "positions": POSITIONS},
-        })
+        write_text(
+            tmp / "objects.jsonl",
+            "".join(json.dumps(record, ensure_ascii=False) + "\n" for record, _ in results),
+        )
+        write_json(
+            tmp / "meta.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "generator": GENERATOR,
+                "params": params,
+                "n_captions": len(rows),
+                "jpeg_quality": JPEG_QUALITY,
+                "supersample": SUPERSAMPLE,
+                "noise_std": NOISE_STD,
+                "vocabulary": {"shapes": SHAPES, "colours": COLOURS, "sizes": SIZES, "positions": POSITIONS},
+            },
+        )
     return _read_captions(out_dir)
 
 
@@ -580,11 +734,19 @@ def load_ground_truth(out_dir) -> pd.DataFrame:
             record = json.loads(line)
             objects = record["objects"]
             main = next((o for o in objects if o["size"] == "big"), objects[0])
-            rows.append({"image_path": str(out_dir / record["image_path"]), "n_objects": len(objects),
-                         "objects": objects, "background": record["background"],
-                         "background_style": record.get("background_style"),
-                         "colour": main["colour"], "shape": main["shape"], "size": main["size"],
-                         "position": main["position"]})
+            rows.append(
+                {
+                    "image_path": str(out_dir / record["image_path"]),
+                    "n_objects": len(objects),
+                    "objects": objects,
+                    "background": record["background"],
+                    "background_style": record.get("background_style"),
+                    "colour": main["colour"],
+                    "shape": main["shape"],
+                    "size": main["size"],
+                    "position": main["position"],
+                }
+            )
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise DataError(f"{path}, line {line_no}: not a ground-truth record ({e!r})") from None
     return pd.DataFrame(rows)

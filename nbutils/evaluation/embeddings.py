@@ -25,13 +25,15 @@ def embed(bundle, dataset: ImageTextDataset, mean, std, batch_size: int = 256, m
     dtype = next(model.parameters()).dtype
     images = []
     for start in range(0, len(dataset.rows), batch_size):
-        rows = dataset.rows[start:start + batch_size]
+        rows = dataset.rows[start : start + batch_size]
         pixels = torch.from_numpy(dataset.cache.uint8(list(rows))).permute(0, 3, 1, 2).to(device)
         pixels = normalize_pixel_values(pixels, mean, std, dtype=dtype)
         images.append(clip_models.image_features(model, pixels).float().cpu())
     all_captions = [(i, t) for i, caps in enumerate(dataset.captions) for t in caps]
-    texts = [embed_texts(bundle, [t for _, t in all_captions[start:start + batch_size]], max_length)
-             for start in range(0, len(all_captions), batch_size)]
+    texts = [
+        embed_texts(bundle, [t for _, t in all_captions[start : start + batch_size]], max_length)
+        for start in range(0, len(all_captions), batch_size)
+    ]
     text_to_image = np.array([i for i, _ in all_captions])
     return torch.nn.functional.normalize(torch.cat(images), dim=-1), torch.cat(texts), text_to_image
 

@@ -87,8 +87,10 @@ def retrieval_metrics(image_embeds, text_embeds, text_to_image, ks=KS, chunk_siz
     captions_per_image = torch.bincount(owner, minlength=n_img)
     if (captions_per_image == 0).any():
         i = int((captions_per_image == 0).nonzero()[0])
-        raise DataError(f"image_embeds[{i}] has no caption in text_to_image; "
-                        f"image->text rank is undefined (drop uncaptioned images first)")
+        raise DataError(
+            f"image_embeds[{i}] has no caption in text_to_image; "
+            f"image->text rank is undefined (drop uncaptioned images first)"
+        )
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise DataError(f"ks must be positive integers, got {ks}")
@@ -98,22 +100,22 @@ def retrieval_metrics(image_embeds, text_embeds, text_to_image, ks=KS, chunk_siz
     # Text -> image: rows are captions; the correct column counts itself once, so rank = count(>=).
     t2i_rank = torch.empty(n_txt, dtype=torch.long, device=images.device)
     for start in range(0, n_txt, chunk_size):
-        sim = texts[start:start + chunk_size] @ images.T
+        sim = texts[start : start + chunk_size] @ images.T
         rows = torch.arange(len(sim), device=sim.device)
-        correct = sim[rows, owner[start:start + chunk_size]]
-        t2i_rank[start:start + len(sim)] = (sim >= correct[:, None]).sum(1)
+        correct = sim[rows, owner[start : start + chunk_size]]
+        t2i_rank[start : start + len(sim)] = (sim >= correct[:, None]).sum(1)
 
     # Image -> text: the best of an image's captions, compared only against other images' captions
     # (so that five identical correct captions do not push each other down).
     i2t_rank = torch.empty(n_img, dtype=torch.long, device=images.device)
     for start in range(0, n_img, chunk_size):
-        sim = images[start:start + chunk_size] @ texts.T
+        sim = images[start : start + chunk_size] @ texts.T
         mine = ((owner >= start) & (owner < start + len(sim))).nonzero().squeeze(1)
         rows = owner[mine] - start
         best = torch.full((len(sim),), -torch.inf, device=sim.device)
         best.scatter_reduce_(0, rows, sim[rows, mine], reduce="amax")
         sim[rows, mine] = -torch.inf
-        i2t_rank[start:start + len(sim)] = 1 + (sim >= best[:, None]).sum(1)
+        i2t_rank[start : start + len(sim)] = 1 + (sim >= best[:, None]).sum(1)
 
     out = {}
     for direction, rank in (("i2t", i2t_rank), ("t2i", t2i_rank)):
@@ -157,11 +159,14 @@ def _label_indices(labels, class_names, attribute: str) -> np.ndarray:
     try:
         return np.array([-1 if m else int(v) for v, m in zip(labels, missing)], dtype=np.int64)
     except (TypeError, ValueError) as err:
-        raise DataError(f"labels_by_attribute[{attribute!r}]: expected class indices or names ({err})") from None
+        raise DataError(
+            f"labels_by_attribute[{attribute!r}]: expected class indices or names ({err})"
+        ) from None
 
 
-def zero_shot_table(image_embeds, prompt_embeds_by_attribute: dict, labels_by_attribute: dict,
-                    class_names_by_attribute: dict) -> pd.DataFrame:
+def zero_shot_table(
+    image_embeds, prompt_embeds_by_attribute: dict, labels_by_attribute: dict, class_names_by_attribute: dict
+) -> pd.DataFrame:
     """Zero-shot classification accuracy per attribute (e.g. colour, shape), one row each.
 
     For each attribute: prompt embeddings (n_classes[, n_templates], D), one label per image
@@ -171,28 +176,36 @@ def zero_shot_table(image_embeds, prompt_embeds_by_attribute: dict, labels_by_at
     image_embeds = _tensor(image_embeds, "image_embeds")
     rows = []
     for attribute, prompts in prompt_embeds_by_attribute.items():
-        for what, mapping in (("labels_by_attribute", labels_by_attribute),
-                              ("class_names_by_attribute", class_names_by_attribute)):
+        for what, mapping in (
+            ("labels_by_attribute", labels_by_attribute),
+            ("class_names_by_attribute", class_names_by_attribute),
+        ):
             if attribute not in mapping:
                 raise DataError(f"{what} has no entry for attribute {attribute!r}")
         names = list(class_names_by_attribute[attribute])
         n_prompts = len(_tensor(prompts, f"prompt_embeds_by_attribute[{attribute!r}]"))
         if n_prompts != len(names):
-            raise DataError(f"attribute {attribute!r}: {n_prompts} prompt embeddings but {len(names)} class names")
+            raise DataError(
+                f"attribute {attribute!r}: {n_prompts} prompt embeddings but {len(names)} class names"
+            )
         labels = _label_indices(labels_by_attribute[attribute], names, attribute)
         if len(labels) != len(image_embeds):
-            raise DataError(f"labels_by_attribute[{attribute!r}]: {len(labels)} labels for {len(image_embeds)} images")
+            raise DataError(
+                f"labels_by_attribute[{attribute!r}]: {len(labels)} labels for {len(image_embeds)} images"
+            )
         keep = labels >= 0
         if not keep.any():
             raise DataError(f"labels_by_attribute[{attribute!r}]: no labelled image")
         images = image_embeds[torch.from_numpy(keep).to(image_embeds.device)]
-        rows.append({
-            "attribute": attribute,
-            "n_classes": len(names),
-            "n": int(keep.sum()),
-            "accuracy": zero_shot_accuracy(images, prompts, labels[keep]),
-            "chance": 100.0 / len(names),
-        })
+        rows.append(
+            {
+                "attribute": attribute,
+                "n_classes": len(names),
+                "n": int(keep.sum()),
+                "accuracy": zero_shot_accuracy(images, prompts, labels[keep]),
+                "chance": 100.0 / len(names),
+            }
+        )
     return pd.DataFrame(rows, columns=["attribute", "n_classes", "n", "accuracy", "chance"])
 
 
@@ -224,9 +237,12 @@ def metrics_table(before: dict, after: dict) -> pd.DataFrame:
         missing = [key for key in keys if key not in metrics]
         if missing:
             raise DataError(f"metrics_table: {name!r} metrics lack {missing}")
-    table = pd.DataFrame({
-        "initial": [float(before[key]) for key in keys],
-        "trained": [float(after[key]) for key in keys],
-    }, index=pd.Index(keys, name="metric"))
+    table = pd.DataFrame(
+        {
+            "initial": [float(before[key]) for key in keys],
+            "trained": [float(after[key]) for key in keys],
+        },
+        index=pd.Index(keys, name="metric"),
+    )
     table["gain"] = table["trained"] - table["initial"]
     return table

@@ -20,7 +20,9 @@ from .retrieval import zero_shot_table
 ATTRIBUTES = ("colour", "shape", "size")
 
 
-def demo_zero_shot(bundle, dataset: ImageTextDataset, image_embeds, ground_truth: str, language: str) -> pd.DataFrame:
+def demo_zero_shot(
+    bundle, dataset: ImageTextDataset, image_embeds, ground_truth: str, language: str
+) -> pd.DataFrame:
     """Zero-shot colour / shape / size accuracy on the single-object images of `dataset`.
 
     `image_embeds` are `dataset`'s image embeddings (from `embed`); `ground_truth` is the demo set's
@@ -31,7 +33,7 @@ def demo_zero_shot(bundle, dataset: ImageTextDataset, image_embeds, ground_truth
     stems = pd.Series([Path(p).stem for p in dataset.image_paths])
     keep = stems.isin(set(gt["stem"])).to_numpy()
     if keep.sum() == 0:
-        return pd.DataFrame(columns=["attribute", "accuracy", "chance", "n"])
+        return pd.DataFrame(columns=["attribute", "n_classes", "n", "accuracy", "chance"])  # zero_shot_table
     gt = gt.set_index("stem").loc[stems[keep]]
     prompts, labels, names = {}, {}, {}
     for attribute in ATTRIBUTES:

@@ -35,8 +35,15 @@ KINDS = {  # config.model_type -> kind
 }
 # Any one of these in a local folder means a tokenizer was saved there. Without them AutoTokenizer
 # silently builds an empty tokenizer (2 or 5 special tokens) from the model type alone.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 # RoBERTa-style position tables start after the padding index, so they hold 2 fewer tokens.
 OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
@@ -55,16 +62,24 @@ class ClipBundle:
 # The demo model, built from small configs (no download)
 
 
-def build_demo_dual_encoder(tokenizer, image_size: int = 64, patch_size: int = 8, hidden_size: int = 128,
-                            num_layers: int = 4, num_heads: int = 4, intermediate_size: int = 256,
-                            projection_dim: int = 128, max_text_length: int = 64):
+def build_demo_dual_encoder(
+    tokenizer,
+    image_size: int = 64,
+    patch_size: int = 8,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 256,
+    projection_dim: int = 128,
+    max_text_length: int = 64,
+):
     """A small random ViT + BERT `VisionTextDualEncoderModel` for demos and tests (train mode).
 
     The text vocabulary and pad id come from `tokenizer`; `tokenizer.model_max_length` is lowered to
     `max_text_length` (the position table's size) so `truncation=True` can never overflow it.
     `logit_scale` starts at ln(1/0.07), CLIP's initial temperature of 0.07.
     """
-    from transformers import BertConfig, ViTConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+    from transformers import BertConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel, ViTConfig
 
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
@@ -72,13 +87,22 @@ def build_demo_dual_encoder(tokenizer, image_size: int = 64, patch_size: int = 8
         raise ValueError(f"hidden_size={hidden_size} must be a multiple of num_heads={num_heads}")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; use train_tokenizer or a BERT-style tokenizer")
-    tower = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                 intermediate_size=intermediate_size)
+    tower = dict(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+    )
     vision_config = ViTConfig(image_size=image_size, patch_size=patch_size, **tower)
-    text_config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                             max_position_embeddings=max_text_length, **tower)
+    text_config = BertConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=max_text_length,
+        **tower,
+    )
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
-        vision_config, text_config, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT)
+        vision_config, text_config, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT
+    )
     model = VisionTextDualEncoderModel(config)
     _reset_logit_scale(model)
     tokenizer.model_max_length = min(tokenizer.model_max_length, max_text_length)
@@ -101,21 +125,28 @@ def load_clip_model(model_name_or_path: str | os.PathLike) -> ClipBundle:
     config = _load_config(name, "model_name_or_path")
     kind = KINDS.get(config.model_type)
     if kind is None:
-        raise ValueError(f"model_name_or_path={name!r} is a {config.model_type!r} checkpoint, not a dual encoder "
-                         f"(expected model_type {', '.join(KINDS)}). To pair a vision and a text checkpoint, "
-                         f"use compose_dual_encoder(vision_model, text_model).")
+        raise ValueError(
+            f"model_name_or_path={name!r} is a {config.model_type!r} checkpoint, not a dual encoder "
+            f"(expected model_type {', '.join(KINDS)}). To pair a vision and a text checkpoint, "
+            f"use compose_dual_encoder(vision_model, text_model)."
+        )
     tokenizer = _load_tokenizer(name, "model_name_or_path")
     try:
         image_processor = load_image_processor(name)
     except ValueError as e:
-        raise ValueError(f"model_name_or_path={name!r}: the image processor (preprocessor_config.json) is "
-                         f"missing or unreadable; save_clip writes it beside the model. ({e})") from None
-    model_class = {"clip": CLIPModel, "chinese_clip": ChineseCLIPModel,
-                   "dual_encoder": VisionTextDualEncoderModel}[kind]
+        raise ValueError(
+            f"model_name_or_path={name!r}: the image processor (preprocessor_config.json) is "
+            f"missing or unreadable; save_clip writes it beside the model. ({e})"
+        ) from e
+    model_class = {
+        "clip": CLIPModel,
+        "chinese_clip": ChineseCLIPModel,
+        "dual_encoder": VisionTextDualEncoderModel,
+    }[kind]
     try:
         model = model_class.from_pretrained(name)
     except OSError as e:
-        raise ValueError(f"model_name_or_path={name!r}: could not load the weights ({e})") from None
+        raise ValueError(f"model_name_or_path={name!r}: could not load the weights ({e})") from e
 
     _check_vocab(tokenizer, model.config.text_config, "model_name_or_path", name)
     _check_processor_fits(image_processor, model.config.vision_config, "model_name_or_path", name)
@@ -123,8 +154,9 @@ def load_clip_model(model_name_or_path: str | os.PathLike) -> ClipBundle:
     return ClipBundle(model=model, tokenizer=tokenizer, image_processor=image_processor, kind=kind)
 
 
-def compose_dual_encoder(vision_model: str | os.PathLike, text_model: str | os.PathLike,
-                         projection_dim: int = 512) -> ClipBundle:
+def compose_dual_encoder(
+    vision_model: str | os.PathLike, text_model: str | os.PathLike, projection_dim: int = 512
+) -> ClipBundle:
     """Pair a pretrained vision tower and a pretrained text tower, as the HF contrastive-image-text example does.
 
     `vision_model`: a ViT-like checkpoint or a CLIP checkpoint (its vision tower is used);
@@ -141,12 +173,17 @@ def compose_dual_encoder(vision_model: str | os.PathLike, text_model: str | os.P
     text_config = _load_config(text_name, "text_model")
     # Whole dual encoders other than CLIP would be loaded as the "vision tower" whole and break later.
     if vision_config.model_type != "clip" and (
-            hasattr(vision_config, "text_config") or not hasattr(vision_config, "image_size")):
-        raise ValueError(f"vision_model={vision_name!r} is a {vision_config.model_type!r} checkpoint, not a vision "
-                         f"encoder (ViT-like or CLIP). Load whole CLIP-style models with load_clip_model.")
+        hasattr(vision_config, "text_config") or not hasattr(vision_config, "image_size")
+    ):
+        raise ValueError(
+            f"vision_model={vision_name!r} is a {vision_config.model_type!r} checkpoint, not a vision "
+            f"encoder (ViT-like or CLIP). Load whole CLIP-style models with load_clip_model."
+        )
     if hasattr(text_config, "vision_config") or not hasattr(text_config, "vocab_size"):
-        raise ValueError(f"text_model={text_name!r} is a {text_config.model_type!r} checkpoint, not a text "
-                         f"encoder (BERT / RoBERTa-like).")
+        raise ValueError(
+            f"text_model={text_name!r} is a {text_config.model_type!r} checkpoint, not a text "
+            f"encoder (BERT / RoBERTa-like)."
+        )
 
     # Cheap checks first, so a missing tokenizer is reported before the weights are read.
     tokenizer = _load_tokenizer(text_name, "text_model")
@@ -154,16 +191,20 @@ def compose_dual_encoder(vision_model: str | os.PathLike, text_model: str | os.P
     try:
         image_processor = load_image_processor(vision_name)
     except ValueError as e:
-        raise ValueError(f"vision_model={vision_name!r}: no usable image processor (preprocessor_config.json) "
-                         f"in this checkpoint. ({e})") from None
+        raise ValueError(
+            f"vision_model={vision_name!r}: no usable image processor (preprocessor_config.json) "
+            f"in this checkpoint. ({e})"
+        ) from e
     tower_config = vision_config.vision_config if vision_config.model_type == "clip" else vision_config
     _check_processor_fits(image_processor, tower_config, "vision_model", vision_name)
     try:
         model = VisionTextDualEncoderModel.from_vision_text_pretrained(
-            vision_name, text_name, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT)
+            vision_name, text_name, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT
+        )
     except OSError as e:
-        raise ValueError(f"could not load the weights of vision_model={vision_name!r} or "
-                         f"text_model={text_name!r} ({e})") from None
+        raise ValueError(
+            f"could not load the weights of vision_model={vision_name!r} or text_model={text_name!r} ({e})"
+        ) from e
     _reset_logit_scale(model)
     _cap_max_length(tokenizer, model.config.text_config)
     return ClipBundle(model=model, tokenizer=tokenizer, image_processor=image_processor, kind="dual_encoder")
@@ -177,8 +218,10 @@ def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
     """
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise ValueError(f"out_dir={str(out_dir)!r} is a non-empty folder without a saved model (no config.json); "
-                         f"refusing to replace it. Pick a new folder, e.g. {str(out_dir / 'model')!r}.")
+        raise ValueError(
+            f"out_dir={str(out_dir)!r} is a non-empty folder without a saved model (no config.json); "
+            f"refusing to replace it. Pick a new folder, e.g. {str(out_dir / 'model')!r}."
+        )
     with atomic_path(out_dir) as tmp:
         bundle.model.save_pretrained(tmp)
         bundle.tokenizer.save_pretrained(tmp)
@@ -208,12 +251,15 @@ def logit_scale_parameter(model) -> torch.nn.Parameter:
     """The learnable log-temperature (exp of it multiplies the cosine similarities)."""
     scale = getattr(model, "logit_scale", None)
     if not isinstance(scale, torch.nn.Parameter):
-        raise ValueError(f"{type(model).__name__} has no logit_scale parameter; expected a CLIP-style dual encoder")
+        raise ValueError(
+            f"{type(model).__name__} has no logit_scale parameter; expected a CLIP-style dual encoder"
+        )
     return scale
 
 
-def apply_freezing(model, lock_image: bool = False, lock_text: bool = False,
-                   projections_only: bool = False) -> dict:
+def apply_freezing(
+    model, lock_image: bool = False, lock_text: bool = False, projections_only: bool = False
+) -> dict:
     """Freeze towers for LiT-style or projection-only training; return parameter counts.
 
     lock_image: the image tower (`vision_model`) gets requires_grad False, `visual_projection` stays
@@ -239,8 +285,10 @@ def check_image_size(model, image_size: int, parameter: str = "image_size") -> N
     """Raise ValueError naming `parameter` if `image_size` differs from what the vision tower expects."""
     expected = _side(model.config.vision_config.image_size)
     if _side(image_size) != expected:
-        raise ValueError(f"{parameter}={image_size} but the vision tower expects {expected}-pixel images; "
-                         f"rebuild the image cache at {expected} pixels or pick a model made for {image_size}")
+        raise ValueError(
+            f"{parameter}={image_size} but the vision tower expects {expected}-pixel images; "
+            f"rebuild the image cache at {expected} pixels or pick a model made for {image_size}"
+        )
 
 
 # -----------------------------------------------------------------------------
@@ -266,10 +314,14 @@ def _reset_logit_scale(model) -> None:
 def _check_exists(name_or_path, parameter: str) -> str:
     """Fail at once on a path that does not exist, instead of trying it as a hub id over the network."""
     name = os.fspath(name_or_path)
-    looks_like_path = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+    looks_like_path = (
+        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+    )
     if looks_like_path and not os.path.isdir(os.path.expanduser(name)):
-        raise ValueError(f"{parameter}={name!r}: no such folder. Give a folder written by save_pretrained / "
-                         f"save_clip, or a hub id such as 'openai/clip-vit-base-patch32'.")
+        raise ValueError(
+            f"{parameter}={name!r}: no such folder. Give a folder written by save_pretrained / "
+            f"save_clip, or a hub id such as 'openai/clip-vit-base-patch32'."
+        )
     return os.path.expanduser(name)
 
 
@@ -283,21 +335,25 @@ def _load_config(name: str, parameter: str):
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{parameter}={name!r}: could not load a model config from this {_where(name)} "
-                         f"({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{parameter}={name!r}: could not load a model config from this {_where(name)} "
+            f"({type(e).__name__}: {e})"
+        ) from e
 
 
 def _load_tokenizer(name: str, parameter: str):
     from transformers import AutoTokenizer
 
-    missing = (f"{parameter}={name!r}: the tokenizer is missing (no tokenizer files found); save the "
-               f"tokenizer into the checkpoint folder (save_clip does) or use a checkpoint that has one")
+    missing = (
+        f"{parameter}={name!r}: the tokenizer is missing (no tokenizer files found); save the "
+        f"tokenizer into the checkpoint folder (save_clip does) or use a checkpoint that has one"
+    )
     if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
         raise ValueError(missing)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{missing} ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{missing} ({type(e).__name__}: {e})") from e
     # A hub checkpoint without tokenizer files still "loads" as a tokenizer of special tokens only.
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
         raise ValueError(missing)
@@ -307,15 +363,19 @@ def _load_tokenizer(name: str, parameter: str):
 def _check_vocab(tokenizer, text_config, parameter: str, name: str) -> None:
     # Larger tokenizers produce ids past the embedding table: an IndexError deep in training.
     if len(tokenizer) > text_config.vocab_size:
-        raise ValueError(f"{parameter}={name!r}: the tokenizer has {len(tokenizer)} tokens but the text tower's "
-                         f"embedding table only {text_config.vocab_size}; they do not belong together")
+        raise ValueError(
+            f"{parameter}={name!r}: the tokenizer has {len(tokenizer)} tokens but the text tower's "
+            f"embedding table only {text_config.vocab_size}; they do not belong together"
+        )
 
 
 def _check_processor_fits(image_processor, vision_config, parameter: str, name: str) -> None:
     made, expected = processor_output_size(image_processor), _side(vision_config.image_size)
     if _side(made) != expected:
-        raise ValueError(f"{parameter}={name!r}: its image processor makes {made}-pixel images but its vision "
-                         f"tower expects {expected}; the checkpoint mixes two models")
+        raise ValueError(
+            f"{parameter}={name!r}: its image processor makes {made}-pixel images but its vision "
+            f"tower expects {expected}; the checkpoint mixes two models"
+        )
 
 
 def _cap_max_length(tokenizer, text_config) -> None:

@@ -24,22 +24,29 @@ def load_image_processor(name_or_path: str, image_size: int = 0):
 
     if name_or_path in PRESETS:
         if not image_size or image_size < 8:
-            raise ValueError(f"image_size must be >= 8 with image_processor={name_or_path!r}, got {image_size}")
+            raise ValueError(
+                f"image_size must be >= 8 with image_processor={name_or_path!r}, got {image_size}"
+            )
         if name_or_path == "vit":
             return ViTImageProcessorPil(size={"height": image_size, "width": image_size})
-        return CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                     crop_size={"height": image_size, "width": image_size})
+        return CLIPImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
     except (OSError, ValueError) as e:
         where = "local folder" if os.path.isdir(name_or_path) else "hub id or path"
-        raise ValueError(f"image_processor={name_or_path!r}: could not load an image processor from this "
-                         f"{where} ({type(e).__name__}: {e}). Use 'vit', 'clip', a checkpoint folder, "
-                         f"or a hub id reachable from this machine.") from None
+        raise ValueError(
+            f"image_processor={name_or_path!r}: could not load an image processor from this "
+            f"{where} ({type(e).__name__}: {e}). Use 'vit', 'clip', a checkpoint folder, "
+            f"or a hub id reachable from this machine."
+        ) from e
     size = processor_output_size(processor)
     if image_size and image_size != size:
-        raise ValueError(f"image_size={image_size} does not match the {size}px images that "
-                         f"image_processor={name_or_path!r} produces; set image_size = 0 to use the checkpoint's size")
+        raise ValueError(
+            f"image_size={image_size} does not match the {size}px images that "
+            f"image_processor={name_or_path!r} produces; set image_size = 0 to use the checkpoint's size"
+        )
     return processor
 
 

@@ -52,7 +52,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 3000, min_frequency:
             first.update(word)
             inner.update("##" + ch for ch in word[1:])
     seeds = SPECIAL_TOKENS + sorted(first) + sorted(inner)
-    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), min_frequency=int(min_frequency),
-                                        special_tokens=seeds, show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=int(vocab_size),
+        min_frequency=int(min_frequency),
+        special_tokens=seeds,
+        show_progress=False,
+    )
     backend.train_from_iterator(texts, trainer=trainer)
     return BertTokenizerFast(vocab=backend.get_vocab(with_added_tokens=False))

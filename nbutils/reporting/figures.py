@@ -64,7 +64,9 @@ def plot_caption_lengths(tables: dict, length_fn):
     hi = max((int(v.max()) for v in lengths.values() if len(v)), default=1)
     bins = np.arange(0, hi + 2) - 0.5
     for name, v in lengths.items():
-        ax.hist(v, bins=bins, alpha=0.5, density=True, label=f"{name} (mean {v.mean():.1f})" if len(v) else name)
+        ax.hist(
+            v, bins=bins, alpha=0.5, density=True, label=f"{name} (mean {v.mean():.1f})" if len(v) else name
+        )
     ax.set_xlabel("caption length (characters for Chinese, words otherwise)")
     ax.set_ylabel("share of captions")
     ax.legend()

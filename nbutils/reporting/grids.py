@@ -47,8 +47,9 @@ def _png_data_uri(img) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def image_grid_html(images: Sequence, captions: Sequence[Sequence[str] | str], ncols: int = 6,
-                    thumb_px: int = 128) -> str:
+def image_grid_html(
+    images: Sequence, captions: Sequence[Sequence[str] | str], ncols: int = 6, thumb_px: int = 128
+) -> str:
     """An HTML grid: each image (path, PIL image or uint8 array) with its caption(s) below.
 
     Small images are scaled up without smoothing so 64 px demo images stay readable.
@@ -58,13 +59,14 @@ def image_grid_html(images: Sequence, captions: Sequence[Sequence[str] | str], n
     for img, caps in zip(images, captions):
         caps = [caps] if isinstance(caps, str) else list(caps)
         text = "<br>".join(html.escape(c) for c in caps)
+        alt = html.escape(caps[0] if caps else "")
         cells.append(
             f'<div style="width:{thumb_px + 40}px;margin:4px;font-size:12px;line-height:1.3">'
-            f'<img src="{_png_data_uri(img)}" alt="{html.escape(caps[0] if caps else "")}" style="width:{thumb_px}px;height:{thumb_px}px;'
+            f'<img src="{_png_data_uri(img)}" alt="{alt}" style="width:{thumb_px}px;height:{thumb_px}px;'
             f'object-fit:contain;image-rendering:pixelated;border:1px solid #ccc"><br>{text}</div>'
         )
-    return ('<div style="display:grid;grid-template-columns:repeat(%d,auto);justify-content:start">%s</div>'
-            % (ncols, "".join(cells)))
+    grid = f"display:grid;grid-template-columns:repeat({ncols},auto);justify-content:start"
+    return f'<div style="{grid}">{"".join(cells)}</div>'
 
 
 def safe_thumbnail(path, size: int = 96, max_pixels: int = 50_000_000) -> np.ndarray:
@@ -88,21 +90,31 @@ def safe_thumbnail(path, size: int = 96, max_pixels: int = 50_000_000) -> np.nda
 
 def rejects_grid_html(rejects: pd.DataFrame, per_reason: int = 3, limit: int = 18, ncols: int = 6) -> str:
     """A few rejected images of each reason (processdata_02's `rejects`), drawn only where that is safe."""
-    shown = rejects.groupby(rejects["reason"].str.split(":").str[0]).head(per_reason).head(limit)
-    return image_grid_html([safe_thumbnail(p) for p in shown["image_path"]], list(shown["reason"]), ncols=ncols)
+    # astype(str): a table without rejects has a float64 (all-empty) reason column, which .str refuses
+    category = rejects["reason"].astype(str).str.split(":").str[0]
+    shown = rejects.groupby(category).head(per_reason).head(limit)
+    return image_grid_html(
+        [safe_thumbnail(p) for p in shown["image_path"]], list(shown["reason"]), ncols=ncols
+    )
 
 
 def normalised_grid_html(checks: pd.DataFrame, limit: int = 12, ncols: int = 6) -> str:
     """The rewritten copies of images that needed normalising (processdata_02's `checks`), with why."""
     fixed = checks[checks["needs_normalising"] & checks["ok"]].head(limit)
-    return image_grid_html([safe_thumbnail(p) for p in fixed["normalised_path"]],
-                           [f"{m} {f}" for m, f in zip(fixed["mode"], fixed["format"])], ncols=ncols)
+    return image_grid_html(
+        [safe_thumbnail(p) for p in fixed["normalised_path"]],
+        [f"{m} {f}" for m, f in zip(fixed["mode"], fixed["format"])],
+        ncols=ncols,
+    )
 
 
-def cache_samples(table: pd.DataFrame, cache, n: int = 12, seed: int = 0,
-                  captions_per_image: int = 3) -> tuple[np.ndarray, list[list[str]]]:
+def cache_samples(
+    table: pd.DataFrame, cache, n: int = 12, seed: int = 0, captions_per_image: int = 3
+) -> tuple[np.ndarray, list[list[str]]]:
     """`n` random images of `table` as the model sees them (read back from the image cache), with captions."""
-    images = table.drop_duplicates("image_path").sample(min(n, table["image_path"].nunique()), random_state=seed)
+    images = table.drop_duplicates("image_path").sample(
+        min(n, table["image_path"].nunique()), random_state=seed
+    )
     captions = table.groupby("image_path")["text"].apply(list)
     pixels = cache.uint8(cache.index_of(list(images["image_path"])))
     return pixels, [captions[p][:captions_per_image] for p in images["image_path"]]
@@ -116,7 +128,12 @@ def search_results_html(results: list[dict], dataset, k_label: str = "✓ ", thu
     parts = []
     for r in results:
         pixels = dataset.cache.uint8([int(dataset.rows[j]) for j in r["images"]])
-        labels = [f"{k_label if int(j) == r['target'] else ''}{float(s):.3f}" for s, j in zip(r["scores"], r["images"])]
-        parts.append(f"<p><b>{html.escape(r['query'])}</b></p>"
-                     + image_grid_html(pixels, labels, ncols=len(labels), thumb_px=thumb_px))
+        labels = [
+            f"{k_label if int(j) == r['target'] else ''}{float(s):.3f}"
+            for s, j in zip(r["scores"], r["images"])
+        ]
+        parts.append(
+            f"<p><b>{html.escape(r['query'])}</b></p>"
+            + image_grid_html(pixels, labels, ncols=len(labels), thumb_px=thumb_px)
+        )
     return "".join(parts)

@@ -45,20 +45,33 @@ def write_index(run_dir: str | os.PathLike) -> Path:
     record = read_json(run_dir / "run.json")
     e = html.escape
     git = record.get("git") or {}
-    meta = [("profile", record.get("profile")), ("status", record.get("status")),
-            ("started", record.get("started_at")), ("finished", record.get("finished_at")),
-            ("device", record.get("device")), ("seed", record.get("seed")),
-            ("git", f"{git.get('commit') or 'no commit'}{' (dirty)' if git.get('dirty') else ''}" if git else None),
-            ("versions", ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items())),
-            ("command", " ".join(record.get("command") or []))]
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(str(record.get('run')))}"
-             f"</title>\n<style>{_CSS}</style></head><body>",
-             f"<h1>{e(str(record.get('run')))} <span class=\"status {e(str(record.get('status')))}\">"
-             f"{e(str(record.get('status')))}</span></h1>"]
+    meta = [
+        ("profile", record.get("profile")),
+        ("status", record.get("status")),
+        ("started", record.get("started_at")),
+        ("finished", record.get("finished_at")),
+        ("device", record.get("device")),
+        ("seed", record.get("seed")),
+        (
+            "git",
+            f"{git.get('commit') or 'no commit'}{' (dirty)' if git.get('dirty') else ''}" if git else None,
+        ),
+        ("versions", ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items())),
+        ("command", " ".join(record.get("command") or [])),
+    ]
+    parts = [
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(str(record.get("run")))}'
+        f"</title>\n<style>{_CSS}</style></head><body>",
+        f'<h1>{e(str(record.get("run")))} <span class="status {e(str(record.get("status")))}">'
+        f"{e(str(record.get('status')))}</span></h1>",
+    ]
     if record.get("description"):
         parts.append(f"<p>{e(record['description'])}</p>")
-    parts.append("<table class=\"meta\">" + "".join(f"<tr><td>{k}</td><td>{e(str(v))}</td></tr>"
-                                                   for k, v in meta if v is not None) + "</table>")
+    parts.append(
+        '<table class="meta">'
+        + "".join(f"<tr><td>{k}</td><td>{e(str(v))}</td></tr>" for k, v in meta if v is not None)
+        + "</table>"
+    )
     for entry in record.get("notebooks", []):
         parts.append(_index_section(run_dir, entry))
     parts.append("</body></html>\n")
@@ -68,34 +81,52 @@ def write_index(run_dir: str | os.PathLike) -> Path:
 def _index_section(run_dir: Path, entry: dict) -> str:
     e = html.escape
     nb, status = entry["name"], entry.get("status", "")
-    title = f"<a href=\"{quote(entry['report'])}\">{e(nb)}</a>" if entry.get("report") else e(nb)
+    title = f'<a href="{quote(entry["report"])}">{e(nb)}</a>' if entry.get("report") else e(nb)
     secs = f" {entry['seconds']:.1f} s" if isinstance(entry.get("seconds"), (int, float)) else ""
-    out = [f"<section id=\"{e(nb)}\"><h2>{title} <span class=\"status {e(status)}\">{e(status)}</span>"
-           f"<small>{secs}</small></h2>"]
-    notes = [entry.get("note"), "from an earlier invocation of this run" if entry.get("carried_over") else None]
+    out = [
+        f'<section id="{e(nb)}"><h2>{title} <span class="status {e(status)}">{e(status)}</span>'
+        f"<small>{secs}</small></h2>"
+    ]
+    notes = [
+        entry.get("note"),
+        "from an earlier invocation of this run" if entry.get("carried_over") else None,
+    ]
     if entry.get("executed_notebook"):
-        notes.append(f"<a href=\"{quote(entry['executed_notebook'])}\">executed notebook</a>")
-    out += [f"<p class=\"meta\">{' · '.join(n if n.startswith('<a') else e(n) for n in notes if n)}</p>"]
+        notes.append(f'<a href="{quote(entry["executed_notebook"])}">executed notebook</a>')
+    out += [f'<p class="meta">{" · ".join(n if n.startswith("<a") else e(n) for n in notes if n)}</p>']
     err = entry.get("error")
     if err:
         cell = f"cell {err.get('cell_index')}: " if err.get("cell_index") is not None else ""
-        out.append(f"<pre class=\"error\">{e(cell)}{e(str(err.get('ename')))}: {e(str(err.get('evalue')))}</pre>")
+        out.append(
+            f'<pre class="error">{e(cell)}{e(str(err.get("ename")))}: {e(str(err.get("evalue")))}</pre>'
+        )
     if entry.get("summary"):
         try:
             rows = list(_flatten(read_json(run_dir / entry["summary"])))
-            out.append("<table class=\"summary\">" + "".join(
-                f"<tr><td>{e(k)}</td><td>{e(_fmt(v))}</td></tr>" for k, v in rows) + "</table>")
+            out.append(
+                '<table class="summary">'
+                + "".join(f"<tr><td>{e(k)}</td><td>{e(_fmt(v))}</td></tr>" for k, v in rows)
+                + "</table>"
+            )
         except (OSError, ValueError) as ex:
-            out.append(f"<p class=\"meta\">summary.json unreadable: {e(str(ex))}</p>")
+            out.append(f'<p class="meta">summary.json unreadable: {e(str(ex))}</p>')
     if status in ("ok", "failed"):
         figs = sorted((run_dir / nb / "figures").glob("*.png"))
         if figs:
-            out.append("<div class=\"figures\">" + "".join(
-                f"<a href=\"{quote(f'{nb}/figures/{p.name}')}\"><img src=\"{quote(f'{nb}/figures/{p.name}')}\" "
-                f"alt=\"{e(p.stem)}\" loading=\"lazy\">{e(p.stem)}</a>" for p in figs) + "</div>")
+            out.append(
+                '<div class="figures">'
+                + "".join(
+                    f'<a href="{quote(f"{nb}/figures/{p.name}")}"><img src="{quote(f"{nb}/figures/{p.name}")}" '
+                    f'alt="{e(p.stem)}" loading="lazy">{e(p.stem)}</a>'
+                    for p in figs
+                )
+                + "</div>"
+            )
     if entry.get("parameters"):
-        out.append("<details><summary>parameters</summary><pre>"
-                   f"{e(json.dumps(entry['parameters'], ensure_ascii=False, indent=1))}</pre></details>")
+        out.append(
+            "<details><summary>parameters</summary><pre>"
+            f"{e(json.dumps(entry['parameters'], ensure_ascii=False, indent=1))}</pre></details>"
+        )
     out.append("</section>")
     return "\n".join(out)
 

@@ -2,7 +2,7 @@
 
     python -m nbutils run --profile demo [--only NB1,NB2] [-p key=value ...] [--run NAME]
 
-A profile (YAML, see `nbutils/profiles/demo.yaml`) says which notebooks run and with which
+A profile (YAML, see `nbutils/runner/profiles/demo.yaml`) says which notebooks run and with which
 parameters. Parameters are resolved before anything runs, most specific last:
 
     run_dir, output_dir        always injected by the runner (absolute paths)
@@ -60,16 +60,31 @@ from .. import __version__
 from ..files import read_json, write_json
 from ..reporting.index_page import render_report, write_index
 from .parameters import notebook_parameters, resolve_parameters
-from .profiles import (KERNEL_NAME, NOTEBOOKS_DIR, OUTPUTS_DIR, PIPELINE, REPO_DIR, RUN_NAME, ParameterError, RunFailed,
-                       did_you_mean,
-                       load_profile)
+from .profiles import (
+    KERNEL_NAME,
+    NOTEBOOKS_DIR,
+    OUTPUTS_DIR,
+    PIPELINE,
+    REPO_DIR,
+    RUN_NAME,
+    ParameterError,
+    RunFailed,
+    did_you_mean,
+    load_profile,
+)
 
 # ----------------------------------------------------------------------------- running
 
-def run_pipeline(profile: str | os.PathLike, only: str | Iterable[str] | None = None,
-                 params: Iterable[str] | Mapping = (), run_name: str | None = None,
-                 notebooks_dir: str | os.PathLike | None = None, outputs_dir: str | os.PathLike | None = None,
-                 command: list[str] | None = None) -> dict:
+
+def run_pipeline(
+    profile: str | os.PathLike,
+    only: str | Iterable[str] | None = None,
+    params: Iterable[str] | Mapping = (),
+    run_name: str | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+    outputs_dir: str | os.PathLike | None = None,
+    command: list[str] | None = None,
+) -> dict:
     """Run the profile's notebooks in pipeline order; return the run.json record.
 
     Every check (profile, --only, parameters) happens before the first notebook starts. Raises
@@ -79,7 +94,8 @@ def run_pipeline(profile: str | os.PathLike, only: str | Iterable[str] | None = 
     probe = _start_device_probe()  # a few seconds of torch import, overlapped with the checks below
     try:
         prof, run_dir, listed, existing, selected, resolved = _plan(
-            profile, only, params, run_name, notebooks_dir, outputs_dir)
+            profile, only, params, run_name, notebooks_dir, outputs_dir
+        )
         import papermill
         from papermill.exceptions import PapermillExecutionError
 
@@ -106,21 +122,36 @@ def run_pipeline(profile: str | os.PathLike, only: str | Iterable[str] | None = 
         try:
             with _papermill_quiet():
                 papermill.execute_notebook(
-                    str(notebooks_dir / f"{nb}.ipynb"), str(run_dir / f"{nb}.ipynb"), parameters=resolved[nb],
-                    kernel_name=KERNEL_NAME, cwd=str(notebooks_dir), progress_bar=False, log_output=False,
-                    kernel_manager_class=_this_interpreter_kernel_manager())
+                    str(notebooks_dir / f"{nb}.ipynb"),
+                    str(run_dir / f"{nb}.ipynb"),
+                    parameters=resolved[nb],
+                    kernel_name=KERNEL_NAME,
+                    cwd=str(notebooks_dir),
+                    progress_bar=False,
+                    log_output=False,
+                    kernel_manager_class=_this_interpreter_kernel_manager(),
+                )
             entry["status"] = "ok"
         except PapermillExecutionError as e:
-            entry.update(status="failed", error={"cell_index": e.cell_index, "exec_count": e.exec_count,
-                                                 "ename": e.ename, "evalue": e.evalue})
+            entry.update(
+                status="failed",
+                error={
+                    "cell_index": e.cell_index,
+                    "exec_count": e.exec_count,
+                    "ename": e.ename,
+                    "evalue": e.evalue,
+                },
+            )
         except KeyboardInterrupt:
             entry["status"] = record["status"] = "interrupted"
             entry["seconds"] = round(time.perf_counter() - start, 2)
             _finish(run_dir, record)
             raise
         except Exception as e:  # the kernel died, failed to start, ...
-            entry.update(status="failed", error={"cell_index": None, "exec_count": None,
-                                                 "ename": type(e).__name__, "evalue": str(e)})
+            entry.update(
+                status="failed",
+                error={"cell_index": None, "exec_count": None, "ename": type(e).__name__, "evalue": str(e)},
+            )
         entry["seconds"] = round(time.perf_counter() - start, 2)
         _collect(run_dir, entry)
         print(f"    {entry['status']} in {entry['seconds']:.1f} s", flush=True)
@@ -152,12 +183,15 @@ def _plan(profile, only, params, run_name, notebooks_dir, outputs_dir):
     errors = []
     for nb in only:
         if nb not in PIPELINE:
-            errors.append(f"--only {nb}: not a pipeline notebook{did_you_mean(nb, PIPELINE)}; pipeline: {', '.join(PIPELINE)}")
+            errors.append(
+                f"--only {nb}: not a pipeline notebook{did_you_mean(nb, PIPELINE)}; pipeline: {', '.join(PIPELINE)}"
+            )
         elif not (notebooks_dir / f"{nb}.ipynb").is_file():
             errors.append(f"--only {nb}: {notebooks_dir / (nb + '.ipynb')} does not exist")
         elif nb not in listed:
-            errors.append(f"--only {nb}: profile {prof['name']} has no entry for it; "
-                          f"its notebooks: {', '.join(listed)}")
+            errors.append(
+                f"--only {nb}: profile {prof['name']} has no entry for it; its notebooks: {', '.join(listed)}"
+            )
     if errors:
         raise ParameterError("\n".join(errors))
 
@@ -175,7 +209,9 @@ def _plan(profile, only, params, run_name, notebooks_dir, outputs_dir):
         try:
             declared[nb] = notebook_parameters(notebooks_dir / f"{nb}.ipynb")
         except Exception as e:  # a notebook that is not valid JSON / nbformat
-            raise ParameterError(f"{notebooks_dir / (nb + '.ipynb')}: cannot read the notebook ({e})") from None
+            raise ParameterError(
+                f"{notebooks_dir / (nb + '.ipynb')}: cannot read the notebook ({e})"
+            ) from None
     injected = {nb: {"run_dir": str(run_dir), "output_dir": str(run_dir / nb)} for nb in selected}
     resolved = resolve_parameters(declared, selected, prof["common"], prof["notebooks"], params, injected)
 
@@ -195,17 +231,39 @@ def _new_record(prof, run_name, command, resolved, listed, existing, selected, r
             entry = _entry(nb, "skipped", note)
         entries.append(entry)
     seeds = {nb: p["seed"] for nb, p in resolved.items() if "seed" in p}
-    seed = next(iter(seeds.values())) if len({json.dumps(s) for s in seeds.values()}) == 1 else (seeds or None)
+    seed = (
+        next(iter(seeds.values())) if len({json.dumps(s) for s in seeds.values()}) == 1 else (seeds or None)
+    )
     env = _environment()
-    return {"run": run_name, "profile": prof["name"], "profile_path": prof["path"],
-            "description": prof["description"], "command": list(command if command is not None else sys.argv),
-            "started_at": _now(), "finished_at": None, "status": "running", "seed": seed,
-            "git": env["git"], "device": device, "versions": env["versions"], "notebooks": entries}
+    return {
+        "run": run_name,
+        "profile": prof["name"],
+        "profile_path": prof["path"],
+        "description": prof["description"],
+        "command": list(command if command is not None else sys.argv),
+        "started_at": _now(),
+        "finished_at": None,
+        "status": "running",
+        "seed": seed,
+        "git": env["git"],
+        "device": device,
+        "versions": env["versions"],
+        "notebooks": entries,
+    }
 
 
 def _entry(nb, status, note=None) -> dict:
-    return {"name": nb, "status": status, "note": note, "seconds": None, "parameters": None,
-            "executed_notebook": None, "report": None, "summary": None, "error": None}
+    return {
+        "name": nb,
+        "status": status,
+        "note": note,
+        "seconds": None,
+        "parameters": None,
+        "executed_notebook": None,
+        "report": None,
+        "summary": None,
+        "error": None,
+    }
 
 
 def _previous_entries(run_dir: Path, profile_name: str) -> dict:
@@ -221,7 +279,11 @@ def _previous_entries(run_dir: Path, profile_name: str) -> dict:
 
 def _clear_stale(run_dir: Path, nb: str) -> None:
     # The index must never show an earlier run's numbers or figures next to this run's status.
-    for path in [run_dir / f"{nb}.html", run_dir / nb / "summary.json", *(run_dir / nb / "figures").glob("*.png")]:
+    for path in [
+        run_dir / f"{nb}.html",
+        run_dir / nb / "summary.json",
+        *(run_dir / nb / "figures").glob("*.png"),
+    ]:
         if path.is_file():
             path.unlink()
 
@@ -244,8 +306,11 @@ def _failure_message(nb: str, entry: dict, run_dir: Path) -> str:
     where = "" if err["cell_index"] is None else f" in cell {err['cell_index']}"
     if err.get("exec_count") is not None:
         where += f" (In [{err['exec_count']}])"
-    kept = (f"; executed notebook kept at {run_dir / entry['executed_notebook']}"
-            if entry["executed_notebook"] else "")
+    kept = (
+        f"; executed notebook kept at {run_dir / entry['executed_notebook']}"
+        if entry["executed_notebook"]
+        else ""
+    )
     return f"{nb} failed{where} ({err['ename']}: {err['evalue']}){kept}"
 
 
@@ -321,10 +386,12 @@ def _environment() -> dict:
 
 
 # Asked in a child process: initialising CUDA here would hold GPU memory for the whole run.
-_DEVICE_PROBE = ("import torch\n"
-                 "if torch.cuda.is_available(): print('cuda: ' + torch.cuda.get_device_name(0))\n"
-                 "elif torch.backends.mps.is_available(): print('mps')\n"
-                 "else: print('cpu')")
+_DEVICE_PROBE = (
+    "import torch\n"
+    "if torch.cuda.is_available(): print('cuda: ' + torch.cuda.get_device_name(0))\n"
+    "elif torch.backends.mps.is_available(): print('mps')\n"
+    "else: print('cpu')"
+)
 _device_seen: list[str] = []  # the answer, once per process
 
 
@@ -332,14 +399,18 @@ def _start_device_probe():
     if _device_seen:
         return None
     try:
-        return subprocess.Popen([sys.executable, "-c", _DEVICE_PROBE], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", _DEVICE_PROBE],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
     except OSError:
         return None
 
 
 def _device(probe) -> str:
-    """"cuda: <name>", "mps" or "cpu" as a fresh interpreter (like the kernels) sees it."""
+    """ "cuda: <name>", "mps" or "cpu" as a fresh interpreter (like the kernels) sees it."""
     if _device_seen:
         return _device_seen[0]
     if probe is None:
@@ -368,7 +439,7 @@ def _git() -> dict | None:
         status = git("status", "--porcelain")
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"commit": head.stdout.strip() if head.returncode == 0 else None,  # None before the first commit
-            "dirty": bool(status.stdout.strip())}
-
-
+    return {
+        "commit": head.stdout.strip() if head.returncode == 0 else None,  # None before the first commit
+        "dirty": bool(status.stdout.strip()),
+    }

@@ -14,6 +14,7 @@ from .profiles import RUNNER_PARAMETERS, ParameterError, did_you_mean
 
 # ----------------------------------------------------------------------------- parameters
 
+
 def notebook_parameters(path: str | os.PathLike) -> dict[str, str]:
     """The parameters a notebook declares: {name: default as source text}, in cell order.
 
@@ -23,8 +24,11 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, str]:
     """
     path = Path(path)
     # Plain JSON: importing nbformat costs seconds, and bad parameters should fail fast.
-    cells = [c for c in json.loads(path.read_text(encoding="utf-8")).get("cells", [])
-             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [
+        c
+        for c in json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+        if "parameters" in c.get("metadata", {}).get("tags", [])
+    ]
     if not cells:
         return {}
     source = cells[0].get("source", "")
@@ -49,10 +53,14 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, str]:
     return params
 
 
-def resolve_parameters(declared: Mapping[str, Mapping[str, str]], selected: Iterable[str],
-                       common: Mapping | None = None, per_notebook: Mapping[str, Mapping] | None = None,
-                       overrides: Iterable[str] | Mapping = (), injected: Mapping[str, Mapping] | None = None,
-                       ) -> dict[str, dict]:
+def resolve_parameters(
+    declared: Mapping[str, Mapping[str, str]],
+    selected: Iterable[str],
+    common: Mapping | None = None,
+    per_notebook: Mapping[str, Mapping] | None = None,
+    overrides: Iterable[str] | Mapping = (),
+    injected: Mapping[str, Mapping] | None = None,
+) -> dict[str, dict]:
     """Merge profile and command-line parameters into {notebook: parameters} for `selected`.
 
     `declared` maps every notebook the profile can run to `notebook_parameters(...)`; entries of
@@ -78,16 +86,20 @@ def resolve_parameters(declared: Mapping[str, Mapping[str, str]], selected: Iter
     for nb in selected:
         for key, value in injected.get(nb, {}).items():
             if key not in declared[nb]:
-                errors.append(f"{nb} does not declare {key!r} in its `parameters` cell; every pipeline "
-                              f"notebook must declare {' and '.join(RUNNER_PARAMETERS)}")
+                errors.append(
+                    f"{nb} does not declare {key!r} in its `parameters` cell; every pipeline "
+                    f"notebook must declare {' and '.join(RUNNER_PARAMETERS)}"
+                )
             out[nb][key] = value
 
     everywhere = sorted({name for params in declared.values() for name in params})
     for key, value in common.items():
         users = [nb for nb in declared if key in declared[nb]]
         if not users:
-            errors.append(f"profile common.{key}: no notebook of the profile declares {key!r}"
-                          f"{did_you_mean(key, everywhere)}; declared: {', '.join(everywhere)}")
+            errors.append(
+                f"profile common.{key}: no notebook of the profile declares {key!r}"
+                f"{did_you_mean(key, everywhere)}; declared: {', '.join(everywhere)}"
+            )
         for nb in selected:
             if key in declared[nb]:
                 put(nb, key, value, f"profile common.{key}")
@@ -109,8 +121,11 @@ def resolve_parameters(declared: Mapping[str, Mapping[str, str]], selected: Iter
 
     # Command line last; a notebook-specific override beats a general one whatever the order.
     typed = isinstance(overrides, Mapping)
-    items = ([(str(k), v, f"{k}={v!r}") for k, v in overrides.items()] if typed
-             else [_split_override(o) for o in overrides])
+    items = (
+        [(str(k), v, f"{k}={v!r}") for k, v in overrides.items()]
+        if typed
+        else [_split_override(o) for o in overrides]
+    )
     for specific in (False, True):
         for key, value, text in items:
             nb, _, name = key.rpartition(".")
@@ -122,8 +137,11 @@ def resolve_parameters(declared: Mapping[str, Mapping[str, str]], selected: Iter
                 continue
             if nb:
                 if nb not in out:
-                    why = ("is not selected in this run" if nb in declared else
-                           f"is not a notebook of this run{did_you_mean(nb, selected)}")
+                    why = (
+                        "is not selected in this run"
+                        if nb in declared
+                        else f"is not a notebook of this run{did_you_mean(nb, selected)}"
+                    )
                     errors.append(f"{where}: {nb} {why}; selected: {', '.join(selected)}")
                 elif name not in declared[nb]:
                     errors.append(_unknown(where, nb, name, declared[nb]))
@@ -133,8 +151,10 @@ def resolve_parameters(declared: Mapping[str, Mapping[str, str]], selected: Iter
             users = [n for n in selected if name in declared[n]]
             if not users:
                 names = sorted({p for n in selected for p in declared[n]})
-                errors.append(f"{where}: no selected notebook ({', '.join(selected)}) declares {name!r}"
-                              f"{did_you_mean(name, names)}; declared: {', '.join(names)}")
+                errors.append(
+                    f"{where}: no selected notebook ({', '.join(selected)}) declares {name!r}"
+                    f"{did_you_mean(name, names)}; declared: {', '.join(names)}"
+                )
             for n in users:
                 _put_cli(put, n, name, value, declared, where, errors, typed)
     if errors:
@@ -190,21 +210,23 @@ def _check_type(value, default_source: str, where: str):
             return float(value)
         except ValueError:
             pass
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str),
-          list: lambda v: isinstance(v, list),
-          dict: lambda v: isinstance(v, dict)}.get(type(default), lambda v: True)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        list: lambda v: isinstance(v, list),
+        dict: lambda v: isinstance(v, dict),
+    }.get(type(default), lambda v: True)
     if not ok(value):
         quote_hint = " (quote it in YAML)" if isinstance(default, str) else ""
-        raise ParameterError(f"{where}: expected {type(default).__name__} like the notebook's default "
-                             f"{default_source}, got {value!r} ({type(value).__name__}){quote_hint}")
+        raise ParameterError(
+            f"{where}: expected {type(default).__name__} like the notebook's default "
+            f"{default_source}, got {value!r} ({type(value).__name__}){quote_hint}"
+        )
     return float(value) if isinstance(default, float) else value
 
 
 def _unknown(where: str, nb: str, key: str, declared: Iterable[str]) -> str:
     declared = list(declared)
     return f"{where}: {nb} has no parameter {key!r}{did_you_mean(key, declared)}; declared: {', '.join(declared)}"
-
-

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import yaml
 
-PIPELINE = ["processdata_01", "processdata_02", "processdata_03", "train_clip",
-            "train_encoder_decoder", "train_clipcap", "infer", "analyze_loss"]
+PIPELINE = [
+    "processdata_01",
+    "processdata_02",
+    "processdata_03",
+    "train_clip",
+    "train_encoder_decoder",
+    "train_clipcap",
+    "infer",
+    "analyze_loss",
+]
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"
@@ -33,8 +41,9 @@ class RunFailed(RuntimeError):
 
 # ----------------------------------------------------------------------------- profiles
 
+
 def load_profile(name_or_path: str | os.PathLike) -> dict:
-    """Read a profile by name (`nbutils/profiles/<name>.yaml`) or path; check its structure.
+    """Read a profile by name (`nbutils/runner/profiles/<name>.yaml`) or path; check its structure.
 
     Returns {name, path, description, run, common, notebooks} with `notebooks` mapping
     pipeline notebook names to parameter dicts (an empty entry becomes {}).
@@ -48,16 +57,21 @@ def load_profile(name_or_path: str | os.PathLike) -> dict:
         path = PROFILES_DIR / f"{text}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-            raise ParameterError(f"unknown profile {text!r}{did_you_mean(text, known)}; "
-                                 f"known profiles: {', '.join(known)} (or give a path to a .yaml file)")
+            raise ParameterError(
+                f"unknown profile {text!r}{did_you_mean(text, known)}; "
+                f"known profiles: {', '.join(known)} (or give a path to a .yaml file)"
+            )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ParameterError(f"profile {path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ParameterError(f"profile {path}: expected a mapping with keys {', '.join(PROFILE_KEYS)}")
-    errors = [f"profile {path}: unknown key {k!r}{did_you_mean(k, PROFILE_KEYS)}; allowed: {', '.join(PROFILE_KEYS)}"
-              for k in raw if k not in PROFILE_KEYS]
+    errors = [
+        f"profile {path}: unknown key {k!r}{did_you_mean(k, PROFILE_KEYS)}; allowed: {', '.join(PROFILE_KEYS)}"
+        for k in raw
+        if k not in PROFILE_KEYS
+    ]
     common = raw.get("common") or {}
     notebooks = raw.get("notebooks") or {}
     if not isinstance(common, dict):
@@ -67,8 +81,10 @@ def load_profile(name_or_path: str | os.PathLike) -> dict:
         notebooks = {}
     for nb, entry in notebooks.items():
         if nb not in PIPELINE:
-            errors.append(f"profile {path}: notebook {nb!r} is not in the pipeline{did_you_mean(nb, PIPELINE)}; "
-                          f"pipeline: {', '.join(PIPELINE)}")
+            errors.append(
+                f"profile {path}: notebook {nb!r} is not in the pipeline{did_you_mean(nb, PIPELINE)}; "
+                f"pipeline: {', '.join(PIPELINE)}"
+            )
         elif entry is not None and not isinstance(entry, dict):
             errors.append(f"profile {path}: notebooks.{nb} must be a mapping of parameter: value")
     run = raw.get("run", path.stem)
@@ -76,13 +92,17 @@ def load_profile(name_or_path: str | os.PathLike) -> dict:
         errors.append(f"profile {path}: run {run!r} must be a plain folder name (letters, digits, . _ -)")
     if errors:
         raise ParameterError("\n".join(errors))
-    return {"name": path.stem, "path": str(path.resolve()), "description": str(raw.get("description") or ""),
-            "run": run, "common": dict(common), "notebooks": {nb: dict(e or {}) for nb, e in notebooks.items()}}
+    return {
+        "name": path.stem,
+        "path": str(path.resolve()),
+        "description": str(raw.get("description") or ""),
+        "run": run,
+        "common": dict(common),
+        "notebooks": {nb: dict(e or {}) for nb, e in notebooks.items()},
+    }
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """The suggestion added to an error about a misspelt name: " (did you mean 'x'?)", or "" if none is close."""
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-
-

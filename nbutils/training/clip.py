@@ -48,6 +48,7 @@ DEFAULT_LEARNING_RATE = {"demo": 5e-4, "compose": 5e-5, "pretrained": 1e-5}
 # -----------------------------------------------------------------------------
 # the Trainer
 
+
 class ContrastiveTrainer(Trainer):
     """Trainer whose loss is symmetric InfoNCE, gathered across ranks, with the temperature kept sane."""
 
@@ -56,13 +57,20 @@ class ContrastiveTrainer(Trainer):
         self.pixel_mean, self.pixel_std = mean, std
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, gather=True):
-        pixel_values = normalize_pixel_values(inputs["pixel_values"], self.pixel_mean, self.pixel_std,
-                                              dtype=next(model.parameters()).dtype)
+        pixel_values = normalize_pixel_values(
+            inputs["pixel_values"], self.pixel_mean, self.pixel_std, dtype=next(model.parameters()).dtype
+        )
         # Through model(...) rather than the towers directly, so DDP's hooks see the forward pass.
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                        pixel_values=pixel_values, return_loss=False)
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=pixel_values,
+            return_loss=False,
+        )
         scale = clip_models.logit_scale_parameter(self.accelerator.unwrap_model(model))
-        loss = clip_loss(outputs.image_embeds, outputs.text_embeds, scale, inputs.get("text_groups"), gather=gather)
+        loss = clip_loss(
+            outputs.image_embeds, outputs.text_embeds, scale, inputs.get("text_groups"), gather=gather
+        )
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -80,8 +88,10 @@ class ContrastiveTrainer(Trainer):
         loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint {resume_from_checkpoint} does not fit the model: "
-                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise RuntimeError(
+                f"checkpoint {resume_from_checkpoint} does not fit the model: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # The temperature is not a weight: decaying it pulls the scale towards 1 (CLIP, open_clip).
@@ -112,8 +122,11 @@ class TrainClipConfig(StageConfig):
 
     stage = "train_clip"
     output_dir: str = param("../outputs/dev/train_clip", "injected by the runner: where this notebook writes")
-    model: str = param("demo", '"demo" (small towers from configs), "compose" (vision_model + text_model), '
-                               "or a CLIP / Chinese-CLIP checkpoint: hub id or folder")
+    model: str = param(
+        "demo",
+        '"demo" (small towers from configs), "compose" (vision_model + text_model), '
+        "or a CLIP / Chinese-CLIP checkpoint: hub id or folder",
+    )
     vision_model: str = param("", 'with model "compose": e.g. google/vit-base-patch16-224')
     text_model: str = param("", 'with model "compose": e.g. hfl/chinese-roberta-wwm-ext')
     lock_image: bool = param(False, "LiT: freeze the image tower, train the text side")
@@ -131,8 +144,10 @@ class TrainClipConfig(StageConfig):
     save_steps: int = param(0, "checkpoint every N steps (0: every epoch)")
     logging_steps: int = param(10, "log the loss every N steps")
     num_workers: int = param(0, "DataLoader workers")
-    resume: str = param("auto", '"auto" continues from the newest checkpoint in output_dir, "" starts fresh, '
-                                "or a checkpoint folder")
+    resume: str = param(
+        "auto",
+        '"auto" continues from the newest checkpoint in output_dir, "" starts fresh, or a checkpoint folder',
+    )
     max_text_length: int = param(64, "captions are truncated to this many tokens")
     projection_dim: int = param(128, "demo model only: embedding size")
     report_to: str = param("none", 'Trainer loggers: "none", "tensorboard", "wandb", ...')
@@ -165,8 +180,10 @@ class ClipRun:
         targets = list(range(0, len(self.test.captions), step))[:n_queries]
         queries = [self.test.captions[i][0] for i in targets]
         scores, top = retrieval.search(embed_texts(self.bundle, queries), self.test_image_embeds, k=k)
-        return [{"query": q, "target": t, "scores": s.tolist(), "images": i.tolist()}
-                for q, t, s, i in zip(queries, targets, scores, top)]
+        return [
+            {"query": q, "target": t, "scores": s.tolist(), "images": i.tolist()}
+            for q, t, s, i in zip(queries, targets, scores, top)
+        ]
 
 
 def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
@@ -175,7 +192,9 @@ def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
     if config.model == "demo":
         tokenizer = train_tokenizer(list(prepared.tables["train"]["text"]))
         size = prepared.cache.geometry.height
-        net = clip_models.build_demo_dual_encoder(tokenizer, image_size=size, projection_dim=config.projection_dim)
+        net = clip_models.build_demo_dual_encoder(
+            tokenizer, image_size=size, projection_dim=config.projection_dim
+        )
         return clip_models.ClipBundle(net, tokenizer, prepared.image_processor, "dual_encoder"), "demo"
     if config.model == "compose":
         if not config.vision_model or not config.text_model:
@@ -186,15 +205,28 @@ def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
 
 def check_geometry(bundle, prepared: stages.PreparedDataset) -> None:
     """The cache must hold images exactly as this model's processor would make them."""
-    clip_models.check_image_size(bundle.model, prepared.cache.geometry.height, parameter="processdata_03 image_size")
+    clip_models.check_image_size(
+        bundle.model, prepared.cache.geometry.height, parameter="processdata_03 image_size"
+    )
     want = ImageGeometry.from_processor(bundle.image_processor)
     if want != prepared.cache.geometry:
-        raise ValueError(f"the image cache was built as {prepared.cache.geometry.to_dict()} but the model's processor "
-                         f"wants {want.to_dict()}: rerun processdata_03 with image_processor set to this checkpoint")
+        raise ValueError(
+            f"the image cache was built as {prepared.cache.geometry.to_dict()} but the model's processor "
+            f"wants {want.to_dict()}: rerun processdata_03 with image_processor set to this checkpoint"
+        )
 
 
-SUMMARY_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall",
-                   "median_rank_i2t", "median_rank_t2i")
+SUMMARY_METRICS = (
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "mean_recall",
+    "median_rank_i2t",
+    "median_rank_t2i",
+)
 
 
 def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
@@ -206,8 +238,9 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     bundle, mode = load_bundle(c, prepared)
     if mode != "demo":
         check_geometry(bundle, prepared)
-    frozen = clip_models.apply_freezing(bundle.model, lock_image=c.lock_image, lock_text=c.lock_text,
-                                        projections_only=c.projections_only)
+    frozen = clip_models.apply_freezing(
+        bundle.model, lock_image=c.lock_image, lock_text=c.lock_text, projections_only=c.projections_only
+    )
     mean, std = prepared.mean_std
     train = prepared.dataset("train", seed=c.seed)
     val = prepared.dataset("val", seed=c.seed, fixed_caption=True)
@@ -218,24 +251,50 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     # Batches are dropped when ragged (see dataloader_drop_last), so a tiny val split has none.
     evaluate = len(val) >= c.batch_size
     if not evaluate:
-        print(f"note: the val split has {len(val)} images, fewer than batch_size={c.batch_size}: no validation loss")
+        print(
+            f"note: the val split has {len(val)} images, fewer than batch_size={c.batch_size}: no validation loss"
+        )
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"), num_train_epochs=c.epochs, max_steps=c.max_steps,
-        per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
-        gradient_accumulation_steps=c.gradient_accumulation_steps, learning_rate=lr, weight_decay=c.weight_decay,
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=c.epochs,
+        max_steps=c.max_steps,
+        per_device_train_batch_size=c.batch_size,
+        per_device_eval_batch_size=c.batch_size,
+        gradient_accumulation_steps=c.gradient_accumulation_steps,
+        learning_rate=lr,
+        weight_decay=c.weight_decay,
         # transformers 5: a float below 1 in warmup_steps is a ratio of the total steps.
-        warmup_steps=c.warmup_ratio, lr_scheduler_type="cosine", max_grad_norm=c.max_grad_norm,
+        warmup_steps=c.warmup_ratio,
+        lr_scheduler_type="cosine",
+        max_grad_norm=c.max_grad_norm,
         # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
-        dataloader_drop_last=True, dataloader_num_workers=c.num_workers, remove_unused_columns=False,
-        eval_strategy="no" if not evaluate else "steps" if c.eval_steps else "epoch", eval_steps=c.eval_steps or None,
-        save_strategy="steps" if c.save_steps else "epoch", save_steps=c.save_steps or None, save_total_limit=2,
-        logging_steps=c.logging_steps, seed=c.seed, data_seed=c.seed, bf16=cuda and torch.cuda.is_bf16_supported(),
-        report_to=c.report_to, disable_tqdm=False, use_cpu=not cuda,
+        dataloader_drop_last=True,
+        dataloader_num_workers=c.num_workers,
+        remove_unused_columns=False,
+        eval_strategy="no" if not evaluate else "steps" if c.eval_steps else "epoch",
+        eval_steps=c.eval_steps or None,
+        save_strategy="steps" if c.save_steps else "epoch",
+        save_steps=c.save_steps or None,
+        save_total_limit=2,
+        logging_steps=c.logging_steps,
+        seed=c.seed,
+        data_seed=c.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        report_to=c.report_to,
+        disable_tqdm=False,
+        use_cpu=not cuda,
     )
-    trainer = ContrastiveTrainer(model=bundle.model, args=args, train_dataset=train, eval_dataset=val,
-                                 data_collator=ContrastiveCollator(bundle.tokenizer, c.max_text_length),
-                                 callbacks=[TemperatureAndEpochCallback(train), *callbacks], mean=mean, std=std)
+    trainer = ContrastiveTrainer(
+        model=bundle.model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=ContrastiveCollator(bundle.tokenizer, c.max_text_length),
+        callbacks=[TemperatureAndEpochCallback(train), *callbacks],
+        mean=mean,
+        std=std,
+    )
 
     before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=c.max_text_length))
     trainer.train(resume_from_checkpoint=_resume_checkpoint(args.output_dir, c.resume))
@@ -244,16 +303,25 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
 
     zero_shot = None
     if prepared.origin.ground_truth:
-        zero_shot = demo_zero_shot(bundle, test, image_embeds, prepared.origin.ground_truth, prepared.origin.language)
+        zero_shot = demo_zero_shot(
+            bundle, test, image_embeds, prepared.origin.ground_truth, prepared.origin.language
+        )
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {key: after[key] for key in (*SUMMARY_METRICS, "chance_r1", "n_test_images")}
-    summary.update({
-        "initial": {k: before[k] for k in SUMMARY_METRICS},
-        "final_train_loss": losses[-1] if losses else None, "chance_loss": math.log(c.batch_size),
-        "batch_size": c.batch_size, "global_batch_size": c.batch_size * args.world_size * c.gradient_accumulation_steps,
-        "learning_rate": lr, "steps": trainer.state.global_step, "mode": mode, "trainable_parameters": frozen,
-    })
+    summary.update(
+        {
+            "initial": {k: before[k] for k in SUMMARY_METRICS},
+            "final_train_loss": losses[-1] if losses else None,
+            "chance_loss": math.log(c.batch_size),
+            "batch_size": c.batch_size,
+            "global_batch_size": c.batch_size * args.world_size * c.gradient_accumulation_steps,
+            "learning_rate": lr,
+            "steps": trainer.state.global_step,
+            "mode": mode,
+            "trainable_parameters": frozen,
+        }
+    )
     if zero_shot is not None and len(zero_shot):
         summary["zero_shot_accuracy"] = {r.attribute: r.accuracy for r in zero_shot.itertuples()}
     if trainer.is_world_process_zero():
@@ -263,7 +331,7 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
 
 
 def _resume_checkpoint(checkpoint_dir: str, resume: str):
-    """"auto": the newest checkpoint if one exists; "" : start fresh; otherwise a checkpoint path."""
+    """ "auto": the newest checkpoint if one exists; "" : start fresh; otherwise a checkpoint path."""
     if resume != "auto":
         return resume or None
     found = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))

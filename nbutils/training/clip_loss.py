@@ -13,7 +13,8 @@ every other column j with the same group is removed from the softmax, in both di
 Multi-process: features are gathered from every rank WITH gradients and each rank scores its local rows
 against all columns. DDP's gradient averaging then reproduces the single-process gradient on the whole
 batch exactly. A plain `dist.all_gather` returns tensors without autograd history, so the other ranks'
-loss terms never reach this rank's towers and the gradient is wrong (tests/test_clip_loss.py shows both).
+loss terms never reach this rank's towers and the gradient is wrong (tests/training/test_clip_loss.py
+shows both).
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ def _all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-              text_groups: torch.Tensor | None = None, gather: bool = True) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale,
+    text_groups: torch.Tensor | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
     """Symmetric contrastive loss of paired (n, d) image/text features.
 
     `logit_scale` is the log of the temperature scale (CLIPModel's `logit_scale` parameter).
@@ -55,8 +61,10 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     one rank, local rows are scored against the features of all ranks (equal batch sizes required).
     """
     if image_features.ndim != 2 or image_features.shape != text_features.shape:
-        raise ValueError(f"image_features {tuple(image_features.shape)} and text_features "
-                         f"{tuple(text_features.shape)} must both be (batch, dim) with the same shape")
+        raise ValueError(
+            f"image_features {tuple(image_features.shape)} and text_features "
+            f"{tuple(text_features.shape)} must both be (batch, dim) with the same shape"
+        )
     n = image_features.shape[0]
     if text_groups is not None and tuple(text_groups.shape) != (n,):
         raise ValueError(f"text_groups has shape {tuple(text_groups.shape)}, expected ({n},)")
@@ -69,15 +77,17 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     if world > 1:
         sizes = _all_gather_no_grad(torch.tensor([n], device=image.device)).tolist()
         if len(set(sizes)) > 1:  # every rank sees the same sizes, so every rank raises (no hang)
-            raise ValueError(f"clip_loss with gather needs equal batch sizes on every rank, got {sizes}; "
-                             "use DataLoader(drop_last=True) / DistributedSampler(drop_last=True)")
+            raise ValueError(
+                f"clip_loss with gather needs equal batch sizes on every rank, got {sizes}; "
+                "use DataLoader(drop_last=True) / DistributedSampler(drop_last=True)"
+            )
         all_image, all_text = _all_gather(image), _all_gather(text)
         if text_groups is not None:
             all_groups = _all_gather_no_grad(text_groups.to(image.device).long())
 
     labels = torch.arange(n, device=image.device) + n * rank
     logits_per_image = scale * image @ all_text.T  # local images vs all texts   (n, n * world)
-    logits_per_text = scale * text @ all_image.T   # local texts vs all images   (n, n * world)
+    logits_per_text = scale * text @ all_image.T  # local texts vs all images   (n, n * world)
     if text_groups is not None:
         # Same caption as row i in column j != i: a false negative, in both directions.
         local_groups = text_groups.to(image.device).long()

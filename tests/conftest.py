@@ -1,0 +1,120 @@
+"""Fixtures shared by the whole suite: image factories, and one tiny prepared run built once per test run.
+
+The tests mirror the package (`tests/data/` tests `nbutils/data/`, ...); notebook tests live in
+`tests/notebooks/` and run the real notebooks through the runner (papermill).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nbutils import runner
+
+# The shared prepared run: processdata_03 on the demo set, through the real notebook.
+PREPARED_PARAMS = {
+    "source": "demo",
+    "n_images": 60,
+    "image_size": 32,
+    "val_fraction": 0.15,
+    "test_fraction": 0.2,
+    "small_train_images": 5,
+    "small_test_images": 2,
+    "num_workers": 1,
+}
+
+
+def photo(width: int, height: int, seed: int = 0, noise: float = 4.0) -> np.ndarray:
+    """A photo-like uint8 (height, width, 3) array: smooth gradients plus Gaussian noise of std `noise`.
+
+    Gradients give resampling filters something to get wrong; mild noise keeps JPEG round trips close.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack(
+        [x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1), 128 + 100 * np.sin((x + 2 * y) / 9)],
+        axis=-1,
+    )
+    return np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(
+    width: int = 64,
+    height: int = 48,
+    color=None,
+    seed: int = 0,
+    noise: float = 4.0,
+    quality: int = 90,
+    **save,
+) -> bytes:
+    """JPEG bytes of a plain `color` image, or of `photo(width, height, seed, noise)` when color is None."""
+    image = (
+        Image.new("RGB", (width, height), color)
+        if color is not None
+        else Image.fromarray(photo(width, height, seed, noise))
+    )
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality, **save)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def make_jpeg():
+    """`make_jpeg(path, width=64, height=48, color=None, seed=0, noise=4.0, quality=90, **save) -> Path`."""
+
+    def make(path, width: int = 64, height: int = 48, **kwargs) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg_bytes(width, height, **kwargs))
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_jpeg_bytes():
+    """`make_jpeg_bytes(width=64, height=48, color=None, seed=0, noise=4.0, quality=90, **save) -> bytes`."""
+    return jpeg_bytes
+
+
+@pytest.fixture(scope="session")
+def make_photo():
+    """`make_photo(width, height, seed=0, noise=4.0) -> uint8 array`."""
+    return photo
+
+
+@pytest.fixture(scope="session")
+def prepared_run(tmp_path_factory) -> dict:
+    """processdata_03's output for 60 demo images at 32 px, built ONCE per test run by the real notebook.
+
+    Returns {"run_dir", "data_dir", "result" (the runner's record), "params"}. Treat it as read-only:
+    a test that writes into a run folder copies it first (`copy_prepared_run`).
+    """
+    tmp = tmp_path_factory.mktemp("prepared")
+    params = [f"{k}={v}" for k, v in PREPARED_PARAMS.items()] + [f"data_dir={tmp / 'data'}"]
+    result = runner.run_pipeline(
+        "demo", only=["processdata_03"], params=params, run_name="tiny", outputs_dir=tmp / "outputs"
+    )
+    return {
+        "run_dir": tmp / "outputs" / "tiny",
+        "data_dir": tmp / "data",
+        "result": result,
+        "params": dict(PREPARED_PARAMS),
+    }
+
+
+@pytest.fixture
+def copy_prepared_run(prepared_run, tmp_path):
+    """A private copy of the shared prepared run folder (the image cache it points to stays shared)."""
+
+    def copy(name: str = "run") -> Path:
+        target = tmp_path / "outputs" / name
+        shutil.copytree(prepared_run["run_dir"], target)
+        return target
+
+    return copy

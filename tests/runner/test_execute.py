@@ -1,0 +1,239 @@
+"""The notebook runner end to end: papermill execution, run.json, a failing notebook, the CLI.
+
+Kernel starts are slow, so papermill runs only four times here: one successful two-notebook
+run shared by several tests, one failing run, and two CLI runs (the reports of a run are checked
+in tests/reporting/test_index_page.py, parameter checks in test_parameters.py). The fixture
+notebooks stand in for pipeline notebooks by being copied under pipeline names (echo ->
+processdata_01, second -> processdata_02; see `make_workspace` in conftest.py).
+"""
+
+import importlib.metadata
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import nbutils
+from nbutils import runner
+from nbutils.runner import RunFailed
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "notebooks"
+
+
+def echo_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "processdata_01" / "summary.json").read_text())
+
+
+# ----------------------------------------------------------------------------- one successful run
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory, make_workspace):
+    root = tmp_path_factory.mktemp("good")
+    nb_dir, profile, out = make_workspace(
+        root, {"processdata_01": {"lr": 0.5}, "processdata_02": {"scale": 3}, "train_clip": {}}
+    )
+    record = runner.run_pipeline(
+        profile, params=["tag=007", "processdata_01.n_items=4"], notebooks_dir=nb_dir, outputs_dir=out
+    )
+    return {"record": record, "run_dir": (out / "fx").resolve(), "nb_dir": nb_dir.resolve()}
+
+
+def test_parameters_injected_exactly_and_typed_by_default(good_run):
+    run_dir = good_run["run_dir"]
+    entries = {e["name"]: e for e in good_run["record"]["notebooks"]}
+    assert entries["processdata_01"]["parameters"] == {
+        "run_dir": str(run_dir),
+        "output_dir": str(run_dir / "processdata_01"),
+        "seed": 7,
+        "lr": 0.5,
+        "tag": "007",
+        "n_items": 4,
+    }
+    assert entries["processdata_02"]["parameters"] == {
+        "run_dir": str(run_dir),
+        "output_dir": str(run_dir / "processdata_02"),
+        "seed": 7,
+        "scale": 3,
+    }
+    # The notebook itself saw these values, with these types.
+    summary = echo_summary(run_dir)
+    assert (
+        summary["tag"] == "007" and summary["n_items"] == 4 and summary["lr"] == 0.5 and summary["seed"] == 7
+    )
+    assert summary["run_dir"] == str(run_dir)
+    # The second notebook read the first one's output through run_dir: 4 items * 2 * scale 3.
+    assert json.loads((run_dir / "processdata_02" / "summary.json").read_text()) == {
+        "scaled_total": 24,
+        "seed": 7,
+    }
+
+
+def test_kernel_is_this_interpreter_in_the_notebooks_dir(good_run):
+    summary = echo_summary(good_run["run_dir"])
+    assert summary["python"] == sys.executable
+    assert summary["cwd"] == str(good_run["nb_dir"])
+
+
+def test_run_json_records_the_run(good_run):
+    record, run_dir = good_run["record"], good_run["run_dir"]
+    assert json.loads((run_dir / "run.json").read_text()) == record
+    assert record["run"] == "fx" and record["profile"] == "fixture_profile" and record["status"] == "ok"
+    assert record["seed"] == 7
+    assert record["started_at"] <= record["finished_at"]
+    assert [(e["name"], e["status"]) for e in record["notebooks"]] == [
+        ("processdata_01", "ok"),
+        ("processdata_02", "ok"),
+        ("train_clip", "skipped"),
+    ]
+    assert "does not exist" in record["notebooks"][2]["note"]
+    for e in record["notebooks"][:2]:
+        assert e["executed_notebook"] == f"{e['name']}.ipynb" and (run_dir / e["executed_notebook"]).is_file()
+        assert e["report"] == f"{e['name']}.html" and e["summary"] == f"{e['name']}/summary.json"
+        assert e["error"] is None and e["seconds"] > 0
+    assert record["versions"] == {
+        "python": platform.python_version(),
+        "nbutils": nbutils.__version__,
+        **{p: importlib.metadata.version(p) for p in ("torch", "transformers", "papermill")},
+    }
+    import torch
+
+    assert record["device"] == (
+        f"cuda: {torch.cuda.get_device_name(0)}"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
+    head = subprocess.run(
+        ["git", "-C", str(runner.REPO_DIR), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    inside = (
+        subprocess.run(
+            ["git", "-C", str(runner.REPO_DIR), "rev-parse", "--is-inside-work-tree"],
+            capture_output=True,
+            text=True,
+        ).returncode
+        == 0
+    )
+    if inside:
+        assert set(record["git"]) == {"commit", "dirty"} and isinstance(record["git"]["dirty"], bool)
+        assert record["git"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    else:
+        assert record["git"] is None
+
+
+# ----------------------------------------------------------------------------- failure
+
+
+def test_failing_notebook_stops_the_pipeline(tmp_path, make_workspace):
+    nb_dir, profile, out = make_workspace(tmp_path, {"processdata_01": {"n_items": -1}, "processdata_02": {}})
+    with pytest.raises(RunFailed) as info:
+        runner.run_pipeline(profile, notebooks_dir=nb_dir, outputs_dir=out)
+    source = nbformat.read(FIXTURES / "echo.ipynb", as_version=4)
+    # papermill's index counts the injected-parameters cell it adds after the parameters cell.
+    failing = next(i for i, c in enumerate(source.cells) if "raise ValueError" in c.source) + 1
+    run_dir = out / "fx"
+    message = str(info.value)
+    assert f"processdata_01 failed in cell {failing}" in message
+    assert "ValueError: n_items must be >= 0, got -1" in message
+    assert str(run_dir / "processdata_01.ipynb") in message
+
+    executed = nbformat.read(run_dir / "processdata_01.ipynb", as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert [(o.ename, o.evalue) for o in errors] == [("ValueError", "n_items must be >= 0, got -1")]
+    assert (run_dir / "processdata_01.html").is_file()
+    assert not (run_dir / "processdata_02.ipynb").exists() and not (run_dir / "processdata_02").exists()
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["finished_at"]
+    first, second = record["notebooks"]
+    assert first["status"] == "failed" and first["summary"] is None
+    assert first["error"] == {
+        "cell_index": failing,
+        "exec_count": 4,
+        "ename": "ValueError",
+        "evalue": "n_items must be >= 0, got -1",
+    }
+    assert second["status"] == "skipped" and second["note"] == "not run: processdata_01 failed"
+    index = (run_dir / "index.html").read_text()
+    assert 'class="status failed"' in index and "n_items must be &gt;= 0, got -1" in index
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "nbutils", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_cli_help():
+    result = cli("run", "--help", cwd=runner.REPO_DIR)
+    assert result.returncode == 0
+    for flag in ["--profile", "--only", "-p KEY=VALUE", "--run NAME", "--notebooks-dir", "--outputs-dir"]:
+        assert flag in result.stdout
+
+
+def test_cli_run_keeps_earlier_entries_and_prints_the_report(tmp_path, make_workspace):
+    nb_dir, profile, out = make_workspace(tmp_path, {"processdata_01": {}, "processdata_02": {}})
+    # An earlier invocation of the same run finished processdata_02; `--only processdata_01` keeps it.
+    earlier = {
+        "profile": "fixture_profile",
+        "notebooks": [
+            {
+                "name": "processdata_02",
+                "status": "ok",
+                "seconds": 1.0,
+                "report": "processdata_02.html",
+                "summary": None,
+            }
+        ],
+    }
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "run.json").write_text(json.dumps(earlier))
+    result = cli(
+        "run",
+        "--profile",
+        profile,
+        "--only",
+        "processdata_01",
+        "-p",
+        "n_items=2",
+        "--run",
+        "mine",
+        "--notebooks-dir",
+        nb_dir,
+        "--outputs-dir",
+        out,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "Report: outputs/mine/index.html"
+    record = json.loads((out / "mine" / "run.json").read_text())
+    assert record["status"] == "ok" and record["run"] == "mine"
+    assert record["command"][:4] == ["python", "-m", "nbutils", "run"] and "n_items=2" in record["command"]
+    first, second = record["notebooks"]
+    assert first["status"] == "ok" and first["parameters"]["n_items"] == 2
+    assert second == {**earlier["notebooks"][0], "carried_over": True}
+    assert echo_summary(out / "mine")["metrics"] == {"total": 4}
+
+
+def test_cli_failure_and_bad_parameter_exit_codes(tmp_path, make_workspace):
+    nb_dir, profile, out = make_workspace(tmp_path, {"processdata_01": {}, "processdata_02": {}})
+    args = ["run", "--profile", profile, "--notebooks-dir", nb_dir, "--outputs-dir", out]
+    bad = cli(*args, "-p", "n_itmes=2", cwd=tmp_path)
+    assert bad.returncode == 2 and "did you mean 'n_items'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not out.exists()
+    failed = cli(*args, "-p", "processdata_01.n_items=-3", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert (
+        "processdata_01 failed in cell" in failed.stderr and "n_items must be >= 0, got -3" in failed.stderr
+    )
+    assert "Traceback" not in failed.stderr
+    assert json.loads((out / "fx" / "run.json").read_text())["status"] == "failed"

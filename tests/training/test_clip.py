@@ -1,0 +1,398 @@
+"""Contrastive training end to end on the shared tiny prepared demo run (CPU, seconds per test).
+
+The run is `prepared_run` (tests/conftest.py): 60 demo images at 32 px, 39 / 9 / 12 train / val / test
+images. It is read-only; every training writes to tmp_path.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, TrainerCallback, TrainingArguments, ViTConfig, ViTModel
+
+from nbutils import stages
+from nbutils import train_clip as cli
+from nbutils.data.datasets import ContrastiveCollator
+from nbutils.errors import DataError
+from nbutils.evaluation.embeddings import embed, embed_texts
+from nbutils.models import clip as clip_models
+from nbutils.models.image_processors import load_image_processor
+from nbutils.models.tokenizer import train_tokenizer
+from nbutils.training import clip as clip_training
+from nbutils.training.clip import DEFAULT_LEARNING_RATE, TrainClipConfig
+
+TINY = dict(batch_size=8, logging_steps=1, projection_dim=32, epochs=1.0)
+N_TRAIN, N_TEST = 39, 12  # images in the shared run's train and test splits
+
+
+def _config(prepared_run, output_dir, **overrides) -> TrainClipConfig:
+    """A TrainClipConfig on the shared prepared run, writing to `output_dir`."""
+    return TrainClipConfig(
+        run_dir=str(prepared_run["run_dir"]), output_dir=str(output_dir), **{**TINY, **overrides}
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_run, tmp_path_factory):
+    """One tiny training (4 steps) shared by the tests that only read its results.
+
+    Written to <tmp>/run/train_clip, so <tmp>/run is a run folder that `stages.load_clip` reads.
+    """
+    out = tmp_path_factory.mktemp("trained") / "run" / "train_clip"
+    run = clip_training.train_clip(_config(prepared_run, out, max_steps=4, resume=""))
+    return SimpleNamespace(run=run, output_dir=out, prepared=stages.load_prepared(prepared_run["run_dir"]))
+
+
+class StopAt(TrainerCallback):
+    """Simulates an interruption right after the checkpoint at `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def _losses(history):
+    return [(h["step"], h["loss"]) for h in history if "loss" in h]
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(prepared_run, tmp_path):
+    full = clip_training.train_clip(
+        _config(prepared_run, tmp_path / "full", max_steps=6, save_steps=3, resume="")
+    )
+    clip_training.train_clip(
+        _config(prepared_run, tmp_path / "cut", max_steps=6, save_steps=3, resume=""), callbacks=[StopAt(3)]
+    )
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-3").is_dir()
+    resumed = clip_training.train_clip(
+        _config(prepared_run, tmp_path / "cut", max_steps=6, save_steps=3, resume="auto")
+    )
+    assert resumed.summary["steps"] == full.summary["steps"] == 6
+    a, b = _losses(full.log_history), _losses(resumed.log_history)
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 7))
+    for (_, la), (_, lb) in zip(a, b):
+        assert la == pytest.approx(lb, rel=1e-4, abs=1e-5)
+
+
+def test_summary_and_saved_model(trained):
+    run, out = trained.run, trained.output_dir
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "mean_recall",
+        "median_rank_i2t",
+        "median_rank_t2i",
+        "chance_r1",
+        "n_test_images",
+        "initial",
+        "final_train_loss",
+        "batch_size",
+    ):
+        assert key in summary
+    assert summary["n_test_images"] == N_TEST and summary["chance_r1"] == pytest.approx(100 / N_TEST)
+    assert set(summary["initial"]) >= {"i2t_r1", "t2i_r1", "mean_recall"}
+    assert (out / "trainer_state.json").is_file()
+    assert set(summary["zero_shot_accuracy"]) == {"colour", "shape", "size"}
+    assert summary["mode"] == "demo" and summary["learning_rate"] == DEFAULT_LEARNING_RATE["demo"]
+    assert summary["steps"] == 4
+
+    # save_pretrained folder -> identical embeddings through our loader and through plain transformers
+    again = clip_models.load_clip_model(str(out / "model"))
+    mean, std = trained.prepared.mean_std
+    images, texts, _ = embed(again, run.test, mean, std)
+    assert torch.allclose(images, run.test_image_embeds, atol=1e-6)
+    from transformers import AutoModel
+
+    plain = AutoModel.from_pretrained(out / "model")
+    assert type(plain).__name__ == "VisionTextDualEncoderModel"
+
+
+def test_load_clip_gives_the_trained_bundle_back(trained, tmp_path):
+    run, out = trained.run, trained.output_dir
+    loaded = stages.load_clip(out.parent)
+    assert loaded.model_dir == out / "model"
+    assert loaded.summary == json.loads(json.dumps(run.summary))
+    assert loaded.bundle.kind == "dual_encoder"
+    mean, std = trained.prepared.mean_std
+    got = embed(loaded.bundle, run.test, mean, std)
+    want = embed(run.bundle, run.test, mean, std)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[0], run.test_image_embeds)
+    torch.testing.assert_close(got[1], want[1])
+    assert got[2].tolist() == want[2].tolist()
+    assert loaded.bundle.tokenizer.get_vocab() == run.bundle.tokenizer.get_vocab()
+    # a run folder without a finished train_clip stage says what to run
+    with pytest.raises(DataError, match="run train_clip"):
+        stages.load_clip(tmp_path)
+
+
+def test_search_examples_return_k_images_per_query_best_first(trained):
+    run = trained.run
+    examples = run.search_examples(n_queries=4, k=5)
+    assert [e["target"] for e in examples] == [0, 3, 6, 9]  # evenly spaced over the 12 test images
+    sims = embed_texts(run.bundle, [e["query"] for e in examples]) @ run.test_image_embeds.T
+    for example, row in zip(examples, sims):
+        assert example["query"] == run.test.captions[example["target"]][0]
+        assert len(example["images"]) == len(example["scores"]) == 5
+        assert example["scores"] == sorted(example["scores"], reverse=True)
+        expected = row.topk(5)
+        assert example["images"] == expected.indices.tolist()
+        assert example["scores"] == pytest.approx(expected.values.tolist(), abs=1e-5)
+    # k larger than the test split: every test image, once
+    everything = run.search_examples(n_queries=2, k=50)
+    assert len(everything) == 2
+    for example in everything:
+        assert sorted(example["images"]) == list(range(N_TEST))
+        assert example["scores"] == sorted(example["scores"], reverse=True)
+
+
+def test_temperature_is_clamped_and_not_decayed(prepared_run, tmp_path):
+    config = _config(prepared_run, tmp_path / "out", projection_dim=16)
+    bundle, mode = clip_training.load_bundle(config, stages.load_prepared(prepared_run["run_dir"]))
+    assert mode == "demo"
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = clip_training.ContrastiveTrainer(model=bundle.model, args=args)
+    decayed = trainer.get_decay_parameter_names(bundle.model)
+    assert "logit_scale" not in decayed and any("weight" in n for n in decayed)
+
+    scale = clip_models.logit_scale_parameter(bundle.model)
+    with torch.no_grad():
+        scale.fill_(8.0)
+    cb = clip_training.TemperatureAndEpochCallback(dataset=None)
+    cb.on_step_end(args, None, None, model=bundle.model)
+    assert scale.item() == pytest.approx(math.log(100))
+
+
+def test_collator_groups_identical_captions_and_dataset_varies_captions_by_epoch(prepared_run):
+    prepared = stages.load_prepared(prepared_run["run_dir"])
+    ds = prepared.dataset("train", seed=0)
+    assert len(ds) == N_TRAIN
+    picks = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        picks.append(ds[0]["text"])
+    assert len(set(picks)) > 1 and set(picks) <= set(ds.captions[0])
+    assert ds[0]["pixel_values"].dtype == torch.uint8 and ds[0]["pixel_values"].shape == (3, 32, 32)
+    tok = train_tokenizer(["一个红色的圆形", "蓝色方块"])
+    texts = ("一个红色的圆形", "蓝色方块", "一个红色的圆形")
+    batch = ContrastiveCollator(tok)(
+        [
+            {"pixel_values": torch.zeros(3, 2, 2, dtype=torch.uint8), "text": t, "image_index": i}
+            for i, t in enumerate(texts)
+        ]
+    )
+    groups = batch["text_groups"].tolist()
+    assert groups[0] == groups[2] != groups[1]
+    assert batch["image_index"].tolist() == [0, 1, 2]
+
+
+def test_bad_inputs_name_the_parameter(prepared_run, tmp_path):
+    with pytest.raises(ValueError, match="model_name_or_path"):
+        clip_training.train_clip(_config(prepared_run, tmp_path / "a", model=str(tmp_path / "no-such-model")))
+    with pytest.raises(ValueError, match="text_model"):
+        clip_training.train_clip(_config(prepared_run, tmp_path / "b", model="compose", vision_model="x"))
+    with pytest.raises(ValueError, match=f"batch_size=512 is larger than the {N_TRAIN} training images"):
+        clip_training.train_clip(_config(prepared_run, tmp_path / "c", batch_size=512))
+    with pytest.raises(DataError, match="run processdata_03"):
+        clip_training.train_clip(
+            dataclasses.replace(_config(prepared_run, tmp_path / "d"), run_dir=str(tmp_path / "empty-run"))
+        )
+    # a pretrained tower whose input size differs from the cache: a clear error, not a shape crash
+    prepared = stages.load_prepared(prepared_run["run_dir"])
+    bundle, _ = clip_training.load_bundle(_config(prepared_run, tmp_path / "x", projection_dim=16), prepared)
+    big = clip_models.build_demo_dual_encoder(bundle.tokenizer, image_size=64, projection_dim=16)
+    folder = tmp_path / "ckpt64"
+    clip_models.save_clip(
+        clip_models.ClipBundle(big, bundle.tokenizer, load_image_processor("vit", 64), "dual_encoder"), folder
+    )
+    with pytest.raises(ValueError, match="image_size"):
+        clip_training.train_clip(_config(prepared_run, tmp_path / "e", model=str(folder)))
+
+
+def test_compose_and_pretrained_modes_train_with_their_learning_rates(prepared_run, trained, tmp_path):
+    """model="compose" pairs a ViT and a BERT folder; a saved dual encoder folder is "pretrained"."""
+    prepared = trained.prepared
+    tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    vit = tmp_path / "vit"
+    ViTModel(ViTConfig(image_size=32, patch_size=8, **tiny)).save_pretrained(vit)
+    prepared.image_processor.save_pretrained(vit)  # exactly the cache's geometry
+    bert = tmp_path / "bert"
+    tokenizer = train_tokenizer(list(prepared.tables["train"]["text"]))
+    BertModel(BertConfig(vocab_size=len(tokenizer), max_position_embeddings=64, **tiny)).save_pretrained(bert)
+    tokenizer.save_pretrained(bert)
+
+    composed = clip_training.train_clip(
+        _config(
+            prepared_run,
+            tmp_path / "compose" / "train_clip",
+            model="compose",
+            vision_model=str(vit),
+            text_model=str(bert),
+            max_steps=1,
+            resume="",
+        )
+    )
+    assert composed.summary["mode"] == "compose" and composed.summary["steps"] == 1
+    assert composed.summary["learning_rate"] == DEFAULT_LEARNING_RATE["compose"] == 5e-5
+    reloaded = stages.load_clip(tmp_path / "compose")
+    assert reloaded.bundle.kind == "dual_encoder" and reloaded.summary["mode"] == "compose"
+
+    pretrained = clip_training.train_clip(
+        _config(
+            prepared_run,
+            tmp_path / "pretrained",
+            model=str(trained.output_dir / "model"),
+            max_steps=1,
+            resume="",
+        )
+    )
+    assert pretrained.summary["mode"] == "pretrained"
+    assert pretrained.summary["learning_rate"] == DEFAULT_LEARNING_RATE["pretrained"] == 1e-5
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+
+def test_command_line_entry_trains_and_writes_a_summary(prepared_run, tmp_path):
+    assert (
+        cli.main(
+            [
+                "--run-dir",
+                str(prepared_run["run_dir"]),
+                "--output-dir",
+                str(tmp_path / "cli"),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--projection-dim",
+                "16",
+                "--resume",
+                "",
+                "--lock-image",
+                "true",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["trainable_parameters"]["frozen"] > 0
+
+
+def _other_value(value):
+    """A value of the same type as `value` that differs from it."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 3 if isinstance(value, int) else value + 0.25
+    return "other-" + value
+
+
+def test_command_line_options_are_exactly_the_config_fields(monkeypatch, capsys):
+    fields = dataclasses.fields(TrainClipConfig)
+    parser = TrainClipConfig.argument_parser("python -m nbutils.train_clip")
+    actions = [a for a in parser._actions if a.dest != "help"]
+    assert [a.dest for a in actions] == [f.name for f in fields]
+    assert [a.option_strings for a in actions] == [["--" + f.name.replace("_", "-")] for f in fields]
+    assert [a.dest for a in actions if a.required] == ["run_dir"]
+    for action, f in zip(actions, fields):
+        if f.name not in ("run_dir", "output_dir"):
+            assert action.default == f.default, f.name
+
+    # through the real entry point, with training replaced by a recorder
+    seen = []
+
+    def record(config, callbacks=()):
+        seen.append(config)
+        return SimpleNamespace(summary={"ok": 1})
+
+    monkeypatch.setattr(clip_training, "train_clip", record)
+    assert cli.main(["--run-dir", "runs/a"]) == 0
+    assert seen[-1] == TrainClipConfig(run_dir="runs/a", output_dir=os.path.join("runs/a", "train_clip"))
+    assert json.loads(capsys.readouterr().out) == {"ok": 1}
+
+    # every field set away from its default on the command line arrives in the config, typed
+    values = {f.name: _other_value(f.default) for f in fields}
+    argv = []
+    for name, value in values.items():
+        argv += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+    assert cli.main(argv) == 0
+    assert seen[-1] == TrainClipConfig(**values)
+    assert all(type(getattr(seen[-1], f.name)) is type(f.default) for f in fields)
+
+    with pytest.raises(SystemExit):
+        cli.main(["--run-dir", "r", "--no-such-option", "1"])
+    with pytest.raises(SystemExit):
+        cli.main(["--output-dir", "o"])  # --run-dir is required
+    assert "--run-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("true", True),
+        ("false", False),
+        ("True", True),
+        ("FALSE", False),
+        ("1", True),
+        ("0", False),
+        ("yes", True),
+        ("off", False),
+    ],
+)
+def test_command_line_bools_parse_true_and_false(text, value):
+    for option in ("lock_image", "lock_text", "projections_only"):
+        config = TrainClipConfig.from_arguments(["--run-dir", "r", "--" + option.replace("_", "-"), text])
+        assert getattr(config, option) is value
+
+
+def test_command_line_rejects_a_bool_that_is_neither(capsys):
+    with pytest.raises(SystemExit):
+        TrainClipConfig.from_arguments(["--run-dir", "r", "--lock-image", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_on_cpu(prepared_run, tmp_path):
+    """The same entry point under torchrun (gloo on CPU): DDP plus the gathered loss, end to end."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        torchrun,
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "nbutils.train_clip",
+        "--run-dir",
+        str(prepared_run["run_dir"]),
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--projection-dim",
+        "16",
+        "--resume",
+        "",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["global_batch_size"] == 8 and summary["steps"] == 2
