@@ -69,10 +69,6 @@ class StageConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def help(cls, name: str) -> str:
-        return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
-
-    @classmethod
     def _default(cls, name: str):
         return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 

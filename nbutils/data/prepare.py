@@ -83,11 +83,7 @@ def load_source(config: PrepareConfig) -> tuple[pd.DataFrame, str, stages.DataOr
     if source == "processdata_02":
         validated = stages.load_validated(config.run_dir)
         origin = stages.DataOrigin(validated.origin.language or language, validated.origin.ground_truth)
-        return (
-            importers.read_text_image_csv(validated.stage_dir / "clean.csv"),
-            f"{Path(config.run_dir).resolve().name}-clean",
-            origin,
-        )
+        return validated.table, f"{Path(config.run_dir).resolve().name}-clean", origin
     if not os.path.exists(source):
         raise DataError(f"source={source!r}: no such file or folder (or use 'demo' / 'processdata_02')")
     table = importers.import_captions(config.input_format, source, images_root=config.images_root or None)

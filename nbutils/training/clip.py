@@ -231,57 +231,59 @@ SUMMARY_METRICS = (
 
 def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     """Train a dual encoder on `config.run_dir`'s processdata_03 splits; evaluate retrieval before and after."""
-    c = config
-    output_dir = Path(c.output_dir)
-    prepared = stages.load_prepared(c.run_dir)
-    torch.manual_seed(c.seed)
-    bundle, mode = load_bundle(c, prepared)
+    output_dir = Path(config.output_dir)
+    prepared = stages.load_prepared(config.run_dir)
+    torch.manual_seed(config.seed)
+    bundle, mode = load_bundle(config, prepared)
     if mode != "demo":
         check_geometry(bundle, prepared)
     frozen = clip_models.apply_freezing(
-        bundle.model, lock_image=c.lock_image, lock_text=c.lock_text, projections_only=c.projections_only
+        bundle.model,
+        lock_image=config.lock_image,
+        lock_text=config.lock_text,
+        projections_only=config.projections_only,
     )
     mean, std = prepared.mean_std
-    train = prepared.dataset("train", seed=c.seed)
-    val = prepared.dataset("val", seed=c.seed, fixed_caption=True)
-    test = prepared.dataset("test", seed=c.seed, fixed_caption=True)
-    if len(train) < c.batch_size:
-        raise ValueError(f"batch_size={c.batch_size} is larger than the {len(train)} training images")
-    lr = c.learning_rate or DEFAULT_LEARNING_RATE[mode]
+    train = prepared.dataset("train", seed=config.seed)
+    val = prepared.dataset("val", seed=config.seed, fixed_caption=True)
+    test = prepared.dataset("test", seed=config.seed, fixed_caption=True)
+    if len(train) < config.batch_size:
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train)} training images")
+    lr = config.learning_rate or DEFAULT_LEARNING_RATE[mode]
     # Batches are dropped when ragged (see dataloader_drop_last), so a tiny val split has none.
-    evaluate = len(val) >= c.batch_size
+    evaluate = len(val) >= config.batch_size
     if not evaluate:
         print(
-            f"note: the val split has {len(val)} images, fewer than batch_size={c.batch_size}: no validation loss"
+            f"note: the val split has {len(val)} images, fewer than batch_size={config.batch_size}: no validation loss"
         )
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
-        num_train_epochs=c.epochs,
-        max_steps=c.max_steps,
-        per_device_train_batch_size=c.batch_size,
-        per_device_eval_batch_size=c.batch_size,
-        gradient_accumulation_steps=c.gradient_accumulation_steps,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=lr,
-        weight_decay=c.weight_decay,
+        weight_decay=config.weight_decay,
         # transformers 5: a float below 1 in warmup_steps is a ratio of the total steps.
-        warmup_steps=c.warmup_ratio,
+        warmup_steps=config.warmup_ratio,
         lr_scheduler_type="cosine",
-        max_grad_norm=c.max_grad_norm,
+        max_grad_norm=config.max_grad_norm,
         # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
         dataloader_drop_last=True,
-        dataloader_num_workers=c.num_workers,
+        dataloader_num_workers=config.num_workers,
         remove_unused_columns=False,
-        eval_strategy="no" if not evaluate else "steps" if c.eval_steps else "epoch",
-        eval_steps=c.eval_steps or None,
-        save_strategy="steps" if c.save_steps else "epoch",
-        save_steps=c.save_steps or None,
+        eval_strategy="no" if not evaluate else "steps" if config.eval_steps else "epoch",
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps" if config.save_steps else "epoch",
+        save_steps=config.save_steps or None,
         save_total_limit=2,
-        logging_steps=c.logging_steps,
-        seed=c.seed,
-        data_seed=c.seed,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
         bf16=cuda and torch.cuda.is_bf16_supported(),
-        report_to=c.report_to,
+        report_to=config.report_to,
         disable_tqdm=False,
         use_cpu=not cuda,
     )
@@ -290,15 +292,17 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         args=args,
         train_dataset=train,
         eval_dataset=val,
-        data_collator=ContrastiveCollator(bundle.tokenizer, c.max_text_length),
+        data_collator=ContrastiveCollator(bundle.tokenizer, config.max_text_length),
         callbacks=[TemperatureAndEpochCallback(train), *callbacks],
         mean=mean,
         std=std,
     )
 
-    before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=c.max_text_length))
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(args.output_dir, c.resume))
-    image_embeds, text_embeds, text_to_image = embed(bundle, test, mean, std, max_length=c.max_text_length)
+    before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=config.max_text_length))
+    trainer.train(resume_from_checkpoint=_resume_checkpoint(args.output_dir, config.resume))
+    image_embeds, text_embeds, text_to_image = embed(
+        bundle, test, mean, std, max_length=config.max_text_length
+    )
     after = retrieval.retrieval_metrics(image_embeds, text_embeds, text_to_image)
 
     zero_shot = None
@@ -313,9 +317,9 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         {
             "initial": {k: before[k] for k in SUMMARY_METRICS},
             "final_train_loss": losses[-1] if losses else None,
-            "chance_loss": math.log(c.batch_size),
-            "batch_size": c.batch_size,
-            "global_batch_size": c.batch_size * args.world_size * c.gradient_accumulation_steps,
+            "chance_loss": math.log(config.batch_size),
+            "batch_size": config.batch_size,
+            "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
             "learning_rate": lr,
             "steps": trainer.state.global_step,
             "mode": mode,
