@@ -29,6 +29,17 @@ PREPARED_PARAMS = {
 }
 
 
+# Towers small enough to train in a test: the shape of the demo model at a fraction of its size.
+TINY_TOWERS = {
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "projection_dim": 16,
+}
+
+
 def photo(width: int, height: int, seed: int = 0, noise: float = 4.0) -> np.ndarray:
     """A photo-like uint8 (height, width, 3) array: smooth gradients plus Gaussian noise of std `noise`.
 
@@ -86,6 +97,22 @@ def make_jpeg_bytes():
 def make_photo():
     """`make_photo(width, height, seed=0, noise=4.0) -> uint8 array`."""
     return photo
+
+
+@pytest.fixture(scope="session")
+def make_tiny_dual_encoder():
+    """`make_tiny_dual_encoder(tokenizer, image_size, max_text_length=32, seed=0)`: a TINY_TOWERS demo model."""
+    from nbutils.models.clip import build_demo_dual_encoder
+
+    def make(tokenizer, image_size: int, max_text_length: int = 32, seed: int = 0):
+        import torch
+
+        torch.manual_seed(seed)
+        return build_demo_dual_encoder(
+            tokenizer, image_size=image_size, max_text_length=max_text_length, **TINY_TOWERS
+        )
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -19,21 +19,10 @@ def prepared(prepared_run):
 
 
 @pytest.fixture(scope="module")
-def bundle(prepared):
+def bundle(prepared, make_tiny_dual_encoder):
     """A tiny random demo dual encoder for the shared run's 32 px cache."""
     tokenizer = train_tokenizer(list(prepared.tables["train"]["text"]))
-    torch.manual_seed(0)
-    model = clip_models.build_demo_dual_encoder(
-        tokenizer,
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        projection_dim=16,
-        max_text_length=64,
-    )
+    model = make_tiny_dual_encoder(tokenizer, 32, max_text_length=64)
     return clip_models.ClipBundle(model.eval(), tokenizer, prepared.image_processor, "dual_encoder")
 
 

@@ -47,20 +47,9 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
 
 
 @pytest.fixture(scope="module")
-def demo_bundle(tokenizer):
+def demo_bundle(tokenizer, make_tiny_dual_encoder):
     tokenizer = copy.deepcopy(tokenizer)  # build_demo_dual_encoder lowers its model_max_length
-    torch.manual_seed(0)
-    model = build_demo_dual_encoder(
-        tokenizer,
-        image_size=SIZE,
-        patch_size=8,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        projection_dim=16,
-        max_text_length=32,
-    )
+    model = make_tiny_dual_encoder(tokenizer, SIZE, max_text_length=32)
     return ClipBundle(model, tokenizer, load_image_processor("vit", SIZE), "dual_encoder")
 
 
@@ -365,18 +354,8 @@ def _numel(module):
         ({"projections_only": True}, ["vision_model", "text_model"]),
     ],
 )
-def test_apply_freezing(flags, frozen_towers, tokenizer, captions):
-    torch.manual_seed(0)
-    model = build_demo_dual_encoder(
-        copy.deepcopy(tokenizer),
-        image_size=SIZE,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        projection_dim=16,
-        max_text_length=32,
-    )
+def test_apply_freezing(flags, frozen_towers, tokenizer, captions, make_tiny_dual_encoder):
+    model = make_tiny_dual_encoder(copy.deepcopy(tokenizer), SIZE, max_text_length=32)
     apply_freezing(model, lock_image=True, lock_text=True)  # a second call must fully replace the first
     counts = apply_freezing(model, **flags)
     total = _numel(model)
