@@ -1,4 +1,4 @@
-"""The one image–text Dataset over the image cache, and the collator of each task.
+"""The one image–text Dataset over the image cache, and the collator of each task (contrastive, captioning).
 
 Items are uint8 CHW tensors straight from the cache's memmap: a DataLoader worker only copies bytes,
 and the batch goes to the device as uint8 (4x less to move than float32) to be normalised there with
@@ -128,5 +128,56 @@ class ContrastiveCollator:
             "input_ids": batch["input_ids"],
             "attention_mask": batch["attention_mask"],
             "text_groups": torch.tensor([zlib.crc32(t.encode("utf-8")) for t in texts], dtype=torch.long),
+            "image_index": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
+        }
+
+
+@dataclass
+class CaptionCollator:
+    """Stack uint8 images and make a caption decoder's inputs and labels (VisionEncoderDecoder, BLIP-style).
+
+    Per caption: `ids = prompt + caption + [end]`, `decoder_input_ids = [start] + ids[:-1]`, and
+    `labels = ids` with -100 on the prompt and on padding. Padding is found by position, never by id:
+    GPT-2's pad is its end token, and the end token must be learned or the model never stops. Labels never
+    hold the start token (a doubled "[CLS][CLS]" would be learned). `decoder_input_ids` is always given, so
+    the loss does not depend on the model's own label shifting, and label smoothing under the Trainer (which
+    pops `labels`) still finds decoder inputs. `max_length` counts prompt, caption and end token.
+    Ids come from `nbutils.models.tokenizer.caption_special_ids(tokenizer)`.
+    """
+
+    tokenizer: object
+    start_token_id: int
+    end_token_id: int
+    pad_token_id: int
+    max_length: int = 32
+    prompt: str = ""
+
+    def __post_init__(self):
+        self.prompt_ids = (
+            self.tokenizer(self.prompt, add_special_tokens=False)["input_ids"] if self.prompt else []
+        )
+        if len(self.prompt_ids) + 2 > self.max_length:
+            raise ValueError(
+                f"prompt={self.prompt!r} is {len(self.prompt_ids)} tokens: max_length={self.max_length} "
+                "leaves no room for a caption"
+            )
+
+    def __call__(self, items: list[dict]) -> dict:
+        captions = self.tokenizer([item["text"] for item in items], add_special_tokens=False)["input_ids"]
+        rows = [(self.prompt_ids + ids)[: self.max_length - 1] + [self.end_token_id] for ids in captions]
+        width = max(len(ids) for ids in rows)
+        decoder_input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, ids in enumerate(rows):
+            n = len(ids)
+            decoder_input_ids[b, :n] = torch.tensor([self.start_token_id, *ids[:-1]])
+            labels[b, len(self.prompt_ids) : n] = torch.tensor(ids[len(self.prompt_ids) :])
+            mask[b, :n] = 1
+        return {
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": mask,
+            "labels": labels,
             "image_index": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
         }

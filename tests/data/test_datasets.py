@@ -11,7 +11,12 @@ from transformers import PreTrainedTokenizerFast, ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from nbutils.data.cache import ImageGeometry, build_image_cache, processor_mean_std
-from nbutils.data.datasets import ContrastiveCollator, ImageTextDataset, normalize_pixel_values
+from nbutils.data.datasets import (
+    CaptionCollator,
+    ContrastiveCollator,
+    ImageTextDataset,
+    normalize_pixel_values,
+)
 from nbutils.errors import DataError
 
 TEXTS = ["一只猫 on a mat", "a dog", "两个人在公园里散步", "x", "red car", "蓝天", "b", "c", "d", "e", "f"]
@@ -248,3 +253,131 @@ def test_collator_gives_identical_captions_one_group(small_cache):
     groups = batch["text_groups"].tolist()
     assert groups[0] == groups[2] and len({groups[0], groups[1], groups[3]}) == 3
     assert len(set(batch["image_index"].tolist())) == 4
+
+
+# ----------------------------------------------------------------------------- the captioning collator
+
+
+def _caption_items(texts):
+    return [
+        {"pixel_values": torch.zeros(3, 8, 8, dtype=torch.uint8), "text": t, "image_index": i}
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_caption_collator_labels_bert_style_vocabulary():
+    from nbutils.models.tokenizer import caption_special_ids, train_tokenizer
+
+    tok = train_tokenizer(["一个红色的圆形", "蓝色方块"])
+    ids = caption_special_ids(tok)
+    batch = CaptionCollator(tok, ids["start"], ids["end"], ids["pad"])(
+        _caption_items(["一个红色的圆形", "蓝色方块"])
+    )
+    caption = tok("一个红色的圆形", add_special_tokens=False).input_ids
+    assert batch["labels"][0].tolist() == [*caption, tok.sep_token_id]  # the end token is trained
+    assert batch["decoder_input_ids"][0].tolist() == [
+        tok.cls_token_id,
+        *caption,
+    ]  # one start token, labels shifted
+    short = tok("蓝色方块", add_special_tokens=False).input_ids
+    pad = len(caption) - len(short)
+    assert batch["labels"][1].tolist() == [*short, tok.sep_token_id] + [-100] * pad
+    assert batch["decoder_attention_mask"][1].tolist() == [1] * (len(short) + 1) + [0] * pad
+    assert tok.cls_token_id not in batch["labels"][batch["labels"] >= 0].tolist()
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["image_index"].tolist() == [0, 1]
+
+
+def test_caption_collator_masks_padding_by_position_when_pad_is_the_end_token():
+    from nbutils.models.tokenizer import caption_special_ids, train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["a red circle", "a big blue square on a plain background"], vocab_size=280)
+    ids = caption_special_ids(tok)
+    assert ids["pad"] == ids["end"]
+    batch = CaptionCollator(tok, ids["start"], ids["end"], ids["pad"])(
+        _caption_items(["a red circle", "a big blue square on a plain background"])
+    )
+    n = len(tok("a red circle").input_ids)
+    row = batch["labels"][0].tolist()
+    assert row[n] == ids["end"] and set(row[n + 1 :]) == {
+        -100
+    }  # the real end is kept, padding after it is not
+
+
+def test_caption_collator_prompt_is_fed_but_not_trained_and_truncation_keeps_the_end():
+    from nbutils.models.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["一张图片：一个红色的圆形"])
+    prompt = tok("一张图片：", add_special_tokens=False).input_ids
+    collate = CaptionCollator(
+        tok, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, max_length=10, prompt="一张图片："
+    )
+    batch = collate(_caption_items(["一个红色的圆形"]))
+    caption = tok("一个红色的圆形", add_special_tokens=False).input_ids
+    assert batch["decoder_input_ids"][0].tolist() == [
+        tok.cls_token_id,
+        *prompt,
+        *caption[: 10 - 1 - len(prompt)],
+    ]
+    labels = batch["labels"][0].tolist()
+    assert labels == [-100] * len(prompt) + caption[: 10 - 1 - len(prompt)] + [tok.sep_token_id]
+    assert len(labels) == 10
+    with pytest.raises(ValueError, match="prompt"):
+        CaptionCollator(tok, 2, 3, 0, max_length=len(prompt) + 1, prompt="一张图片：")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_encoder_decoder_loss_on_collated_labels_equals_cross_entropy_by_hand(smoothing):
+    """The loss that training minimises: CE over exactly the non-padded, non-prompt label positions."""
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+
+    from nbutils.models.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["一张图片：一个红色的圆形", "两个蓝色方块在中间"])
+    collate = CaptionCollator(tok, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, prompt="一张图片：")
+    batch = collate(_caption_items(["一个红色的圆形", "两个蓝色方块在中间"]))
+    torch.manual_seed(0)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        ViTConfig(
+            image_size=8,
+            patch_size=4,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        ),
+        GPT2Config(
+            vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=64, add_cross_attention=True
+        ),
+    )
+    model = VisionEncoderDecoderModel(config).eval()
+    pixel_values = torch.randn(2, 3, 8, 8)
+    out = model(
+        pixel_values=pixel_values,
+        decoder_input_ids=batch["decoder_input_ids"],
+        decoder_attention_mask=batch["decoder_attention_mask"],
+    )
+    logits, labels = out.logits, batch["labels"]
+    keep = labels != -100
+    assert keep.sum() == sum(
+        len(tok(t, add_special_tokens=False).input_ids) + 1 for t in ["一个红色的圆形", "两个蓝色方块在中间"]
+    )
+    log_probs = torch.log_softmax(logits[keep], dim=-1)
+    target = labels[keep]
+    nll = -log_probs[torch.arange(len(target)), target]
+    expected = ((1 - smoothing) * nll - smoothing * log_probs.mean(dim=-1)).mean()
+    got = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, label_smoothing=smoothing
+    )
+    torch.testing.assert_close(got, expected)
+    if (
+        smoothing == 0.0
+    ):  # the model's own loss agrees (transformers >= 5: no double shift, see the field notes)
+        torch.testing.assert_close(
+            model(
+                pixel_values=pixel_values,
+                decoder_input_ids=batch["decoder_input_ids"],
+                decoder_attention_mask=batch["decoder_attention_mask"],
+                labels=labels,
+            ).loss,
+            expected,
+        )
