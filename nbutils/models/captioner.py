@@ -1,0 +1,194 @@
+"""Captioning models: a vision encoder and a text decoder with cross-attention (VisionEncoderDecoderModel).
+
+Two decoder families, chosen by `decoder`:
+    "gpt2"  GPT-2 with cross-attention (`gpt2`, `uer/gpt2-chinese-cluecorpussmall`): the ViT → GPT-2 captioner
+    "bert"  a BERT LM head with cross-attention (`bert-base-chinese`, `bert-base-uncased`): BLIP's decoder
+
+Token conventions are the part that silently goes wrong, so one function sets them (`set_caption_token_ids`):
+the start, end and pad ids come from the tokenizer (`caption_special_ids`), never from the decoder's config,
+and go into both `model.config` and `model.generation_config` (generate() reads the latter; transformers 5
+refuses generation settings on the former). The UER Chinese GPT-2 config says bos/eos 50256, outside its
+21128-token vocabulary: its BertTokenizer's [CLS]/[SEP] are used instead.
+
+A `CaptionerBundle` keeps the model with its tokenizer and image processor; `save_captioner` writes all three
+into one folder that plain transformers loads (`VisionEncoderDecoderModel.from_pretrained(path)`,
+`AutoTokenizer.from_pretrained(path)`, `ViTImageProcessor.from_pretrained(path)`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_path
+from .image_processors import load_image_processor
+from .tokenizer import caption_special_ids
+
+DECODERS = ("gpt2", "bert")
+MODEL_TYPES = {"gpt2": "gpt2", "bert": "bert"}  # decoder family -> the decoder config's model_type
+
+
+@dataclass
+class CaptionerBundle:
+    """A captioner with the tokenizer and image processor that go with it."""
+
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    decoder: str  # "gpt2" or "bert"
+
+
+def set_caption_token_ids(model, tokenizer) -> dict[str, int]:
+    """Put the tokenizer's start / end / pad ids into the model's config and generation config; return them."""
+    ids = caption_special_ids(tokenizer)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = ids["start"]
+        config.eos_token_id = ids["end"]
+        config.pad_token_id = ids["pad"]
+    model.generation_config.bos_token_id = ids["start"]
+    decoder_config = model.config.decoder
+    decoder_config.bos_token_id, decoder_config.eos_token_id = ids["start"], ids["end"]
+    decoder_config.pad_token_id = ids["pad"]
+    return ids
+
+
+def build_demo_captioner(
+    tokenizer,
+    image_size: int = 64,
+    decoder: str = "gpt2",
+    patch_size: int = 8,
+    hidden_size: int = 128,
+    encoder_layers: int = 4,
+    decoder_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 256,
+    max_length: int = 64,
+    image_processor=None,
+) -> CaptionerBundle:
+    """A small random ViT encoder + `decoder` ("gpt2" or "bert") captioner for demos and tests.
+
+    The decoder's vocabulary comes from `tokenizer`; `max_length` is its position table's size.
+    """
+    from transformers import (
+        BertConfig,
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
+
+    _check_decoder(decoder)
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} must be a multiple of num_heads={num_heads}")
+    encoder_config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=encoder_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+    )
+    if decoder == "gpt2":
+        decoder_config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=max_length,
+            n_embd=hidden_size,
+            n_layer=decoder_layers,
+            n_head=num_heads,
+            n_inner=intermediate_size,
+            add_cross_attention=True,
+        )
+    else:
+        decoder_config = BertConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max_length,
+            hidden_size=hidden_size,
+            num_hidden_layers=decoder_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            pad_token_id=tokenizer.pad_token_id,
+            is_decoder=True,
+            add_cross_attention=True,
+        )
+    model = VisionEncoderDecoderModel(
+        VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder_config, decoder_config)
+    )
+    set_caption_token_ids(model, tokenizer)
+    tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
+    image_processor = image_processor or load_image_processor("vit", image_size)
+    return CaptionerBundle(model, tokenizer, image_processor, decoder)
+
+
+def load_captioner(
+    encoder: str | os.PathLike, decoder_model: str | os.PathLike, decoder: str
+) -> CaptionerBundle:
+    """Pair a pretrained vision encoder and a pretrained decoder (hub ids or folders) with fresh cross-attention.
+
+    `decoder` ("gpt2" or "bert") must match `decoder_model`'s family. Tokenizer from `decoder_model`,
+    image processor (PIL backend) from `encoder`.
+    """
+    from transformers import AutoConfig, AutoTokenizer, VisionEncoderDecoderModel
+
+    _check_decoder(decoder)
+    encoder, decoder_model = os.fspath(encoder), os.fspath(decoder_model)
+    try:
+        model_type = AutoConfig.from_pretrained(decoder_model).model_type
+        tokenizer = AutoTokenizer.from_pretrained(decoder_model)
+        image_processor = load_image_processor(encoder)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not load encoder={encoder!r} / decoder_model={decoder_model!r}: {e}") from e
+    if model_type != MODEL_TYPES[decoder]:
+        raise ValueError(
+            f"decoder={decoder!r} but decoder_model={decoder_model!r} is a {model_type!r} checkpoint; "
+            f"use decoder={_family(model_type)!r} or a {MODEL_TYPES[decoder]} checkpoint"
+        )
+    # Pass the decoder config ourselves, with is_decoder set: transformers 5.24's from_encoder_decoder_pretrained
+    # reads `decoder_config.is_decoder`, which GPT2Config no longer defines (AttributeError otherwise).
+    decoder_config = AutoConfig.from_pretrained(decoder_model, add_cross_attention=True)
+    decoder_config.is_decoder = True
+    model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
+        encoder, decoder_model, decoder_config=decoder_config
+    )
+    set_caption_token_ids(model, tokenizer)
+    return CaptionerBundle(model, tokenizer, image_processor, decoder)
+
+
+def load_saved_captioner(path: str | os.PathLike) -> CaptionerBundle:
+    """Reload a folder written by `save_captioner` (or any VisionEncoderDecoder folder with tokenizer and processor)."""
+    from transformers import AutoTokenizer, VisionEncoderDecoderModel
+
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"{path!r} is not a saved model folder (no config.json)")
+    model = VisionEncoderDecoderModel.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return CaptionerBundle(
+        model, tokenizer, load_image_processor(path), _family(model.config.decoder.model_type)
+    )
+
+
+def save_captioner(bundle: CaptionerBundle, out_dir: str | os.PathLike) -> Path:
+    """Write model, tokenizer and image processor into one folder, atomically (a saved model there is replaced)."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise ValueError(
+            f"out_dir={str(out_dir)!r} is a non-empty folder without a saved model; refusing to replace it"
+        )
+    with atomic_path(out_dir) as tmp:
+        bundle.model.save_pretrained(tmp)
+        bundle.tokenizer.save_pretrained(tmp)
+        bundle.image_processor.save_pretrained(tmp)
+    return out_dir
+
+
+def _check_decoder(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+
+
+def _family(model_type: str) -> str:
+    return next((family for family, t in MODEL_TYPES.items() if t == model_type), model_type)
