@@ -4,6 +4,7 @@
     processdata_02  clean.csv (+ rejects.csv, checks.csv)            load_validated(run_dir)  -> ImageTable
     processdata_03  train/val/test[_small].csv, dropped.csv, cache   load_prepared(run_dir)   -> PreparedDataset
     train_clip      model/ (a save_pretrained folder), summary.json  load_clip(run_dir)       -> TrainedClip
+    train_encoder_decoder  model/, predictions.csv, summary.json   load_captioner_run(run_dir) -> TrainedCaptioner
 
 Each stage folder `<run_dir>/<stage>/` gets a `stage.json` manifest, written last: a folder without it
 is an unfinished stage and is never read. The manifest names the stage's files and the data's origin
@@ -250,4 +251,48 @@ def load_clip(run_dir) -> TrainedClip:
     model_dir = stage_dir / manifest["files"]["model"]
     return TrainedClip(
         load_clip_model(model_dir), read_json(stage_dir / manifest["files"]["summary"]), model_dir
+    )
+
+
+# ----------------------------------------------------------------------------- train_encoder_decoder
+
+
+@dataclass
+class TrainedCaptioner:
+    """A captioning stage's result: the captioner (model, tokenizer, image processor), summary and predictions."""
+
+    bundle: object
+    summary: dict
+    predictions: pd.DataFrame
+    model_dir: Path
+
+
+def save_captioner_run(
+    output_dir, bundle, summary: dict, predictions: pd.DataFrame, stage: str = "train_encoder_decoder"
+) -> TrainedCaptioner:
+    """Save the model folder (save_pretrained with tokenizer and processor), predictions.csv, summary.json, manifest."""
+    from .models.captioner import save_captioner
+
+    output_dir = Path(output_dir)
+    save_captioner(bundle, output_dir / "model")
+    write_table(predictions, output_dir / "predictions.csv")
+    write_json(output_dir / "summary.json", summary)
+    write_stage(
+        output_dir, stage, {"model": "model", "summary": "summary.json", "predictions": "predictions.csv"}
+    )
+    return TrainedCaptioner(bundle, summary, predictions, output_dir / "model")
+
+
+def load_captioner_run(run_dir, stage: str = "train_encoder_decoder") -> TrainedCaptioner:
+    """Reload the captioner a captioning stage saved in `run_dir` (plain transformers can load the folder too)."""
+    from .models.captioner import load_saved_captioner
+
+    stage_dir, manifest = read_stage(run_dir, stage)
+    files = manifest["files"]
+    model_dir = stage_dir / files["model"]
+    return TrainedCaptioner(
+        load_saved_captioner(model_dir),
+        read_json(stage_dir / files["summary"]),
+        pd.read_csv(stage_dir / files["predictions"], keep_default_na=False),
+        model_dir,
     )
