@@ -28,6 +28,8 @@ import threading
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
+import pandas as pd
+
 from ..errors import DataError, short_error
 
 TOKENIZATIONS = {"zh": ("jieba", "char"), "en": ("words",)}
@@ -237,3 +239,16 @@ def constant_baseline(train_captions: Sequence[str], keys: Iterable[Hashable]) -
         raise ValueError("train_captions must contain at least one caption; got none")
     caption = counts.most_common(1)[0][0]  # most_common orders equal counts by first occurrence
     return {key: caption for key in keys}
+
+
+METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+
+
+def metrics_table(model: dict, baseline: dict) -> pd.DataFrame:
+    """The model's caption metrics beside the constant-caption baseline's: one row per metric, and their ratio."""
+    rows = []
+    for key in METRIC_KEYS:
+        got, base = model.get(key), baseline.get(key)
+        ratio = got / base if got is not None and base else None
+        rows.append({"metric": key, "model": got, "baseline": base, "ratio": ratio})
+    return pd.DataFrame(rows).set_index("metric")

@@ -74,7 +74,12 @@ def plot_caption_lengths(tables: dict, length_fn):
     return fig
 
 
-def plot_loss_curve(log_history: list[dict], chance: float | None = None, title: str = "training loss"):
+def plot_loss_curve(
+    log_history: list[dict],
+    chance: float | None = None,
+    title: str = "training loss",
+    ylabel: str = "contrastive loss",
+):
     """Train (and eval) loss against step from a Trainer's `state.log_history`; `chance` draws ln(batch)."""
     import matplotlib.pyplot as plt
 
@@ -86,7 +91,7 @@ def plot_loss_curve(log_history: list[dict], chance: float | None = None, title:
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle=":", label=f"chance = ln(batch) = {chance:.2f}")
     ax.set_xlabel("step")
-    ax.set_ylabel("contrastive loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

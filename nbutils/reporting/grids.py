@@ -137,3 +137,20 @@ def search_results_html(results: list[dict], dataset, k_label: str = "✓ ", thu
             + image_grid_html(pixels, labels, ncols=len(labels), thumb_px=thumb_px)
         )
     return "".join(parts)
+
+
+def captions_grid_html(
+    dataset, predictions: pd.DataFrame, n: int = 12, references: int = 2, ncols: int = 6
+) -> str:
+    """Test images with the model's caption (marked ✎) above `references` of their reference captions.
+
+    `dataset` is the test split's ImageTextDataset; `predictions` has image_path and prediction columns.
+    """
+    shown = predictions.head(n)
+    number = {path: i for i, path in enumerate(dataset.image_paths)}
+    pixels = dataset.cache.uint8([int(dataset.rows[number[p]]) for p in shown["image_path"]])
+    captions = [
+        [f"✎ {pred}", *dataset.captions[number[path]][:references]]
+        for path, pred in zip(shown["image_path"], shown["prediction"])
+    ]
+    return image_grid_html(pixels, captions, ncols=ncols)

@@ -10,6 +10,7 @@ import sys
 import threading
 
 import jieba
+import pandas as pd
 import pycocoevalcap.meteor.meteor as meteor_module
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -313,3 +314,33 @@ def test_the_module_does_not_import_torch():
     code = "import sys, nbutils.evaluation.caption_metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_metrics_table_puts_the_baseline_beside_the_model_with_ratios():
+    from nbutils.evaluation.caption_metrics import METRIC_KEYS, metrics_table
+
+    model = {
+        "bleu1": 0.5,
+        "bleu2": 0.4,
+        "bleu3": 0.3,
+        "bleu4": 0.2,
+        "meteor": None,
+        "rouge_l": 0.6,
+        "cider": 1.2,
+    }
+    baseline = {
+        "bleu1": 0.25,
+        "bleu2": 0.2,
+        "bleu3": 0.1,
+        "bleu4": 0.0,
+        "meteor": None,
+        "rouge_l": 0.3,
+        "cider": 0.3,
+    }
+    table = metrics_table(model, baseline)
+    assert list(table.index) == list(METRIC_KEYS)
+    assert table.loc["cider", "ratio"] == pytest.approx(4.0) and table.loc["bleu1", "ratio"] == pytest.approx(
+        2.0
+    )
+    assert table.loc["bleu4", "ratio"] is None or pd.isna(table.loc["bleu4", "ratio"])  # no ratio over a zero
+    assert pd.isna(table.loc["meteor", "model"])

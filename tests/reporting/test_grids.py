@@ -212,3 +212,19 @@ def test_grids_of_a_clean_input_are_empty(tmp_path):
     assert len(result.rejects) == 0 and not result.checks["needs_normalising"].any()
     for page in (grids.rejects_grid_html(result.rejects), grids.normalised_grid_html(result.checks)):
         assert grid_images(page) == [] and page.startswith('<div style="display:grid')
+
+
+def test_captions_grid_html_shows_prediction_then_references(cached):
+    from nbutils.data.datasets import ImageTextDataset
+
+    cache, table, _ = cached
+    dataset = ImageTextDataset(cache, table)
+    chosen = [dataset.image_paths[3], dataset.image_paths[0]]
+    predictions = pd.DataFrame({"image_path": chosen, "prediction": ["一个<蓝色>方块", "x"]})
+    page = grids.captions_grid_html(dataset, predictions, n=2, references=1)
+    assert grid_captions(page) == [
+        ["✎ 一个<蓝色>方块", dataset.captions[3][0]],
+        ["✎ x", dataset.captions[0][0]],
+    ]
+    want = [cache.uint8(int(dataset.rows[i])) for i in (3, 0)]
+    assert [im.tolist() for im in grid_images(page)] == [w.tolist() for w in want]
