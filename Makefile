@@ -56,6 +56,7 @@ bench: $(STAMP)  ## speed measurements recorded in the README (not part of the t
 	$(BIN)/python -m benchmarks.bench_image_cache
 	$(BIN)/python -m benchmarks.bench_download
 	$(BIN)/python -m benchmarks.bench_validate
+	$(BIN)/python -m benchmarks.bench_captioning
 
 clean-outputs:
 	rm -rf outputs/*/
