@@ -27,18 +27,19 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
 from .. import stages
-from ..config import StageConfig, param
+from ..config import param
 from ..data.cache import ImageGeometry
-from ..data.datasets import ContrastiveCollator, ImageTextDataset, normalize_pixel_values
+from ..data.datasets import ContrastiveCollator, ImageTextDataset
 from ..evaluation import retrieval
 from ..evaluation.embeddings import embed, embed_texts
 from ..evaluation.zero_shot import demo_zero_shot
 from ..models import clip as clip_models
 from ..models.tokenizer import train_tokenizer
 from .clip_loss import clamp_logit_scale_, clip_loss
+from .trainer import ImageBatchTrainer, TrainingConfig, resume_checkpoint, training_arguments
 
 # Learning rates that work per mode: towers trained from scratch tolerate a large rate; pretrained
 # towers are destroyed by it (the original project's 5e-4 on pretrained towers never learned).
@@ -49,17 +50,11 @@ DEFAULT_LEARNING_RATE = {"demo": 5e-4, "compose": 5e-5, "pretrained": 1e-5}
 # the Trainer
 
 
-class ContrastiveTrainer(Trainer):
+class ContrastiveTrainer(ImageBatchTrainer):
     """Trainer whose loss is symmetric InfoNCE, gathered across ranks, with the temperature kept sane."""
 
-    def __init__(self, *args, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pixel_mean, self.pixel_std = mean, std
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, gather=True):
-        pixel_values = normalize_pixel_values(
-            inputs["pixel_values"], self.pixel_mean, self.pixel_std, dtype=next(model.parameters()).dtype
-        )
+        pixel_values = self.normalized_pixels(model, inputs)
         # Through model(...) rather than the towers directly, so DDP's hooks see the forward pass.
         outputs = model(
             input_ids=inputs["input_ids"],
@@ -78,20 +73,6 @@ class ContrastiveTrainer(Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs, gather=False)  # eval batches may be uneven across ranks
         return loss.detach(), None, None
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # transformers 5.23: save_pretrained writes ViT weights under their original names
-        # (encoder.layer.N.attention.attention.key) but the Trainer's resume loads the raw state
-        # dict without from_pretrained's renaming, so the towers silently stay random. Load through
-        # from_pretrained, which applies the conversion, and copy the weights over.
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
-        missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
-        if missing or unexpected:
-            raise RuntimeError(
-                f"checkpoint {resume_from_checkpoint} does not fit the model: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # The temperature is not a weight: decaying it pulls the scale towards 1 (CLIP, open_clip).
@@ -117,11 +98,19 @@ class TemperatureAndEpochCallback(TrainerCallback):
 
 
 @dataclass(frozen=True)
-class TrainClipConfig(StageConfig):
-    """train_clip's parameters (the notebook's `parameters` cell and the command line)."""
+class TrainClipConfig(TrainingConfig):
+    """train_clip's parameters (the notebook's `parameters` cell and the command line).
+
+    The shared training fields come first (nbutils.training.trainer.TrainingConfig); those re-declared
+    here keep their place and change their default or help.
+    """
 
     stage = "train_clip"
     output_dir: str = param("../outputs/dev/train_clip", "injected by the runner: where this notebook writes")
+    epochs: float = param(10.0, "passes over the training images")
+    batch_size: int = param(64, "per process; the loss sees batch_size x processes negatives")
+    learning_rate: float = param(0.0, "0 picks the mode's default: 5e-4 demo, 5e-5 compose, 1e-5 pretrained")
+    weight_decay: float = param(0.1, "AdamW weight decay (never on the temperature)")
     model: str = param(
         "demo",
         '"demo" (small towers from configs), "compose" (vision_model + text_model), '
@@ -132,25 +121,8 @@ class TrainClipConfig(StageConfig):
     lock_image: bool = param(False, "LiT: freeze the image tower, train the text side")
     lock_text: bool = param(False, "freeze the text tower")
     projections_only: bool = param(False, "freeze both towers, train the projections and the temperature")
-    epochs: float = param(10.0, "passes over the training images")
-    max_steps: int = param(-1, "stop after this many steps (-1: run all epochs)")
-    batch_size: int = param(64, "per process; the loss sees batch_size x processes negatives")
-    learning_rate: float = param(0.0, "0 picks the mode's default: 5e-4 demo, 5e-5 compose, 1e-5 pretrained")
-    weight_decay: float = param(0.1, "AdamW weight decay (never on the temperature)")
-    warmup_ratio: float = param(0.1, "share of the steps spent warming up the learning rate")
-    gradient_accumulation_steps: int = param(1, "batches per optimiser step")
-    max_grad_norm: float = param(1.0, "gradient clipping")
-    eval_steps: int = param(0, "validate every N steps (0: every epoch)")
-    save_steps: int = param(0, "checkpoint every N steps (0: every epoch)")
-    logging_steps: int = param(10, "log the loss every N steps")
-    num_workers: int = param(0, "DataLoader workers")
-    resume: str = param(
-        "auto",
-        '"auto" continues from the newest checkpoint in output_dir, "" starts fresh, or a checkpoint folder',
-    )
     max_text_length: int = param(64, "captions are truncated to this many tokens")
     projection_dim: int = param(128, "demo model only: embedding size")
-    report_to: str = param("none", 'Trainer loggers: "none", "tensorboard", "wandb", ...')
 
 
 # -----------------------------------------------------------------------------
@@ -256,36 +228,9 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         print(
             f"note: the val split has {len(val)} images, fewer than batch_size={config.batch_size}: no validation loss"
         )
-    cuda = torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=lr,
-        weight_decay=config.weight_decay,
-        # transformers 5: a float below 1 in warmup_steps is a ratio of the total steps.
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type="cosine",
-        max_grad_norm=config.max_grad_norm,
-        # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
-        dataloader_drop_last=True,
-        dataloader_num_workers=config.num_workers,
-        remove_unused_columns=False,
-        eval_strategy="no" if not evaluate else "steps" if config.eval_steps else "epoch",
-        eval_steps=config.eval_steps or None,
-        save_strategy="steps" if config.save_steps else "epoch",
-        save_steps=config.save_steps or None,
-        save_total_limit=2,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        report_to=config.report_to,
-        disable_tqdm=False,
-        use_cpu=not cuda,
+    # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
+    args = training_arguments(
+        config, output_dir / "checkpoints", learning_rate=lr, dataloader_drop_last=True, evaluate=evaluate
     )
     trainer = ContrastiveTrainer(
         model=bundle.model,
@@ -299,7 +244,7 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     )
 
     before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=config.max_text_length))
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(args.output_dir, config.resume))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume))
     image_embeds, text_embeds, text_to_image = embed(
         bundle, test, mean, std, max_length=config.max_text_length
     )
@@ -332,14 +277,6 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         stages.save_clip_run(output_dir, bundle, summary)
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     return ClipRun(bundle, summary, trainer.state.log_history, before, after, zero_shot, test, image_embeds)
-
-
-def _resume_checkpoint(checkpoint_dir: str, resume: str):
-    """ "auto": the newest checkpoint if one exists; "" : start fresh; otherwise a checkpoint path."""
-    if resume != "auto":
-        return resume or None
-    found = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(found[-1]) if found else None
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,454 @@
+"""Image captioning with a VisionEncoderDecoderModel (ViT → GPT-2, or BLIP's BERT-LM decoder) and the Trainer.
+
+The same function runs from a notebook, from the command line, and under
+`torchrun --nproc_per_node=N -m nbutils.train_encoder_decoder ...` / `accelerate launch`:
+
+    python -m nbutils.train_encoder_decoder --run-dir outputs/demo
+    python -m nbutils.train_encoder_decoder --run-dir outputs/demo --decoder bert --prompt "一张图片：" \\
+        --label-smoothing 0.1
+    python -m nbutils.train_encoder_decoder --run-dir outputs/flickr --encoder google/vit-base-patch16-224 \\
+        --decoder-model uer/gpt2-chinese-cluecorpussmall --encoder-learning-rate 1e-5
+
+The loss is computed here, not by the model or the Trainer: cross-entropy over the label positions that
+are not -100 (`CaptionCollator`: the caption and its end token; never the prompt, never padding), with
+BLIP's `label_smoothing`. The Trainer's own `label_smoothing_factor` is not used: it pops `labels`.
+One training example per (image, caption) row; images travel as uint8 and are normalised on the device.
+
+After training, every test image is captioned from the cache (batched `generate_captions` with the
+`decoding` preset and the prompt) and scored against all its reference captions (`caption_metrics`),
+beside the constant-caption baseline scored the same way, and, on the demo set, attribute accuracy.
+Every field of `TrainEncoderDecoderConfig` is an option (`--freeze-encoder true`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .. import stages
+from ..config import param
+from ..data.cache import ImageGeometry
+from ..data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
+from ..demo import scenes
+from ..evaluation.attributes import attribute_accuracy
+from ..evaluation.caption_metrics import caption_metrics, check_tokenization, constant_baseline
+from ..models import captioner as captioners
+from ..models.decoding import generate_captions, resolve_decoding
+from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
+from .trainer import ImageBatchTrainer, TrainingConfig, resume_checkpoint, training_arguments
+
+# -----------------------------------------------------------------------------
+# defaults: the recipe, in one place (the config's fields read them; retune here)
+
+DEFAULTS = {
+    "epochs": 10.0,
+    "batch_size": 64,
+    "weight_decay": 0.05,
+    "warmup_ratio": 0.05,
+    "max_caption_length": 32,
+    "decoding": "greedy",
+    # the demo model: a small ViT encoder and a small decoder, built from configs
+    "patch_size": 8,
+    "hidden_size": 128,
+    "encoder_layers": 4,
+    "decoder_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 256,
+}
+# What learning_rate=0 means per mode: a model trained from scratch takes a large rate, pretrained
+# weights want a small one (the original notebook's 5e-4 on a pretrained ViT + GPT-2 is too high).
+DEFAULT_LEARNING_RATE = {"demo": 1e-3, "pretrained": 5e-5}
+GENERATION_BATCH_SIZE = 64  # test images captioned per generate() call
+
+
+@dataclass(frozen=True)
+class TrainEncoderDecoderConfig(TrainingConfig):
+    """train_encoder_decoder's parameters (the notebook's `parameters` cell and the command line).
+
+    The shared training fields come first (nbutils.training.trainer.TrainingConfig); defaults from DEFAULTS.
+    """
+
+    stage = "train_encoder_decoder"
+    output_dir: str = param(
+        "../outputs/dev/train_encoder_decoder", "injected by the runner: where this notebook writes"
+    )
+    epochs: float = param(DEFAULTS["epochs"], "passes over the training caption rows")
+    batch_size: int = param(DEFAULTS["batch_size"], "caption rows per batch, per process")
+    learning_rate: float = param(
+        0.0, "0 picks the mode's default: 1e-3 demo, 5e-5 pretrained (encoder and decoder checkpoints)"
+    )
+    weight_decay: float = param(DEFAULTS["weight_decay"], "AdamW weight decay")
+    warmup_ratio: float = param(
+        DEFAULTS["warmup_ratio"], "share of the steps spent warming up the learning rate"
+    )
+    decoder: str = param("gpt2", '"gpt2" (GPT-2 with cross-attention) or "bert" (BLIP\'s BERT-LM decoder)')
+    encoder: str = param(
+        "demo",
+        '"demo" (a small ViT from configs) or a vision encoder: hub id or folder (google/vit-base-patch16-224)',
+    )
+    decoder_model: str = param(
+        "",
+        '"" (demo: a small decoder with a tokenizer trained on the train captions) or a GPT-2 / BERT '
+        "checkpoint with its tokenizer: hub id or folder (uer/gpt2-chinese-cluecorpussmall, bert-base-chinese)",
+    )
+    prompt: str = param(
+        "", 'text before every caption, not in the loss (BLIP: "一张图片：" / "a picture of ")'
+    )
+    label_smoothing: float = param(0.0, "label smoothing of the caption cross-entropy (BLIP: 0.1)")
+    freeze_encoder: bool = param(
+        False, "freeze the vision encoder, train the decoder and its cross-attention"
+    )
+    encoder_learning_rate: float = param(0.0, "the encoder's learning rate (0: the same as learning_rate)")
+    max_caption_length: int = param(
+        DEFAULTS["max_caption_length"], "tokens per training target, prompt and end token included"
+    )
+    decoding: str = param(
+        DEFAULTS["decoding"], "test captions' decoding preset: greedy, beam, blip_beam, original, ..."
+    )
+    tokenization: str = param("", 'metrics tokenisation: "" (the language\'s default), jieba, char, words')
+    patch_size: int = param(DEFAULTS["patch_size"], "demo encoder: patch size in pixels")
+    hidden_size: int = param(DEFAULTS["hidden_size"], "demo model: width of encoder and decoder")
+    encoder_layers: int = param(DEFAULTS["encoder_layers"], "demo encoder: transformer layers")
+    decoder_layers: int = param(DEFAULTS["decoder_layers"], "demo decoder: transformer layers")
+    num_heads: int = param(DEFAULTS["num_heads"], "demo model: attention heads")
+    intermediate_size: int = param(DEFAULTS["intermediate_size"], "demo model: MLP width")
+
+
+# -----------------------------------------------------------------------------
+# the loss and the Trainer
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the positions where `labels` != -100, with `label_smoothing` (BLIP: 0.1).
+
+    `logits` (B, T, V) predict `labels` (B, T) position by position: the collator already aligned them
+    (`decoder_input_ids` = [start] + targets[:-1]), so nothing is shifted here.
+    """
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing
+    )
+
+
+class CaptionTrainer(ImageBatchTrainer):
+    """Trainer whose loss is `caption_loss` on the decoder's logits, with an optional lower encoder rate."""
+
+    def __init__(self, *args, label_smoothing: float = 0.0, encoder_learning_rate: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_smoothing, self.encoder_learning_rate = label_smoothing, encoder_learning_rate
+        # The loss is a per-batch mean computed here, so the Trainer must divide it by the accumulation
+        # steps itself. (With model_accepts_loss_kwargs it expects a sum over its own token count, which
+        # for encoder-decoder heads counts labels[..., 1:] in transformers 5.x: too few tokens.)
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(
+            pixel_values=self.normalized_pixels(model, inputs),
+            decoder_input_ids=inputs["decoder_input_ids"],
+            decoder_attention_mask=inputs["decoder_attention_mask"],
+        )
+        loss = caption_loss(outputs.logits, inputs["labels"], self.label_smoothing)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or not self.encoder_learning_rate:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = []
+        for in_encoder, lr in ((True, self.encoder_learning_rate), (False, self.args.learning_rate)):
+            for decayed in (True, False):
+                params = [
+                    p
+                    for n, p in opt_model.named_parameters()
+                    if p.requires_grad and n.startswith("encoder.") == in_encoder and (n in decay) == decayed
+                ]
+                if params:
+                    weight_decay = self.args.weight_decay if decayed else 0.0
+                    groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+def check_config(config: TrainEncoderDecoderConfig) -> None:
+    """Reject bad parameters by name before any data or model is loaded."""
+    if config.decoder not in captioners.DECODERS:
+        raise ValueError(f"decoder must be one of {captioners.DECODERS}, got {config.decoder!r}")
+    if (config.encoder == "demo") != (config.decoder_model == ""):
+        raise ValueError(
+            f'encoder={config.encoder!r} with decoder_model={config.decoder_model!r}: use encoder="demo" with '
+            'decoder_model="" (the demo model), or a pretrained encoder with a pretrained decoder_model'
+        )
+    resolve_decoding(config.decoding)  # ValueError naming an unknown preset
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.encoder_learning_rate < 0 or config.learning_rate < 0:
+        raise ValueError("learning_rate and encoder_learning_rate must be >= 0 (0: the default)")
+    if config.freeze_encoder and config.encoder_learning_rate:
+        raise ValueError("freeze_encoder=True and encoder_learning_rate set: a frozen encoder has no rate")
+
+
+def caption_language(prepared: stages.PreparedDataset) -> str:
+    """The captions' language: processdata_03's origin, else "zh" when the train captions hold CJK."""
+    if prepared.origin.language:
+        return prepared.origin.language
+    texts = prepared.tables["train"]["text"]
+    return "zh" if texts.str.contains(r"[\u4e00-\u9fff]", regex=True).any() else "en"
+
+
+def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedDataset, language: str):
+    """(CaptionerBundle, mode): "demo" (small configs + a tokenizer trained on the train captions) or
+    "pretrained" (encoder and decoder_model checkpoints with fresh cross-attention)."""
+    if config.encoder != "demo":
+        for name in ("encoder", "decoder_model"):
+            value = getattr(config, name)
+            # an absolute or ./ path is a folder, never a hub id: say so instead of a hub lookup error
+            if (Path(value).is_absolute() or value.startswith(".")) and not Path(value).is_dir():
+                raise ValueError(f"{name}={value!r}: no such folder")
+        return captioners.load_captioner(config.encoder, config.decoder_model, config.decoder), "pretrained"
+    tokenizer = train_caption_tokenizer(list(prepared.tables["train"]["text"]), language)
+    settings = resolve_decoding(config.decoding)
+    prompt_tokens = (
+        len(tokenizer(config.prompt, add_special_tokens=False)["input_ids"]) if config.prompt else 0
+    )
+    positions = max(
+        64,
+        config.max_caption_length,
+        1 + prompt_tokens + settings.get("max_new_tokens", 0),
+        settings.get("max_length", 0),
+    )
+    bundle = captioners.build_demo_captioner(
+        tokenizer,
+        image_size=prepared.cache.geometry.height,
+        decoder=config.decoder,
+        patch_size=config.patch_size,
+        hidden_size=config.hidden_size,
+        encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers,
+        num_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_length=positions,
+        image_processor=prepared.image_processor,
+    )
+    return bundle, "demo"
+
+
+def check_geometry(bundle, prepared: stages.PreparedDataset) -> None:
+    """The cache must hold images exactly as the encoder's processor would make them."""
+    expected = getattr(bundle.model.config.encoder, "image_size", None)
+    size = prepared.cache.geometry.height
+    if expected is not None and expected != size:
+        raise ValueError(
+            f"processdata_03 image_size={size} but the encoder expects {expected}-pixel images; rebuild the "
+            f"image cache at {expected} pixels (image_processor set to the encoder)"
+        )
+    want = ImageGeometry.from_processor(bundle.image_processor)
+    if want != prepared.cache.geometry:
+        raise ValueError(
+            f"the image cache was built as {prepared.cache.geometry.to_dict()} but the encoder's processor "
+            f"wants {want.to_dict()}: rerun processdata_03 with image_processor set to this encoder"
+        )
+
+
+def freeze_encoder(model, freeze: bool) -> dict:
+    """requires_grad_(False) on the encoder when `freeze`; parameter counts {"trainable", "frozen", "total"}."""
+    if freeze:
+        model.encoder.requires_grad_(False)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+
+def caption_test_images(
+    bundle,
+    dataset: ImageTextDataset,
+    mean,
+    std,
+    decoding: str = "greedy",
+    prompt: str = "",
+    batch_size: int = GENERATION_BATCH_SIZE,
+    seed: int | None = None,
+) -> list[str]:
+    """The best caption for every image of `dataset` (in `dataset.image_paths` order), batched from the cache."""
+    model = bundle.model
+    was_training = model.training
+    model.eval()
+    parameter = next(model.parameters())
+    captions = []
+    try:
+        for start in range(0, len(dataset.image_paths), batch_size):
+            rows = range(start, min(start + batch_size, len(dataset.image_paths)))
+            uint8 = torch.stack([dataset[i]["pixel_values"] for i in rows]).to(parameter.device)
+            pixels = normalize_pixel_values(uint8, mean, std, dtype=parameter.dtype)
+            results = generate_captions(model, bundle.tokenizer, pixels, decoding, prompt=prompt, seed=seed)
+            captions.extend(candidates[0]["caption"] for candidates in results)
+    finally:
+        model.train(was_training)
+    return captions
+
+
+# -----------------------------------------------------------------------------
+# the whole job
+
+METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "meteor_missing_reason", "rouge_l", "cider")
+
+
+@dataclass
+class CaptionRun:
+    """What `train_encoder_decoder` returns to the notebook."""
+
+    bundle: object
+    summary: dict
+    log_history: list = field(default_factory=list)
+    predictions: pd.DataFrame | None = None  # image_path, references, prediction, cider, bleu4
+    metrics: dict = field(default_factory=dict)  # caption_metrics of the model (per_image included)
+    baseline: dict = field(default_factory=dict)  # caption_metrics of the constant caption
+    attributes: dict | None = None  # attribute_accuracy (demo), else None
+    test: ImageTextDataset | None = None
+    baseline_caption: str = ""
+
+
+def _attribute_summary(result: dict) -> dict:
+    """summary.json's attribute_accuracy: accuracies (percent) per attribute, overall and single-object."""
+    return {
+        "per_attribute": {a: r["accuracy"] for a, r in result["per_attribute"].items()},
+        "single_object": {a: r["accuracy"] for a, r in result["single_object"].items()},
+        "all_correct": result["all_correct"]["accuracy"],
+        "single_object_all_correct": result["single_object_all_correct"]["accuracy"],
+        "hallucination_rate": result["hallucination_rate"],
+        "n_images": result["n_images"],
+        "n_single_object": result["n_single_object"],
+    }
+
+
+def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> CaptionRun:
+    """Train a captioner on `config.run_dir`'s processdata_03 splits; caption and score the test split."""
+    check_config(config)
+    output_dir = Path(config.output_dir)
+    prepared = stages.load_prepared(config.run_dir)
+    language = caption_language(prepared)
+    tokenization = check_tokenization(language, config.tokenization or None)
+    settings = resolve_decoding(config.decoding)
+    torch.manual_seed(config.seed)
+    bundle, mode = load_bundle(config, prepared, language)
+    if mode != "demo":
+        check_geometry(bundle, prepared)
+    counts = freeze_encoder(bundle.model, config.freeze_encoder)
+    ids = caption_special_ids(bundle.tokenizer)
+    collator = CaptionCollator(
+        bundle.tokenizer, ids["start"], ids["end"], ids["pad"], config.max_caption_length, config.prompt
+    )
+    mean, std = prepared.mean_std
+    train = prepared.dataset("train", sampling="caption", seed=config.seed)
+    val = prepared.dataset("val", sampling="caption", seed=config.seed)
+    test = prepared.dataset("test", seed=config.seed, fixed_caption=True)
+    lr = config.learning_rate or DEFAULT_LEARNING_RATE[mode]
+    args = training_arguments(
+        config, output_dir / "checkpoints", learning_rate=lr, dataloader_drop_last=False
+    )
+    trainer = CaptionTrainer(
+        model=bundle.model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=collator,
+        callbacks=list(callbacks),
+        mean=mean,
+        std=std,
+        label_smoothing=config.label_smoothing,
+        encoder_learning_rate=config.encoder_learning_rate,
+    )
+    output = trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume))
+
+    keys = test.image_paths
+    captions = caption_test_images(bundle, test, mean, std, config.decoding, config.prompt, seed=config.seed)
+    predicted = dict(zip(keys, captions))
+    references = dict(zip(keys, test.captions))
+    metrics = caption_metrics(predicted, references, language, tokenization, per_image=True)
+    constant = constant_baseline(list(prepared.tables["train"]["text"]), keys)
+    baseline = caption_metrics(constant, references, language, tokenization)
+    attributes = None
+    if prepared.origin.ground_truth:
+        ground_truth = scenes.load_ground_truth(Path(prepared.origin.ground_truth).parent)
+        attributes = attribute_accuracy(predicted, ground_truth, language)
+
+    per_image = metrics["per_image"]
+    predictions = pd.DataFrame(
+        {
+            "image_path": keys,
+            "references": [" | ".join(refs) for refs in test.captions],
+            "prediction": captions,
+            "cider": [per_image[k]["cider"] for k in keys],
+            "bleu4": [per_image[k]["bleu4"] for k in keys],
+        }
+    )
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {key: metrics[key] for key in METRIC_KEYS}
+    summary.update(
+        {
+            "tokenization": tokenization,
+            "n_test_images": metrics["n_images"],
+            "decoding": {"preset": config.decoding, **settings},
+            "baseline": {
+                **{key: baseline[key] for key in METRIC_KEYS},
+                "caption": next(iter(constant.values())),
+            },
+            "attribute_accuracy": _attribute_summary(attributes) if attributes else None,
+            "decoder": config.decoder,
+            "mode": mode,
+            "language": language,
+            "prompt": config.prompt,
+            "label_smoothing": config.label_smoothing,
+            "trainable_parameters": counts,
+            "steps": trainer.state.global_step,
+            "final_train_loss": losses[-1] if losses else output.training_loss,
+            "learning_rate": lr,
+            "encoder_learning_rate": config.encoder_learning_rate or lr,
+            "batch_size": config.batch_size,
+            "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
+        }
+    )
+    if trainer.is_world_process_zero():
+        stages.save_captioner_run(output_dir, bundle, summary, predictions)
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+    return CaptionRun(
+        bundle,
+        summary,
+        trainer.state.log_history,
+        predictions,
+        metrics,
+        baseline,
+        attributes,
+        test,
+        next(iter(constant.values())),
+    )
+
+
+def main(argv=None) -> int:
+    """`python -m nbutils.train_encoder_decoder`: every TrainEncoderDecoderConfig field is an option."""
+    config = TrainEncoderDecoderConfig.from_arguments(
+        argv, prog="python -m nbutils.train_encoder_decoder", description=__doc__
+    )
+    result = train_encoder_decoder(config)
+    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The Trainer glue the training jobs share (train_clip, train_encoder_decoder).
+
+- `TrainingConfig`: the training fields every training notebook has (epochs ... report_to), declared once;
+  a job's config subclasses it and may re-declare a field to change its default or help (the field keeps
+  its place in the parameters cell).
+- `ImageBatchTrainer`: a `Trainer` whose batches carry uint8 `pixel_values` (straight from the image
+  cache) that it normalises on the device, in the model's dtype, with the processor's mean / std; plus
+  the transformers 5 resume fix (`_load_from_checkpoint` through `from_pretrained`).
+- `training_arguments(config, ...)`: the `TrainingArguments` of a `TrainingConfig` (cosine schedule with
+  warm-up, accumulation, clipping, bf16 on CUDA, eval / save strategies, seeds).
+- `resume_checkpoint(checkpoint_dir, resume)`: what `resume: "auto"` means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..config import StageConfig, param
+from ..data.datasets import normalize_pixel_values
+
+
+@dataclass(frozen=True)
+class TrainingConfig(StageConfig):
+    """The training fields shared by the training stages (subclasses set `stage` and add their own)."""
+
+    epochs: float = param(10.0, "passes over the training data")
+    max_steps: int = param(-1, "stop after this many steps (-1: run all epochs)")
+    batch_size: int = param(64, "per process")
+    learning_rate: float = param(0.0, "0 picks the job's default")
+    weight_decay: float = param(0.1, "AdamW weight decay")
+    warmup_ratio: float = param(0.1, "share of the steps spent warming up the learning rate")
+    gradient_accumulation_steps: int = param(1, "batches per optimiser step")
+    max_grad_norm: float = param(1.0, "gradient clipping")
+    eval_steps: int = param(0, "validate every N steps (0: every epoch)")
+    save_steps: int = param(0, "checkpoint every N steps (0: every epoch)")
+    logging_steps: int = param(10, "log the loss every N steps")
+    num_workers: int = param(0, "DataLoader workers")
+    resume: str = param(
+        "auto",
+        '"auto" continues from the newest checkpoint in output_dir, "" starts fresh, or a checkpoint folder',
+    )
+    report_to: str = param("none", 'Trainer loggers: "none", "tensorboard", "wandb", ...')
+
+
+def training_arguments(
+    config: TrainingConfig,
+    checkpoint_dir: str | Path,
+    learning_rate: float,
+    dataloader_drop_last: bool,
+    evaluate: bool = True,
+) -> TrainingArguments:
+    """TrainingArguments from `config`'s shared training fields.
+
+    `learning_rate` is the resolved rate (the job picks its default for 0); `dataloader_drop_last` drops a
+    ragged last batch (the gathered contrastive loss needs equal batches on every rank; captioning does
+    not); `evaluate=False` turns validation off (e.g. a val split smaller than one batch).
+    """
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        weight_decay=config.weight_decay,
+        # transformers 5: a float below 1 in warmup_steps is a ratio of the total steps.
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="cosine",
+        max_grad_norm=config.max_grad_norm,
+        dataloader_drop_last=dataloader_drop_last,
+        dataloader_num_workers=config.num_workers,
+        remove_unused_columns=False,
+        eval_strategy="no" if not evaluate else "steps" if config.eval_steps else "epoch",
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps" if config.save_steps else "epoch",
+        save_steps=config.save_steps or None,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        report_to=config.report_to,
+        disable_tqdm=False,
+        use_cpu=not cuda,
+    )
+
+
+def resume_checkpoint(checkpoint_dir: str | Path, resume: str) -> str | None:
+    """ "auto": the newest checkpoint-N in `checkpoint_dir` if one exists; "": start fresh; else that path."""
+    if resume != "auto":
+        return resume or None
+    found = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(found[-1]) if found else None
+
+
+class ImageBatchTrainer(Trainer):
+    """A Trainer for batches of uint8 images: `normalized_pixels` makes the model's input on the device."""
+
+    def __init__(self, *args, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pixel_mean, self.pixel_std = mean, std
+
+    def normalized_pixels(self, model, inputs) -> torch.Tensor:
+        """The batch's uint8 `pixel_values` normalised where they are, in the model's dtype (bf16 under bf16)."""
+        return normalize_pixel_values(
+            inputs["pixel_values"], self.pixel_mean, self.pixel_std, dtype=next(model.parameters()).dtype
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # transformers 5.23/5.24: save_pretrained writes ViT weights under their original names
+        # (encoder.layer.N.attention.attention.key) but the Trainer's resume loads the raw state
+        # dict without from_pretrained's renaming, so the towers silently stay random. Load through
+        # from_pretrained, which applies the conversion, and copy the weights over.
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
+        missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint {resume_from_checkpoint} does not fit the model: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )

@@ -1,0 +1,75 @@
+"""The Trainer glue shared by the training jobs (nbutils.training.trainer)."""
+
+import dataclasses
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from nbutils.training import trainer as glue
+from nbutils.training.clip import TrainClipConfig
+from nbutils.training.encoder_decoder import TrainEncoderDecoderConfig
+
+SHARED = [f.name for f in dataclasses.fields(glue.TrainingConfig)]
+
+
+def test_resume_checkpoint_auto_picks_the_newest_by_step(tmp_path):
+    assert glue.resume_checkpoint(tmp_path, "auto") is None
+    assert glue.resume_checkpoint(tmp_path / "missing", "auto") is None
+    for step in (3, 12, 9):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert glue.resume_checkpoint(tmp_path, "auto") == str(tmp_path / "checkpoint-12")
+    assert glue.resume_checkpoint(tmp_path, "") is None
+    assert glue.resume_checkpoint(tmp_path, "some/checkpoint-3") == "some/checkpoint-3"
+
+
+@pytest.mark.parametrize("config_class", [TrainClipConfig, TrainEncoderDecoderConfig])
+def test_both_jobs_declare_the_shared_fields_first(config_class):
+    names = [f.name for f in dataclasses.fields(config_class)]
+    assert names[: len(SHARED)] == SHARED
+    assert SHARED[:3] == ["run_dir", "output_dir", "seed"] and "report_to" in SHARED and "resume" in SHARED
+
+
+def test_training_arguments_from_the_shared_fields(tmp_path):
+    config = TrainEncoderDecoderConfig(
+        run_dir="r",
+        epochs=3.0,
+        max_steps=7,
+        batch_size=5,
+        weight_decay=0.2,
+        warmup_ratio=0.25,
+        gradient_accumulation_steps=2,
+        max_grad_norm=0.5,
+        eval_steps=4,
+        save_steps=0,
+        logging_steps=2,
+        num_workers=1,
+        seed=11,
+    )
+    args = glue.training_arguments(config, tmp_path / "ckpt", learning_rate=3e-4, dataloader_drop_last=True)
+    assert isinstance(args, TrainingArguments)
+    assert args.output_dir == str(tmp_path / "ckpt") and args.learning_rate == 3e-4
+    assert (args.num_train_epochs, args.max_steps, args.per_device_train_batch_size) == (3.0, 7, 5)
+    assert args.per_device_eval_batch_size == 5 and args.gradient_accumulation_steps == 2
+    assert (args.weight_decay, args.warmup_steps, args.max_grad_norm) == (0.2, 0.25, 0.5)
+    assert args.lr_scheduler_type == "cosine" and args.dataloader_drop_last is True
+    assert args.eval_strategy == "steps" and args.eval_steps == 4 and args.save_strategy == "epoch"
+    assert (args.logging_steps, args.dataloader_num_workers, args.seed, args.data_seed) == (2, 1, 11, 11)
+    assert args.remove_unused_columns is False and args.bf16 == (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+    off = glue.training_arguments(
+        config, tmp_path, learning_rate=1e-3, dataloader_drop_last=False, evaluate=False
+    )
+    assert off.eval_strategy == "no" and off.dataloader_drop_last is False
+
+
+def test_image_batch_trainer_normalises_uint8_in_the_model_dtype(tmp_path):
+    model = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = glue.ImageBatchTrainer(model=model, args=args, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    pixels = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2).contiguous()
+    out = trainer.normalized_pixels(model, {"pixel_values": pixels})
+    assert out.dtype == torch.bfloat16 and pixels.dtype == torch.uint8
+    expected = torch.tensor([[-2.0, 2.0], [-1.0, 1.0], [-0.5, 0.5]])
+    torch.testing.assert_close(out.float().view(3, 2), expected, atol=1e-2, rtol=0)
