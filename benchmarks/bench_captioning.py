@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import PIL
 import torch
-import transformers
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from benchmarks.bench_image_cache import _cpu_name, make_jpegs
+from benchmarks.bench_image_cache import machine_info, make_jpegs
 from nbutils.data.cache import ImageGeometry, build_image_cache, processor_mean_std
 from nbutils.data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
 from nbutils.files import write_json
@@ -313,15 +310,7 @@ def main(argv=None) -> dict:
         "build_s": build_s,
         "build_img_per_s": rate(build_s),
         "build_workers": os.cpu_count(),
-        "machine": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "pillow": PIL.__version__,
-            "numpy": np.__version__,
-        },
+        "machine": machine_info(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(args.out, results)

@@ -189,15 +189,7 @@ def main(argv=None) -> dict:
         "build_workers": os.cpu_count(),
         "cache_bytes_per_image": args.size * args.size * 3,
         "max_abs_diff": max_diff,
-        "machine": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "pillow": PIL.__version__,
-            "numpy": np.__version__,
-        },
+        "machine": machine_info(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(args.out, results)
@@ -228,6 +220,19 @@ def main(argv=None) -> dict:
     )
     print(f"wrote {args.out}")
     return results
+
+
+def machine_info() -> dict:
+    """What a benchmark's figures depend on: CPU, cores and library versions."""
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _cpu_name() -> str:
