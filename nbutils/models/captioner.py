@@ -24,6 +24,7 @@ from typing import Any
 
 from ..files import atomic_path
 from .image_processors import load_image_processor
+from .positions import init_sincos_positions
 from .tokenizer import caption_special_ids
 
 DECODERS = ("gpt2", "bert")
@@ -65,11 +66,16 @@ def build_demo_captioner(
     num_heads: int = 4,
     intermediate_size: int = 256,
     max_length: int = 64,
+    dropout: float = 0.0,
     image_processor=None,
 ) -> CaptionerBundle:
     """A small random ViT encoder + `decoder` ("gpt2" or "bert") captioner for demos and tests.
 
-    The decoder's vocabulary comes from `tokenizer`; `max_length` is its position table's size.
+    The decoder's vocabulary comes from `tokenizer`; `max_length` is its position table's size. The ViT's
+    position embeddings start as 2-D sine-cosine values (`positions.init_sincos_positions`). `dropout` is
+    the decoder's (the configs' default 0.1 only slows a short from-scratch run; nanoGPT pretrains with 0).
+    `patch_size` need not divide `image_size`: pixels past the last whole patch are not seen (64 px with
+    21 px patches: one patch per cell of the demo's 3x3 grid, the last pixel row and column unused).
     """
     from transformers import (
         BertConfig,
@@ -80,8 +86,10 @@ def build_demo_captioner(
     )
 
     _check_decoder(decoder)
-    if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+    if not 1 <= patch_size <= image_size:
+        raise ValueError(f"patch_size={patch_size} must be between 1 and image_size={image_size}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} must be a multiple of num_heads={num_heads}")
     encoder_config = ViTConfig(
@@ -101,6 +109,9 @@ def build_demo_captioner(
             n_head=num_heads,
             n_inner=intermediate_size,
             add_cross_attention=True,
+            resid_pdrop=dropout,
+            embd_pdrop=dropout,
+            attn_pdrop=dropout,
         )
     else:
         decoder_config = BertConfig(
@@ -110,6 +121,8 @@ def build_demo_captioner(
             num_hidden_layers=decoder_layers,
             num_attention_heads=num_heads,
             intermediate_size=intermediate_size,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
             pad_token_id=tokenizer.pad_token_id,
             is_decoder=True,
             add_cross_attention=True,
@@ -117,6 +130,7 @@ def build_demo_captioner(
     model = VisionEncoderDecoderModel(
         VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder_config, decoder_config)
     )
+    init_sincos_positions(model.encoder)
     set_caption_token_ids(model, tokenizer)
     tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
     image_processor = image_processor or load_image_processor("vit", image_size)

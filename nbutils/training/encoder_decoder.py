@@ -53,13 +53,14 @@ DEFAULTS = {
     "warmup_ratio": 0.05,
     "max_caption_length": 32,
     "decoding": "greedy",
-    # the demo model: a small ViT encoder and a small decoder, built from configs
-    "patch_size": 8,
+    # the demo model: a small ViT encoder and a small decoder, built from configs (benchmarks/captioner_recipe.md)
+    "patch_size": 21,  # 64 px images: one token per cell of the demo's 3x3 grid
     "hidden_size": 128,
     "encoder_layers": 4,
-    "decoder_layers": 2,
+    "decoder_layers": 1,
     "num_heads": 4,
-    "intermediate_size": 256,
+    "intermediate_size": 512,
+    "dropout": 0.0,
 }
 # What learning_rate=0 means per mode: a model trained from scratch takes a large rate, pretrained
 # weights want a small one (the original notebook's 5e-4 on a pretrained ViT + GPT-2 is too high).
@@ -111,6 +112,9 @@ class TrainEncoderDecoderConfig(TrainingConfig):
     decoding: str = param(
         DEFAULTS["decoding"], "test captions' decoding preset: greedy, beam, blip_beam, original, ..."
     )
+    max_new_tokens: int = param(
+        0, "0 keeps the decoding preset's limit; else the most tokens a test caption may have"
+    )
     tokenization: str = param("", 'metrics tokenisation: "" (the language\'s default), jieba, char, words')
     patch_size: int = param(DEFAULTS["patch_size"], "demo encoder: patch size in pixels")
     hidden_size: int = param(DEFAULTS["hidden_size"], "demo model: width of encoder and decoder")
@@ -118,6 +122,7 @@ class TrainEncoderDecoderConfig(TrainingConfig):
     decoder_layers: int = param(DEFAULTS["decoder_layers"], "demo decoder: transformer layers")
     num_heads: int = param(DEFAULTS["num_heads"], "demo model: attention heads")
     intermediate_size: int = param(DEFAULTS["intermediate_size"], "demo model: MLP width")
+    dropout: float = param(DEFAULTS["dropout"], "demo decoder: dropout (the configs' 0.1 slows a short run)")
 
 
 # -----------------------------------------------------------------------------
@@ -195,13 +200,22 @@ def check_config(config: TrainEncoderDecoderConfig) -> None:
             f'encoder={config.encoder!r} with decoder_model={config.decoder_model!r}: use encoder="demo" with '
             'decoder_model="" (the demo model), or a pretrained encoder with a pretrained decoder_model'
         )
-    resolve_decoding(config.decoding)  # ValueError naming an unknown preset
+    if config.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0 (0: the preset's), got {config.max_new_tokens}")
+    resolve_decoding(decoding_spec(config))  # ValueError naming an unknown preset
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.encoder_learning_rate < 0 or config.learning_rate < 0:
         raise ValueError("learning_rate and encoder_learning_rate must be >= 0 (0: the default)")
     if config.freeze_encoder and config.encoder_learning_rate:
         raise ValueError("freeze_encoder=True and encoder_learning_rate set: a frozen encoder has no rate")
+
+
+def decoding_spec(config: TrainEncoderDecoderConfig) -> str | dict:
+    """The test captions' decoding: the preset name, or the preset with `max_new_tokens` on top."""
+    if not config.max_new_tokens:
+        return config.decoding
+    return {"preset": config.decoding, "max_new_tokens": config.max_new_tokens}
 
 
 def caption_language(prepared: stages.PreparedDataset) -> str:
@@ -223,7 +237,7 @@ def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedData
                 raise ValueError(f"{name}={value!r}: no such folder")
         return captioners.load_captioner(config.encoder, config.decoder_model, config.decoder), "pretrained"
     tokenizer = train_caption_tokenizer(list(prepared.tables["train"]["text"]), language)
-    settings = resolve_decoding(config.decoding)
+    settings = resolve_decoding(decoding_spec(config))
     prompt_tokens = (
         len(tokenizer(config.prompt, add_special_tokens=False)["input_ids"]) if config.prompt else 0
     )
@@ -243,6 +257,7 @@ def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedData
         decoder_layers=config.decoder_layers,
         num_heads=config.num_heads,
         intermediate_size=config.intermediate_size,
+        dropout=config.dropout,
         max_length=positions,
         image_processor=prepared.image_processor,
     )
@@ -280,7 +295,7 @@ def caption_test_images(
     dataset: ImageTextDataset,
     mean,
     std,
-    decoding: str = "greedy",
+    decoding: str | dict = "greedy",
     prompt: str = "",
     batch_size: int = GENERATION_BATCH_SIZE,
     seed: int | None = None,
@@ -344,7 +359,7 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
     prepared = stages.load_prepared(config.run_dir)
     language = caption_language(prepared)
     tokenization = check_tokenization(language, config.tokenization or None)
-    settings = resolve_decoding(config.decoding)
+    settings = resolve_decoding(decoding_spec(config))
     torch.manual_seed(config.seed)
     bundle, mode = load_bundle(config, prepared, language)
     if mode != "demo":
@@ -377,7 +392,9 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
     output = trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume))
 
     keys = test.image_paths
-    captions = caption_test_images(bundle, test, mean, std, config.decoding, config.prompt, seed=config.seed)
+    captions = caption_test_images(
+        bundle, test, mean, std, decoding_spec(config), config.prompt, seed=config.seed
+    )
     predicted = dict(zip(keys, captions))
     references = dict(zip(keys, test.captions))
     metrics = caption_metrics(predicted, references, language, tokenization, per_image=True)
@@ -417,6 +434,7 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
             "label_smoothing": config.label_smoothing,
             "trainable_parameters": counts,
             "steps": trainer.state.global_step,
+            "train_seconds": output.metrics.get("train_runtime"),
             "final_train_loss": losses[-1] if losses else output.training_loss,
             "learning_rate": lr,
             "encoder_learning_rate": config.encoder_learning_rate or lr,

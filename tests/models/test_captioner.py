@@ -199,3 +199,24 @@ def test_a_bert_decoder_checkpoint_becomes_a_blip_style_decoder(tmp_path):
     }
     with pytest.raises(ValueError, match="decoder must be one of"):
         load_captioner(vit, dec, "t5")
+
+
+def test_demo_captioner_one_patch_per_grid_cell_sincos_positions_and_dropout():
+    from nbutils.models.positions import sincos_2d
+
+    settings = {**TINY, "image_size": 64, "patch_size": 21}
+    bundle = build_demo_captioner(_tokenizer("zh"), decoder="gpt2", dropout=0.0, **settings)
+    model = bundle.model
+    # 64 px with 21 px patches: a 3x3 grid (the last pixel row and column unused), plus [CLS]
+    hidden = model.encoder(pixel_values=torch.zeros(2, 3, 64, 64)).last_hidden_state
+    assert hidden.shape == (2, 10, TINY["hidden_size"])
+    table = model.encoder.embeddings.position_embeddings[0]
+    torch.testing.assert_close(table[1:], sincos_2d(3, 3, TINY["hidden_size"]))
+    decoder = model.config.decoder
+    assert (decoder.resid_pdrop, decoder.embd_pdrop, decoder.attn_pdrop) == (0.0, 0.0, 0.0)
+    bert = build_demo_captioner(_tokenizer("zh"), decoder="bert", dropout=0.2, **TINY).model.config.decoder
+    assert (bert.hidden_dropout_prob, bert.attention_probs_dropout_prob) == (0.2, 0.2)
+    with pytest.raises(ValueError, match="patch_size"):
+        build_demo_captioner(_tokenizer("zh"), **{**TINY, "patch_size": 17})
+    with pytest.raises(ValueError, match="dropout"):
+        build_demo_captioner(_tokenizer("zh"), dropout=1.0, **TINY)

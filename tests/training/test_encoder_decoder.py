@@ -243,10 +243,14 @@ def test_bert_decoder_with_frozen_encoder_prompt_and_smoothing(prepared_run, tmp
             prompt="一张图片：",
             label_smoothing=0.1,
             max_steps=3,
+            max_new_tokens=6,
         ),
         callbacks=[snapshot],
     )
     summary = run.summary
+    assert summary["decoding"]["preset"] == "greedy" and summary["decoding"]["max_new_tokens"] == 6
+    # a Chinese BertTokenizer caption is one token per character: at most 6 after the prompt
+    assert all(len(p) <= 6 for p in run.predictions["prediction"])
     assert summary["decoder"] == "bert" and summary["steps"] == 3 and summary["n_test_images"] == N_TEST
     assert summary["meteor"] is None and "java" in summary["meteor_missing_reason"]
     assert summary["trainable_parameters"]["frozen"] == sum(
@@ -305,6 +309,8 @@ def test_bad_parameters_name_themselves(prepared_run, tmp_path):
         ed.train_encoder_decoder(_config(prepared_run, tmp_path / "e", tokenization="words"))
     with pytest.raises(ValueError, match="label_smoothing"):
         ed.train_encoder_decoder(_config(prepared_run, tmp_path / "f", label_smoothing=1.5))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ed.train_encoder_decoder(_config(prepared_run, tmp_path / "g", max_new_tokens=-1))
 
 
 def test_command_line_options_are_the_config_fields_and_it_runs(prepared_run, tmp_path):
