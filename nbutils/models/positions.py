@@ -1,9 +1,9 @@
 """Fixed 2-D sine-cosine position embeddings for a ViT trained from scratch (MAE's initialisation).
 
-A ViT built from a config starts with position embeddings drawn at std 0.02, while its patch embeddings come out
-at std about 1: position is then almost invisible next to content, and a decoder cross-attending to the
-encoder cannot tell the grid cells apart until training has grown the table. Starting the table from 2-D
-sine-cosine values of unit scale (the first half of the channels encode the row, the second half the column)
+A ViT built from a config starts with position embeddings drawn at std 0.02, far below its patch embeddings:
+position is then almost invisible next to content, and a decoder cross-attending to the encoder cannot tell
+the grid cells apart until training has grown the table. Starting the table from 2-D sine-cosine values (the
+first half of the channels encode the row, the second half the column) at the patch embeddings' own scale
 makes every patch's place readable from the first step; the table stays a trainable parameter and the model
 stays a plain `ViTModel`. Pretrained encoders are never touched.
 """
@@ -34,11 +34,18 @@ def sincos_2d(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> t
 
 @torch.no_grad()
 def init_sincos_positions(vit) -> None:
-    """Overwrite a ViTModel's position embeddings with `sincos_2d` for its patch grid (the [CLS] slot gets 0)."""
+    """Overwrite a ViTModel's position embeddings with `sincos_2d` for its patch grid (the [CLS] slot gets 0).
+
+    The table is scaled to the patch projection's output scale for unit-variance pixels (weight std x
+    sqrt(fan-in)), so position and content start equally loud whatever the initialisation's std.
+    """
     table = vit.embeddings.position_embeddings  # (1, 1 + n_patches, hidden)
     n_patches, dim = table.shape[1] - 1, table.shape[2]
     grid = math.isqrt(n_patches)
     if grid * grid != n_patches:
         raise ValueError(f"expected a square patch grid, got {n_patches} patches")
+    weight = vit.embeddings.patch_embeddings.projection.weight  # (hidden, channels, patch, patch)
+    content_rms = weight.std() * math.sqrt(weight[0].numel())
+    sincos = sincos_2d(grid, grid, dim)
     table[0, 0].zero_()
-    table[0, 1:] = sincos_2d(grid, grid, dim).to(table.dtype)
+    table[0, 1:] = (sincos * content_rms / sincos.pow(2).mean().sqrt()).to(table.dtype)

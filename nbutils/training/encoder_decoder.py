@@ -61,6 +61,7 @@ DEFAULTS = {
     "num_heads": 4,
     "intermediate_size": 512,
     "dropout": 0.0,
+    "initializer_range": 0.0,  # 1/sqrt(hidden_size)
 }
 # What learning_rate=0 means per mode: a model trained from scratch takes a large rate, pretrained
 # weights want a small one (the original notebook's 5e-4 on a pretrained ViT + GPT-2 is too high).
@@ -123,6 +124,9 @@ class TrainEncoderDecoderConfig(TrainingConfig):
     num_heads: int = param(DEFAULTS["num_heads"], "demo model: attention heads")
     intermediate_size: int = param(DEFAULTS["intermediate_size"], "demo model: MLP width")
     dropout: float = param(DEFAULTS["dropout"], "demo decoder: dropout (the configs' 0.1 slows a short run)")
+    initializer_range: float = param(
+        DEFAULTS["initializer_range"], "demo model: init std of the weights (0: 1/sqrt(hidden_size))"
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -258,6 +262,7 @@ def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedData
         num_heads=config.num_heads,
         intermediate_size=config.intermediate_size,
         dropout=config.dropout,
+        initializer_range=config.initializer_range,
         max_length=positions,
         image_processor=prepared.image_processor,
     )

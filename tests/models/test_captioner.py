@@ -210,8 +210,19 @@ def test_demo_captioner_one_patch_per_grid_cell_sincos_positions_and_dropout():
     # 64 px with 21 px patches: a 3x3 grid (the last pixel row and column unused), plus [CLS]
     hidden = model.encoder(pixel_values=torch.zeros(2, 3, 64, 64)).last_hidden_state
     assert hidden.shape == (2, 10, TINY["hidden_size"])
-    table = model.encoder.embeddings.position_embeddings[0]
-    torch.testing.assert_close(table[1:], sincos_2d(3, 3, TINY["hidden_size"]))
+    table = model.encoder.embeddings.position_embeddings[0].detach()
+    reference = sincos_2d(3, 3, TINY["hidden_size"])
+    torch.testing.assert_close(table[1:] / table[1:].norm(), reference / reference.norm())
+    # weights start at std 1/sqrt(width) unless initializer_range says otherwise
+    width = TINY["hidden_size"]
+    assert model.config.encoder.initializer_range == pytest.approx(width**-0.5)
+    assert model.config.decoder.initializer_range == pytest.approx(width**-0.5)
+    attention = model.decoder.transformer.h[0].crossattention.c_attn.weight
+    assert attention.std().item() == pytest.approx(width**-0.5, rel=0.15)
+    custom = build_demo_captioner(_tokenizer("zh"), initializer_range=0.02, **TINY).model
+    assert custom.decoder.transformer.h[0].crossattention.c_attn.weight.std().item() == pytest.approx(
+        0.02, rel=0.15
+    )
     decoder = model.config.decoder
     assert (decoder.resid_pdrop, decoder.embd_pdrop, decoder.attn_pdrop) == (0.0, 0.0, 0.0)
     bert = build_demo_captioner(_tokenizer("zh"), decoder="bert", dropout=0.2, **TINY).model.config.decoder
@@ -220,3 +231,5 @@ def test_demo_captioner_one_patch_per_grid_cell_sincos_positions_and_dropout():
         build_demo_captioner(_tokenizer("zh"), **{**TINY, "patch_size": 17})
     with pytest.raises(ValueError, match="dropout"):
         build_demo_captioner(_tokenizer("zh"), dropout=1.0, **TINY)
+    with pytest.raises(ValueError, match="initializer_range"):
+        build_demo_captioner(_tokenizer("zh"), initializer_range=-1.0, **TINY)

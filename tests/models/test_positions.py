@@ -56,6 +56,14 @@ def test_init_writes_the_table_into_a_vit():
     table = vit.embeddings.position_embeddings
     assert table.shape == (1, 10, 32)
     assert torch.all(table[0, 0] == 0)
-    torch.testing.assert_close(table[0, 1:], sincos_2d(3, 3, 32))
+    # the sine-cosine table, scaled to the patch embeddings' output scale for unit-variance pixels
+    reference = sincos_2d(3, 3, 32)
+    scale = table[0, 1:].pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()
+    torch.testing.assert_close(table[0, 1:], reference * scale)
+    with torch.no_grad():
+        patches = vit.embeddings.patch_embeddings(torch.randn(256, 3, 64, 64))
+    assert table[0, 1:].pow(2).mean().sqrt().item() == pytest.approx(
+        patches.pow(2).mean().sqrt().item(), rel=0.1
+    )
     assert table.requires_grad  # still a trainable parameter
     assert vit(pixel_values=torch.zeros(1, 3, 64, 64)).last_hidden_state.shape == (1, 10, 32)
