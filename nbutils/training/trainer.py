@@ -33,6 +33,7 @@ class TrainingConfig(StageConfig):
     learning_rate: float = param(0.0, "0 picks the job's default")
     weight_decay: float = param(0.1, "AdamW weight decay")
     warmup_ratio: float = param(0.1, "share of the steps spent warming up the learning rate")
+    min_lr_ratio: float = param(0.0, "the cosine schedule ends at this share of the peak learning rate")
     gradient_accumulation_steps: int = param(1, "batches per optimiser step")
     max_grad_norm: float = param(1.0, "gradient clipping")
     eval_steps: int = param(0, "validate every N steps (0: every epoch)")
@@ -59,6 +60,8 @@ def training_arguments(
     ragged last batch (the gathered contrastive loss needs equal batches on every rank; captioning does
     not); `evaluate=False` turns validation off (e.g. a val split smaller than one batch).
     """
+    if not 0.0 <= config.min_lr_ratio < 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1), got {config.min_lr_ratio}")
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -71,7 +74,9 @@ def training_arguments(
         weight_decay=config.weight_decay,
         # transformers 5: a float below 1 in warmup_steps is a ratio of the total steps.
         warmup_steps=config.warmup_ratio,
-        lr_scheduler_type="cosine",
+        # A floor keeps a short run learning to its last step (the demo captioner learns shape late).
+        lr_scheduler_type="cosine_with_min_lr" if config.min_lr_ratio else "cosine",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio} if config.min_lr_ratio else {},
         max_grad_norm=config.max_grad_norm,
         dataloader_drop_last=dataloader_drop_last,
         dataloader_num_workers=config.num_workers,

@@ -73,3 +73,34 @@ def test_image_batch_trainer_normalises_uint8_in_the_model_dtype(tmp_path):
     assert out.dtype == torch.bfloat16 and pixels.dtype == torch.uint8
     expected = torch.tensor([[-2.0, 2.0], [-1.0, 1.0], [-0.5, 0.5]])
     torch.testing.assert_close(out.float().view(3, 2), expected, atol=1e-2, rtol=0)
+
+
+def test_min_lr_ratio_puts_a_floor_under_the_cosine_schedule(tmp_path):
+    from transformers.optimization import get_scheduler
+
+    config = TrainEncoderDecoderConfig(run_dir="r", max_steps=100, warmup_ratio=0.1, min_lr_ratio=0.5)
+    args = glue.training_arguments(config, tmp_path, learning_rate=1e-3, dataloader_drop_last=False)
+    assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 0.5}
+    # the schedule the Trainer builds from these arguments: warm-up to the peak, then cosine down to half of it
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=10,
+        num_training_steps=100,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    rates = []
+    for _ in range(100):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[10] == pytest.approx(1e-3) and rates[-1] == pytest.approx(5e-4, rel=0.01)
+    assert min(rates[10:]) >= 5e-4 - 1e-12
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        glue.training_arguments(
+            dataclasses.replace(config, min_lr_ratio=1.0),
+            tmp_path,
+            learning_rate=1e-3,
+            dataloader_drop_last=False,
+        )
