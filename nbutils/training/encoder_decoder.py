@@ -37,6 +37,7 @@ from ..data.cache import ImageGeometry
 from ..data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
 from ..demo import scenes
 from ..evaluation.attributes import attribute_accuracy
+from ..evaluation.caption_metrics import METRIC_KEYS as SCORE_KEYS
 from ..evaluation.caption_metrics import caption_metrics, check_tokenization, constant_baseline
 from ..models import captioner as captioners
 from ..models.decoding import generate_captions, resolve_decoding
@@ -326,7 +327,8 @@ def caption_test_images(
 # -----------------------------------------------------------------------------
 # the whole job
 
-METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "meteor_missing_reason", "rouge_l", "cider")
+# caption_metrics' scores, plus why METEOR is null where Java is missing
+METRIC_KEYS = (*SCORE_KEYS, "meteor_missing_reason")
 
 
 @dataclass
