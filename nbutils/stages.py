@@ -151,6 +151,14 @@ class PreparedDataset:
         return splits.split_counts({s: self.tables[s] for s in splits.SPLITS})
 
     @property
+    def language(self) -> str:
+        """The captions' language: the origin's, else "zh" when the train captions hold CJK, else "en"."""
+        if self.origin.language:
+            return self.origin.language
+        texts = self.tables["train"]["text"]
+        return "zh" if texts.str.contains(r"[\u4e00-\u9fff]", regex=True).any() else "en"
+
+    @property
     def mean_std(self):
         """The (mean, std) that the model's processor normalises with (pass to normalize_pixel_values)."""
         return processor_mean_std(self.image_processor)

@@ -15,6 +15,7 @@ Two sampling modes:
 from __future__ import annotations
 
 import os
+import random
 import zlib
 from dataclasses import dataclass
 
@@ -113,23 +114,43 @@ class ContrastiveCollator:
 
     `text_groups` is a hash of the caption text, so the ids agree across processes: the contrastive
     loss masks identical captions out of each other's softmax (see nbutils.training.clip_loss).
+    With `hard_negatives` (a `nbutils.data.hard_negatives.HardNegatives`) each caption also gets
+    `negatives_per_caption` negatives, each with a different word replaced (`negative_input_ids`,
+    `negative_attention_mask`, `negative_groups`: rows k * i ... k * i + k - 1 belong to caption i), padded
+    together with the captions; the words are drawn seeded by the batch's texts, so a resumed run repeats them.
     """
 
     tokenizer: object
     max_length: int = 64
+    hard_negatives: object = None
+    negatives_per_caption: int = 1
 
     def __call__(self, items: list[dict]) -> dict:
         texts = [item["text"] for item in items]
+        negatives = []
+        if self.hard_negatives is not None:
+            rng = random.Random(zlib.crc32("\n".join(texts).encode("utf-8")))
+            negatives = self.hard_negatives.negatives(texts, rng, self.negatives_per_caption)
         batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            texts + negatives, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        return {
+        n = len(texts)
+        out = {
             "pixel_values": torch.stack([item["pixel_values"] for item in items]),
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
-            "text_groups": torch.tensor([zlib.crc32(t.encode("utf-8")) for t in texts], dtype=torch.long),
+            "input_ids": batch["input_ids"][:n],
+            "attention_mask": batch["attention_mask"][:n],
+            "text_groups": _text_groups(texts),
             "image_index": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
         }
+        if negatives:
+            out["negative_input_ids"] = batch["input_ids"][n:]
+            out["negative_attention_mask"] = batch["attention_mask"][n:]
+            out["negative_groups"] = _text_groups(negatives)
+        return out
+
+
+def _text_groups(texts: list[str]) -> torch.Tensor:
+    return torch.tensor([zlib.crc32(t.encode("utf-8")) for t in texts], dtype=torch.long)
 
 
 @dataclass

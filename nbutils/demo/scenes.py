@@ -106,36 +106,48 @@ ZH_NUMBERS = {1: "一", 2: "两", 3: "三"}
 EN_NUMBERS = {1: "one", 2: "two", 3: "three"}
 
 
-def attribute_prompts(attribute: str, language: str = "zh") -> tuple[list[str], list[str]]:
-    """Class ids and one zero-shot prompt per class for `attribute` in colour/shape/size/position.
+def attribute_prompts(attribute: str, language: str = "zh") -> tuple[list[str], list[list[str]]]:
+    """Class ids and a prompt ensemble per class for `attribute` in colour/shape/size/position.
 
-    attribute_prompts("colour", "en") -> (["red", "orange", ...], ["a red object", "an orange object", ...]);
-    the ids are the values the ground truth uses.
+    Each class's prompts are object phrases in the captions' own form, one for every combination of
+    the other attributes (CLIP's prompt ensembling: zero-shot scores use the mean of their normalised
+    embeddings). Colour and shape prompts come with and without a size word, as captions do:
+    attribute_prompts("shape", "en") -> (["circle", ...], [["a big red circle", ..., "a red circle",
+    ...], ...]); the ids are the values the ground truth uses.
     """
     _check_language(language)
     attribute = {"color": "colour"}.get(attribute, attribute)
-    if attribute == "colour":
-        names = list(COLOURS)
-        prompts = [
-            f"一个{COLOURS[c]['zh']}的物体" if language == "zh" else f"{_a(c)} {c} object" for c in names
-        ]
-    elif attribute == "shape":
-        names = list(SHAPES)
-        prompts = [f"一个{SHAPES[s]['zh']}" if language == "zh" else f"{_a(s)} {s}" for s in names]
-    elif attribute == "size":
-        names = list(SIZES)
-        prompts = [f"一个{SIZES[s]['zh']}的物体" if language == "zh" else f"a {s} object" for s in names]
-    elif attribute == "position":
-        names = list(POSITIONS)
-        prompts = [
-            f"{POSITIONS[p]['zh']}有一个物体"
-            if language == "zh"
-            else f"an object {POSITIONS[p]['en_phrase']}"
-            for p in names
-        ]
-    else:
+    if attribute not in ("colour", "shape", "size", "position"):
         raise ValueError(f"attribute must be one of colour, shape, size, position; got {attribute!r}")
-    return names, prompts
+    values = {"colour": list(COLOURS), "shape": list(SHAPES), "size": [*SIZES, None]}
+    if attribute == "size":
+        values["size"] = list(SIZES)
+    names = list(POSITIONS) if attribute == "position" else list(values[attribute])
+    ensembles = []
+    for name in names:
+        fixed = {**values, attribute: [name]} if attribute != "position" else values
+        phrases = [
+            _object_phrase(colour, shape, size, language)
+            for colour in fixed["colour"]
+            for shape in fixed["shape"]
+            for size in fixed["size"]
+        ]
+        if attribute == "position":
+            where = POSITIONS[name]
+            phrases = [
+                f"{where['zh']}有{p}" if language == "zh" else f"{p} {where['en_phrase']}" for p in phrases
+            ]
+        ensembles.append(phrases)
+    return names, ensembles
+
+
+def _object_phrase(colour: str, shape: str, size: str | None, language: str) -> str:
+    """'一个大的红色圆形' / '一个红色的圆形', 'a big red circle' / 'a red circle' (no size for None)."""
+    if language == "zh":
+        c, s = COLOURS[colour]["zh"], SHAPES[shape]["zh"]
+        return f"一个{SIZES[size]['zh']}的{c}{s}" if size else f"一个{c}的{s}"
+    words = [size, colour, shape] if size else [colour, shape]
+    return " ".join([_a(words[0]), *words])
 
 
 # -----------------------------------------------------------------------------

@@ -20,6 +20,19 @@ def embed(bundle, dataset: ImageTextDataset, mean, std, batch_size: int = 256, m
     Returns (image_embeds (N_img, D), text_embeds (N_txt, D), text_to_image (N_txt,)), L2-normalised,
     float32 on the CPU: what `nbutils.evaluation.retrieval.retrieval_metrics` takes.
     """
+    images = embed_images(bundle, dataset, mean, std, batch_size)
+    all_captions = [(i, t) for i, caps in enumerate(dataset.captions) for t in caps]
+    texts = [
+        embed_texts(bundle, [t for _, t in all_captions[start : start + batch_size]], max_length)
+        for start in range(0, len(all_captions), batch_size)
+    ]
+    text_to_image = np.array([i for i, _ in all_captions])
+    return images, torch.cat(texts), text_to_image
+
+
+@torch.no_grad()
+def embed_images(bundle, dataset: ImageTextDataset, mean, std, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised embeddings (N_img, D) of `dataset`'s images, in `image_paths` order, float32 on the CPU."""
     model = bundle.model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -29,13 +42,7 @@ def embed(bundle, dataset: ImageTextDataset, mean, std, batch_size: int = 256, m
         pixels = torch.from_numpy(dataset.cache.uint8(list(rows))).permute(0, 3, 1, 2).to(device)
         pixels = normalize_pixel_values(pixels, mean, std, dtype=dtype)
         images.append(clip_models.image_features(model, pixels).float().cpu())
-    all_captions = [(i, t) for i, caps in enumerate(dataset.captions) for t in caps]
-    texts = [
-        embed_texts(bundle, [t for _, t in all_captions[start : start + batch_size]], max_length)
-        for start in range(0, len(all_captions), batch_size)
-    ]
-    text_to_image = np.array([i for i, _ in all_captions])
-    return torch.nn.functional.normalize(torch.cat(images), dim=-1), torch.cat(texts), text_to_image
+    return torch.nn.functional.normalize(torch.cat(images), dim=-1)
 
 
 @torch.no_grad()

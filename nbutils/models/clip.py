@@ -72,34 +72,57 @@ def build_demo_dual_encoder(
     intermediate_size: int = 256,
     projection_dim: int = 128,
     max_text_length: int = 64,
+    text_tower: str = "clip",
+    text_layers: int | None = None,
 ):
-    """A small random ViT + BERT `VisionTextDualEncoderModel` for demos and tests (train mode).
+    """A small random ViT + text tower `VisionTextDualEncoderModel` for demos and tests (train mode).
 
+    text_tower "clip": CLIP's text transformer (pre-LayerNorm, causal, pooled at the end token, which is
+    [SEP] for these tokenizers). "bert": BERT pooled at [CLS]; built from scratch its [CLS] embedding is
+    the same for every caption at first (cosine 1.0 between captions), and contrastive training sits at
+    chance for hundreds of steps (README, train_clip). `text_layers` defaults to `num_layers`.
     The text vocabulary and pad id come from `tokenizer`; `tokenizer.model_max_length` is lowered to
     `max_text_length` (the position table's size) so `truncation=True` can never overflow it.
     `logit_scale` starts at ln(1/0.07), CLIP's initial temperature of 0.07.
     """
-    from transformers import BertConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel, ViTConfig
+    from transformers import (
+        BertConfig,
+        CLIPTextConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+        ViTConfig,
+    )
 
+    if text_tower not in ("clip", "bert"):
+        raise ValueError(f"text_tower must be 'clip' or 'bert'; got {text_tower!r}")
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} must be a multiple of num_heads={num_heads}")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; use train_tokenizer or a BERT-style tokenizer")
-    tower = dict(
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
+    tower = dict(hidden_size=hidden_size, num_attention_heads=num_heads, intermediate_size=intermediate_size)
+    vision_config = ViTConfig(
+        image_size=image_size, patch_size=patch_size, num_hidden_layers=num_layers, **tower
     )
-    vision_config = ViTConfig(image_size=image_size, patch_size=patch_size, **tower)
-    text_config = BertConfig(
+    text = dict(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         max_position_embeddings=max_text_length,
+        num_hidden_layers=text_layers or num_layers,
         **tower,
     )
+    if text_tower == "bert":
+        text_config = BertConfig(**text)
+    else:
+        end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        if end is None:
+            raise ValueError("text_tower='clip' needs a tokenizer with an end token ([SEP] or eos)")
+        if end == 2:  # CLIPTextModel treats eos id 2 as its legacy config and pools at the largest token id
+            raise ValueError("text_tower='clip' needs an end-token id other than 2; use text_tower='bert'")
+        # CLIPTextModel pools at each row's first `eos_token_id`: the end of the caption.
+        text_config = CLIPTextConfig(eos_token_id=end, bos_token_id=start, **text)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
         vision_config, text_config, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT
     )

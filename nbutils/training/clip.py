@@ -33,9 +33,10 @@ from .. import stages
 from ..config import param
 from ..data.cache import ImageGeometry
 from ..data.datasets import ContrastiveCollator, ImageTextDataset
+from ..data.hard_negatives import MIN_SIMILARITY, HardNegatives
 from ..evaluation import retrieval
-from ..evaluation.embeddings import embed, embed_texts
-from ..evaluation.zero_shot import demo_zero_shot
+from ..evaluation.embeddings import embed, embed_images, embed_texts
+from ..evaluation.zero_shot import demo_linear_probe, demo_zero_shot
 from ..models import clip as clip_models
 from ..models.tokenizer import train_tokenizer
 from .clip_loss import clamp_logit_scale_, clip_loss
@@ -63,8 +64,21 @@ class ContrastiveTrainer(ImageBatchTrainer):
             return_loss=False,
         )
         scale = clip_models.logit_scale_parameter(self.accelerator.unwrap_model(model))
+        negatives = None
+        if "negative_input_ids" in inputs:
+            negatives = clip_models.text_features(
+                self.accelerator.unwrap_model(model),
+                inputs["negative_input_ids"],
+                inputs["negative_attention_mask"],
+            )
         loss = clip_loss(
-            outputs.image_embeds, outputs.text_embeds, scale, inputs.get("text_groups"), gather=gather
+            outputs.image_embeds,
+            outputs.text_embeds,
+            scale,
+            inputs.get("text_groups"),
+            gather=gather,
+            negative_features=negatives,
+            negative_groups=inputs.get("negative_groups"),
         )
         return (loss, outputs) if return_outputs else loss
 
@@ -123,6 +137,25 @@ class TrainClipConfig(TrainingConfig):
     projections_only: bool = param(False, "freeze both towers, train the projections and the temperature")
     max_text_length: int = param(64, "captions are truncated to this many tokens")
     projection_dim: int = param(128, "demo model only: embedding size")
+    text_tower: str = param(
+        "clip",
+        'demo model only: "clip" (pre-LayerNorm, causal, pooled at the end token) or "bert" (pooled at [CLS]; '
+        "from scratch it sits at chance for hundreds of steps)",
+    )
+    text_layers: int = param(2, "demo model only: text tower depth")
+    hard_negatives: bool = param(
+        False,
+        "NegCLIP-style: each caption also gets a copy with one grounded word replaced by a word used in "
+        "the same contexts (learned from the training captions) as an extra negative",
+    )
+    negatives_per_caption: int = param(
+        1, "with hard_negatives: negatives per caption, each replacing another word"
+    )
+    hard_negative_similarity: float = param(
+        MIN_SIMILARITY,
+        "with hard_negatives: how alike (cosine of context counts) two words' uses must be to swap them; "
+        "small caption sets need less",
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -141,6 +174,21 @@ class ClipRun:
     zero_shot: pd.DataFrame | None = None
     test: ImageTextDataset | None = None
     test_image_embeds: torch.Tensor | None = None
+    linear_probe: pd.DataFrame | None = None
+
+    def headline(self) -> pd.DataFrame:
+        """The run in one small table: steps, time, losses against chance, R@1 against chance."""
+        s = self.summary
+        rows = [
+            ("training steps", s["steps"]),
+            ("training seconds", s.get("train_seconds")),
+            ("final training loss", s["final_train_loss"]),
+            ("chance loss, ln(batch)", s["chance_loss"]),
+            ("image→text R@1 (%)", s["i2t_r1"]),
+            ("text→image R@1 (%)", s["t2i_r1"]),
+            ("chance R@1 (%)", s["chance_r1"]),
+        ]
+        return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
     def search_examples(self, n_queries: int = 4, k: int = 5) -> list[dict]:
         """Text→image search on the test split for the first caption of `n_queries` evenly spaced images.
@@ -165,7 +213,11 @@ def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
         tokenizer = train_tokenizer(list(prepared.tables["train"]["text"]))
         size = prepared.cache.geometry.height
         net = clip_models.build_demo_dual_encoder(
-            tokenizer, image_size=size, projection_dim=config.projection_dim
+            tokenizer,
+            image_size=size,
+            projection_dim=config.projection_dim,
+            text_tower=config.text_tower,
+            text_layers=config.text_layers,
         )
         return clip_models.ClipBundle(net, tokenizer, prepared.image_processor, "dual_encoder"), "demo"
     if config.model == "compose":
@@ -228,6 +280,21 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         print(
             f"note: the val split has {len(val)} images, fewer than batch_size={config.batch_size}: no validation loss"
         )
+    hard_negatives = None
+    if config.hard_negatives:
+        table = prepared.tables["train"]
+        hard_negatives = HardNegatives.from_captions(
+            list(table["text"]),
+            list(table["image_path"]),
+            prepared.language,
+            min_similarity=config.hard_negative_similarity,
+        )
+        if not hard_negatives.substitute_table:
+            raise ValueError(
+                "hard_negatives=True, but no word of the training captions qualifies (grounded, with a "
+                f"substitute used in the same contexts at hard_negative_similarity="
+                f"{config.hard_negative_similarity}); lower it or set hard_negatives=False for this data"
+            )
     # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
     args = training_arguments(
         config, output_dir / "checkpoints", learning_rate=lr, dataloader_drop_last=True, evaluate=evaluate
@@ -237,23 +304,29 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         args=args,
         train_dataset=train,
         eval_dataset=val,
-        data_collator=ContrastiveCollator(bundle.tokenizer, config.max_text_length),
+        data_collator=ContrastiveCollator(
+            bundle.tokenizer, config.max_text_length, hard_negatives, config.negatives_per_caption
+        ),
         callbacks=[TemperatureAndEpochCallback(train), *callbacks],
         mean=mean,
         std=std,
     )
 
     before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=config.max_text_length))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume))
+    output = trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume))
     image_embeds, text_embeds, text_to_image = embed(
         bundle, test, mean, std, max_length=config.max_text_length
     )
     after = retrieval.retrieval_metrics(image_embeds, text_embeds, text_to_image)
 
-    zero_shot = None
+    zero_shot = linear_probe = None
     if prepared.origin.ground_truth:
         zero_shot = demo_zero_shot(
-            bundle, test, image_embeds, prepared.origin.ground_truth, prepared.origin.language
+            bundle, test, image_embeds, prepared.origin.ground_truth, prepared.language
+        )
+        train_embeds = embed_images(bundle, train, mean, std)
+        linear_probe = demo_linear_probe(
+            train, train_embeds, test, image_embeds, prepared.origin.ground_truth
         )
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -262,21 +335,32 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         {
             "initial": {k: before[k] for k in SUMMARY_METRICS},
             "final_train_loss": losses[-1] if losses else None,
-            "chance_loss": math.log(config.batch_size),
+            # ln(candidates) per direction: image->text also has one hard negative per row.
+            "chance_loss": (
+                math.log(config.batch_size) + math.log(config.batch_size * (2 if hard_negatives else 1))
+            )
+            / 2,
             "batch_size": config.batch_size,
             "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
             "learning_rate": lr,
             "steps": trainer.state.global_step,
+            "train_seconds": output.metrics.get("train_runtime"),
             "mode": mode,
             "trainable_parameters": frozen,
+            "hard_negatives": hard_negatives.summary() if hard_negatives else None,
         }
     )
     if zero_shot is not None and len(zero_shot):
         summary["zero_shot_accuracy"] = {r.attribute: r.accuracy for r in zero_shot.itertuples()}
+        summary["zero_shot_chance"] = {r.attribute: r.chance for r in zero_shot.itertuples()}
+    if linear_probe is not None and len(linear_probe):
+        summary["linear_probe_accuracy"] = {r.attribute: r.accuracy for r in linear_probe.itertuples()}
     if trainer.is_world_process_zero():
         stages.save_clip_run(output_dir, bundle, summary)
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    return ClipRun(bundle, summary, trainer.state.log_history, before, after, zero_shot, test, image_embeds)
+    return ClipRun(
+        bundle, summary, trainer.state.log_history, before, after, zero_shot, test, image_embeds, linear_probe
+    )
 
 
 def main(argv=None) -> int:

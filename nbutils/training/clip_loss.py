@@ -10,6 +10,12 @@ wrong answers, which the model cannot satisfy. Pass `text_groups` (one id per ro
 caption text; use a dataset-wide id such as a caption hash so ids agree across processes): for row i,
 every other column j with the same group is removed from the softmax, in both directions.
 
+Hard negatives (NegCLIP): pass `negative_features`, extra captions (e.g. each row's caption with one word
+replaced, nbutils.data.hard_negatives). They join the image->text softmax as extra columns (every image is
+scored against every negative); the text->image direction is unchanged, as in NegCLIP. A negative whose
+`negative_groups` id equals row i's own caption group is no negative of image i and is masked out of its
+softmax (e.g. a caption left unchanged because it had no replaceable word).
+
 Multi-process: features are gathered from every rank WITH gradients and each rank scores its local rows
 against all columns. DDP's gradient averaging then reproduces the single-process gradient on the whole
 batch exactly. A plain `dist.all_gather` returns tensors without autograd history, so the other ranks'
@@ -52,6 +58,8 @@ def clip_loss(
     logit_scale,
     text_groups: torch.Tensor | None = None,
     gather: bool = True,
+    negative_features: torch.Tensor | None = None,
+    negative_groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric contrastive loss of paired (n, d) image/text features.
 
@@ -59,6 +67,9 @@ def clip_loss(
     `text_groups` (optional (n,) ints): rows with equal ids carry identical captions; they are not
     treated as negatives of each other. With `gather` and an initialised process group of more than
     one rank, local rows are scored against the features of all ranks (equal batch sizes required).
+    `negative_features` (optional (m, d)): hard-negative captions, extra columns of the image->text
+    softmax; `negative_groups` ((m,) ints, optional) their text groups, compared with `text_groups`.
+    With `gather`, every rank must pass the same m.
     """
     if image_features.ndim != 2 or image_features.shape != text_features.shape:
         raise ValueError(
@@ -68,6 +79,19 @@ def clip_loss(
     n = image_features.shape[0]
     if text_groups is not None and tuple(text_groups.shape) != (n,):
         raise ValueError(f"text_groups has shape {tuple(text_groups.shape)}, expected ({n},)")
+    if negative_groups is not None and (negative_features is None or text_groups is None):
+        raise ValueError("negative_groups needs negative_features and text_groups")
+    if negative_features is not None and (
+        negative_features.ndim != 2 or negative_features.shape[1] != text_features.shape[1]
+    ):
+        raise ValueError(
+            f"negative_features {tuple(negative_features.shape)} must be (m, {text_features.shape[1]}), "
+            "the text features' width"
+        )
+    if negative_groups is not None and tuple(negative_groups.shape) != (negative_features.shape[0],):
+        raise ValueError(
+            f"negative_groups has shape {tuple(negative_groups.shape)}, expected ({negative_features.shape[0]},)"
+        )
     image = F.normalize(image_features, dim=-1)
     text = F.normalize(text_features, dim=-1)
     scale = torch.as_tensor(logit_scale, dtype=image.dtype, device=image.device).exp()
@@ -95,6 +119,17 @@ def clip_loss(
         false_negative[torch.arange(n, device=image.device), labels] = False
         logits_per_image = logits_per_image.masked_fill(false_negative, float("-inf"))
         logits_per_text = logits_per_text.masked_fill(false_negative, float("-inf"))
+    if negative_features is not None:
+        negatives = F.normalize(negative_features, dim=-1)
+        all_negatives = _all_gather(negatives) if world > 1 else negatives
+        negative_logits = scale * image @ all_negatives.T  # local images vs all negatives (n, n * world)
+        if negative_groups is not None:
+            all_negative_groups = negative_groups.to(image.device).long()
+            if world > 1:
+                all_negative_groups = _all_gather_no_grad(all_negative_groups)
+            own = text_groups.to(image.device).long()[:, None] == all_negative_groups[None, :]
+            negative_logits = negative_logits.masked_fill(own, float("-inf"))
+        logits_per_image = torch.cat([logits_per_image, negative_logits], dim=1)
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
@@ -105,8 +140,24 @@ class ClipLoss(torch.nn.Module):
         super().__init__()
         self.gather = gather
 
-    def forward(self, image_features, text_features, logit_scale, text_groups=None):
-        return clip_loss(image_features, text_features, logit_scale, text_groups, gather=self.gather)
+    def forward(
+        self,
+        image_features,
+        text_features,
+        logit_scale,
+        text_groups=None,
+        negative_features=None,
+        negative_groups=None,
+    ):
+        return clip_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            text_groups,
+            gather=self.gather,
+            negative_features=negative_features,
+            negative_groups=negative_groups,
+        )
 
 
 def clamp_logit_scale_(param: torch.Tensor) -> torch.Tensor:

@@ -223,14 +223,6 @@ def decoding_spec(config: TrainEncoderDecoderConfig) -> str | dict:
     return {"preset": config.decoding, "max_new_tokens": config.max_new_tokens}
 
 
-def caption_language(prepared: stages.PreparedDataset) -> str:
-    """The captions' language: processdata_03's origin, else "zh" when the train captions hold CJK."""
-    if prepared.origin.language:
-        return prepared.origin.language
-    texts = prepared.tables["train"]["text"]
-    return "zh" if texts.str.contains(r"[\u4e00-\u9fff]", regex=True).any() else "en"
-
-
 def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedDataset, language: str):
     """(CaptionerBundle, mode): "demo" (small configs + a tokenizer trained on the train captions) or
     "pretrained" (encoder and decoder_model checkpoints with fresh cross-attention)."""
@@ -364,7 +356,7 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
     check_config(config)
     output_dir = Path(config.output_dir)
     prepared = stages.load_prepared(config.run_dir)
-    language = caption_language(prepared)
+    language = prepared.language
     tokenization = check_tokenization(language, config.tokenization or None)
     settings = resolve_decoding(decoding_spec(config))
     torch.manual_seed(config.seed)

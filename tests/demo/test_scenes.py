@@ -269,19 +269,32 @@ def test_caption_attributes_parses_free_text():
 
 
 @pytest.mark.parametrize("language", ["zh", "en"])
-def test_attribute_prompts_name_their_class(language):
+def test_attribute_prompts_are_ensembles_that_state_their_class(language):
+    others = {
+        "colour": 5 * 3,
+        "shape": 8 * 3,
+        "size": 8 * 5,
+        "position": 8 * 5 * 3,
+    }  # sizes: big, small, none
     for attribute, key in [
         ("colour", "colours"),
-        ("color", "colours"),
         ("shape", "shapes"),
+        ("size", "sizes"),
         ("position", "positions"),
     ]:
-        names, prompts = attribute_prompts(attribute, language)
-        assert len(names) == len(prompts) == len(set(prompts))
-        assert [caption_attributes(p, language)[key] for p in prompts] == [{n} for n in names]
-    names, prompts = attribute_prompts("size", language)
-    assert names == ["big", "small"] and prompts[0] != prompts[1]
-    assert attribute_prompts("colour", "zh")[1][0] == "一个红色的物体"
+        names, ensembles = attribute_prompts(attribute, language)
+        assert len(names) == len(ensembles)
+        for name, ensemble in zip(names, ensembles):
+            assert len(ensemble) == len(set(ensemble)) == others[attribute]
+            # every prompt parses back to its class, with the demo's own caption parser
+            assert all(caption_attributes(p, language)[key] == {name} for p in ensemble)
+    names, ensembles = attribute_prompts("color", language)
+    assert names[0] == "red" and ensembles[0][0] == (
+        "一个大的红色圆形" if language == "zh" else "a big red circle"
+    )
+    assert ("一个红色的圆形" if language == "zh" else "a red circle") in ensembles[
+        0
+    ]  # without a size word too
     with pytest.raises(ValueError, match="attribute"):
         attribute_prompts("texture", language)
 

@@ -107,7 +107,18 @@ def test_summary_and_saved_model(trained):
     assert summary["n_test_images"] == N_TEST and summary["chance_r1"] == pytest.approx(100 / N_TEST)
     assert set(summary["initial"]) >= {"i2t_r1", "t2i_r1", "mean_recall"}
     assert (out / "trainer_state.json").is_file()
-    assert set(summary["zero_shot_accuracy"]) == {"colour", "shape", "size"}
+    assert (
+        set(summary["zero_shot_accuracy"])
+        == set(summary["linear_probe_accuracy"])
+        == {"colour", "shape", "size"}
+    )
+    assert summary["zero_shot_chance"] == pytest.approx({"colour": 12.5, "shape": 20.0, "size": 50.0})
+    assert all(0 <= v <= 100 for v in summary["linear_probe_accuracy"].values())
+    assert summary["hard_negatives"] is None and summary["chance_loss"] == pytest.approx(math.log(8))
+    assert summary["train_seconds"] > 0
+    assert run.linear_probe["n"].tolist() == run.zero_shot["n"].tolist()  # the same single-object test images
+    assert type(run.bundle.model.text_model).__name__ == "CLIPTextModel"  # the demo's default text tower
+    assert run.headline().loc["training steps", "value"] == 4
     assert summary["mode"] == "demo" and summary["learning_rate"] == DEFAULT_LEARNING_RATE["demo"]
     assert summary["steps"] == 4
 
@@ -120,6 +131,59 @@ def test_summary_and_saved_model(trained):
 
     plain = AutoModel.from_pretrained(out / "model")
     assert type(plain).__name__ == "VisionTextDualEncoderModel"
+
+
+def test_hard_negatives_train_through_the_trainer(prepared_run, tmp_path):
+    """hard_negatives=True: the table is learned from the train captions, each batch carries negatives, the loss
+    equals clip_loss with them (its chance level is higher), and the table is recorded in the summary."""
+    strict = _config(prepared_run, tmp_path / "strict", max_steps=2, resume="", hard_negatives=True)
+    with pytest.raises(
+        ValueError, match="hard_negative_similarity=0.95"
+    ):  # 195 captions: too few for the default
+        clip_training.train_clip(strict)
+    config = dataclasses.replace(strict, output_dir=str(tmp_path / "hn"), hard_negative_similarity=0.6)
+    run = clip_training.train_clip(config)
+    table = run.summary["hard_negatives"]
+    assert table["language"] == "zh" and table["replaceable_words"] > 10
+    assert set(table["substitutes"]["红色"]) >= {"蓝色", "绿色"}
+    assert "的" not in table["substitutes"] and "一个" not in table["substitutes"]
+    assert set(table["substitutes"]["圆形"]) <= {"正方形", "三角形", "星形", "十字形"}
+    assert run.summary["chance_loss"] == pytest.approx((math.log(8) + math.log(16)) / 2)
+    assert run.summary["steps"] == 2
+
+    # the Trainer's loss on a batch is clip_loss over its captions and their negatives
+    from nbutils.data.hard_negatives import HardNegatives
+    from nbutils.training.clip_loss import clip_loss
+
+    prepared = stages.load_prepared(prepared_run["run_dir"])
+    train = prepared.tables["train"]
+    negatives = HardNegatives.from_captions(
+        list(train["text"]), list(train["image_path"]), "zh", min_similarity=0.6
+    )
+    collate = ContrastiveCollator(run.bundle.tokenizer, 64, negatives)
+    dataset = prepared.dataset("train")
+    batch = collate([dataset[i] for i in range(8)])
+    trainer = clip_training.ContrastiveTrainer(
+        model=run.bundle.model,
+        args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none", use_cpu=True),
+        mean=prepared.mean_std[0],
+        std=prepared.mean_std[1],
+    )
+    model = run.bundle.model.eval()
+    with torch.no_grad():
+        got = trainer.compute_loss(model, dict(batch))
+        pixels = trainer.normalized_pixels(model, batch)
+        want = clip_loss(
+            clip_models.image_features(model, pixels),
+            clip_models.text_features(model, batch["input_ids"], batch["attention_mask"]),
+            model.logit_scale,
+            batch["text_groups"],
+            negative_features=clip_models.text_features(
+                model, batch["negative_input_ids"], batch["negative_attention_mask"]
+            ),
+            negative_groups=batch["negative_groups"],
+        )
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_load_clip_gives_the_trained_bundle_back(trained, tmp_path):

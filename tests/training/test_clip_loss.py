@@ -13,8 +13,12 @@ import nbutils.training.clip_loss as cl
 from nbutils.training.clip_loss import MAX_LOGIT_SCALE, ClipLoss, chance_loss, clamp_logit_scale_, clip_loss
 
 
-def _hand_loss(image, text, scale, groups=None):
-    """The loss with plain Python loops: normalise, score, log-sum-exp per row and per column."""
+def _hand_loss(image, text, scale, groups=None, negatives=None, negative_groups=None):
+    """The loss with plain Python loops: normalise, score, log-sum-exp per row and per column.
+
+    With `negatives`, image i's row also holds every negative j, except one whose negative_groups[j]
+    equals groups[i] (the same text as image i's own caption).
+    """
 
     def unit(v):
         norm = math.sqrt(sum(x * x for x in v))
@@ -23,13 +27,20 @@ def _hand_loss(image, text, scale, groups=None):
     image, text = [unit(v) for v in image.tolist()], [unit(v) for v in text.tolist()]
     n = len(image)
     sim = [[scale * sum(a * b for a, b in zip(image[i], text[j])) for j in range(n)] for i in range(n)]
+    negative_sim = [[] for _ in range(n)]
+    if negatives is not None:
+        negatives = [unit(v) for v in negatives.tolist()]
+        for i in range(n):
+            for j in range(n):
+                if negative_groups is None or negative_groups[j] != groups[i]:
+                    negative_sim[i].append(scale * sum(a * b for a, b in zip(image[i], negatives[j])))
 
     def kept(i, j):  # column j stays in row i's softmax unless it repeats row i's caption
         return j == i or groups is None or groups[j] != groups[i]
 
     image_to_text = text_to_image = 0.0
     for i in range(n):
-        row = [sim[i][j] for j in range(n) if kept(i, j)]  # image i against texts
+        row = [sim[i][j] for j in range(n) if kept(i, j)] + negative_sim[i]  # image i against texts
         image_to_text += math.log(sum(math.exp(x) for x in row)) - sim[i][i]
         column = [sim[j][i] for j in range(n) if kept(i, j)]  # text i against images
         text_to_image += math.log(sum(math.exp(x) for x in column)) - sim[i][i]
@@ -50,6 +61,47 @@ def test_matches_hand_computation(scale, groups):
     if groups is not None:  # the mask matters: the unmasked loss is different
         unmasked = clip_loss(image, text, torch.tensor(math.log(scale))).item()
         assert unmasked != pytest.approx(got.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_hard_negatives_match_hand_computation(masked):
+    g = torch.Generator().manual_seed(1)
+    image, text, negatives = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    groups = [10, 11, 12, 13, 14, 15]
+    negative_groups = [20, 11, 21, 10, 22, 15] if masked else None  # 1 and 5: unchanged; 3: image 0's text
+    log_scale = torch.tensor(math.log(14.3), dtype=torch.float64)
+    got = clip_loss(
+        image,
+        text,
+        log_scale,
+        torch.tensor(groups),
+        negative_features=negatives,
+        negative_groups=None if negative_groups is None else torch.tensor(negative_groups),
+    )
+    want = _hand_loss(image, text, 14.3, groups, negatives, negative_groups)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    assert got.item() > clip_loss(image, text, log_scale, torch.tensor(groups)).item()  # more to tell apart
+
+
+def test_hard_negative_that_matches_its_image_costs_more():
+    # A negative almost as close to image 0 as its own caption costs log(1 + e^-0.6) / 6; a far one nothing.
+    e = torch.eye(3)
+    image, text = e.clone(), e.clone()
+    log_scale = torch.tensor(math.log(100.0))
+    near = torch.stack([e[0] * 0.9 + e[1] * 0.1, -e[1], -e[2]])
+    far = -e
+    assert clip_loss(image, text, log_scale, negative_features=near).item() == pytest.approx(
+        math.log1p(math.exp(100 * (0.9 / math.sqrt(0.82) - 1))) / 6, rel=1e-3
+    )
+    assert clip_loss(image, text, log_scale, negative_features=far) < 1e-3
+
+
+def test_hard_negatives_bad_shapes_are_rejected():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"must be \(m, 3\)"):
+        clip_loss(x, x, torch.tensor(0.0), negative_features=torch.randn(3, 2))
+    with pytest.raises(ValueError, match="negative_groups needs"):
+        clip_loss(x, x, torch.tensor(0.0), negative_groups=torch.arange(4))
 
 
 def test_duplicate_captions_are_not_negatives_in_either_direction():
