@@ -12,7 +12,8 @@ KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_reca
 def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepared_run, prepared_run):
     run_dir = copy_prepared_run("clip")
     params = ["train_clip.max_steps=3", "train_clip.batch_size=8", "train_clip.projection_dim=16",
-              "train_clip.logging_steps=1", "train_clip.resume="]
+              "train_clip.logging_steps=1", "train_clip.resume=",
+              "train_clip.hard_negative_similarity=0.6"]  # the profile's hard negatives, on 195 captions
     result = runner.run_pipeline("demo", only=["train_clip"], params=params, run_name=run_dir.name,
                                  outputs_dir=run_dir.parent)
     # processdata_03's entry is carried over from the shared run's run.json.
@@ -22,6 +23,8 @@ def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepare
     out = run_dir / "train_clip"
     summary = json.loads((out / "summary.json").read_text())
     assert KEYS <= set(summary) and summary["steps"] == 3 and summary["batch_size"] == 8
+    assert summary["hard_negatives"]["replaceable_words"] > 0
+    assert set(summary["zero_shot_accuracy"]) == set(summary["linear_probe_accuracy"]) == {"colour", "shape", "size"}
     p = prepared_run["params"]
     n_test = max(1, round(p["n_images"] * p["test_fraction"]))   # nbutils.data.splits' rule: 12
     assert summary["n_test_images"] == n_test == 12 and abs(summary["chance_r1"] - 100 / n_test) < 1e-9
@@ -30,5 +33,7 @@ def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepare
     assert (out / "figures" / "loss_curve.png").is_file()
     html = (run_dir / "train_clip.html").read_text(encoding="utf-8")
     assert "Text → image search" in html and "initial" in html
+    assert "Zero-shot attribute accuracy" in html and "Linear probe" in html and "prompts_per_class" in html
+    assert "{&#x27;" not in html and "{'" not in html  # tables, not dict reprs
     # The shared run is untouched: train_clip wrote into the copy only.
     assert not (prepared_run["run_dir"] / "train_clip").exists()
