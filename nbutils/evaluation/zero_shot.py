@@ -44,7 +44,7 @@ def demo_zero_shot(
     """Zero-shot colour / shape / size accuracy on the single-object images of `dataset`.
 
     `image_embeds` are `dataset`'s image embeddings (from `embed`); `ground_truth` is the demo set's
-    objects.jsonl. Returns `retrieval.zero_shot_table` plus `prompts_per_class` and `example_prompt`
+    objects.jsonl. Returns `retrieval.zero_shot_table` plus `prompts_per_class` and `example_prompts`
     (empty when no image has a single object).
     """
     keep, gt = single_object_labels(dataset, ground_truth)

@@ -5,15 +5,11 @@ from __future__ import annotations
 import pandas as pd
 
 
-def formatted(table: pd.DataFrame, decimals: int = 1, integers=(), caption: str | None = None):
-    """`table` as a Styler: floats with `decimals` places, `integers` columns with thousands separators.
+def formatted(table: pd.DataFrame, decimals: int = 1):
+    """`table` as a Styler: floats with `decimals` places, integers with thousands separators.
 
     Percentages in this workbench are already 0-100, so one decimal (the default) is what reports show.
     """
     formats = {c: f"{{:,.{decimals}f}}" for c in table.columns if pd.api.types.is_float_dtype(table[c])}
-    formats.update({c: "{:,.0f}" for c in integers if c in table.columns})
-    formats.update(
-        {c: "{:,}" for c in table.columns if pd.api.types.is_integer_dtype(table[c]) and c not in formats}
-    )
-    styler = table.style.format(formats, na_rep="–")
-    return styler.set_caption(caption) if caption else styler
+    formats.update({c: "{:,}" for c in table.columns if pd.api.types.is_integer_dtype(table[c])})
+    return table.style.format(formats, na_rep="–")
