@@ -17,7 +17,6 @@ into one folder that plain transformers loads (`VisionEncoderDecoderModel.from_p
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..files import atomic_path
 from .image_processors import load_image_processor
 from .positions import init_sincos_positions
 from .tokenizer import caption_special_ids
+from .vision_towers import vit_config
 
 DECODERS = ("gpt2", "bert")
 MODEL_TYPES = {"gpt2": "gpt2", "bert": "bert"}  # decoder family -> the decoder config's model_type
@@ -87,28 +87,15 @@ def build_demo_captioner(
         GPT2Config,
         VisionEncoderDecoderConfig,
         VisionEncoderDecoderModel,
-        ViTConfig,
     )
 
     _check_decoder(decoder)
-    if not 1 <= patch_size <= image_size:
-        raise ValueError(f"patch_size={patch_size} must be between 1 and image_size={image_size}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if initializer_range < 0:
-        raise ValueError(f"initializer_range must be >= 0 (0: 1/sqrt(hidden_size)), got {initializer_range}")
-    init_std = initializer_range or 1.0 / math.sqrt(hidden_size)
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size={hidden_size} must be a multiple of num_heads={num_heads}")
-    encoder_config = ViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=encoder_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        initializer_range=init_std,
+    encoder_config = vit_config(
+        image_size, patch_size, hidden_size, encoder_layers, num_heads, intermediate_size, initializer_range
     )
+    init_std = encoder_config.initializer_range
     if decoder == "gpt2":
         decoder_config = GPT2Config(
             vocab_size=len(tokenizer),

@@ -25,6 +25,8 @@ import torch
 
 from ..files import atomic_path
 from .image_processors import load_image_processor, processor_output_size
+from .positions import init_sincos_positions
+from .vision_towers import VISION_TOWERS, small_cnn_config, vit_config
 
 # CLIP's temperature: logits = exp(logit_scale) * cosine, exp(ln(1/0.07)) = 14.3 at the start.
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -74,6 +76,9 @@ def build_demo_dual_encoder(
     max_text_length: int = 64,
     text_tower: str = "clip",
     text_layers: int | None = None,
+    vision_tower: str = "vit",
+    vision_width: int = 256,
+    initializer_range: float = 0.0,
 ):
     """A small random ViT + text tower `VisionTextDualEncoderModel` for demos and tests (train mode).
 
@@ -90,21 +95,23 @@ def build_demo_dual_encoder(
         CLIPTextConfig,
         VisionTextDualEncoderConfig,
         VisionTextDualEncoderModel,
-        ViTConfig,
     )
 
     if text_tower not in ("clip", "bert"):
         raise ValueError(f"text_tower must be 'clip' or 'bert'; got {text_tower!r}")
-    if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+    if vision_tower not in VISION_TOWERS:
+        raise ValueError(f"vision_tower must be one of {VISION_TOWERS}; got {vision_tower!r}")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} must be a multiple of num_heads={num_heads}")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; use train_tokenizer or a BERT-style tokenizer")
+    if vision_tower == "vit":
+        vision_config = vit_config(
+            image_size, patch_size, hidden_size, num_layers, num_heads, intermediate_size, initializer_range
+        )
+    else:
+        vision_config = small_cnn_config(image_size, vision_width, num_layers)
     tower = dict(hidden_size=hidden_size, num_attention_heads=num_heads, intermediate_size=intermediate_size)
-    vision_config = ViTConfig(
-        image_size=image_size, patch_size=patch_size, num_hidden_layers=num_layers, **tower
-    )
     text = dict(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -127,6 +134,8 @@ def build_demo_dual_encoder(
         vision_config, text_config, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT
     )
     model = VisionTextDualEncoderModel(config)
+    if vision_tower == "vit":
+        init_sincos_positions(model.vision_model)
     _reset_logit_scale(model)
     tokenizer.model_max_length = min(tokenizer.model_max_length, max_text_length)
     return model
@@ -143,6 +152,8 @@ def load_clip_model(model_name_or_path: str | os.PathLike) -> ClipBundle:
     `save_pretrained`. The image processor is loaded with the PIL backend (see image_processors.py).
     """
     from transformers import ChineseCLIPModel, CLIPModel, VisionTextDualEncoderModel
+
+    from . import small_cnn  # noqa: F401  (registers the demo's CNN tower with AutoConfig / AutoModel)
 
     name = _check_exists(model_name_or_path, "model_name_or_path")
     config = _load_config(name, "model_name_or_path")

@@ -133,6 +133,16 @@ class TrainClipConfig(TrainingConfig):
     projections_only: bool = param(False, "freeze both towers, train the projections and the temperature")
     max_text_length: int = param(64, "captions are truncated to this many tokens")
     projection_dim: int = param(128, "demo model only: embedding size")
+    vision_tower: str = param(
+        "cnn",
+        'demo model only: "cnn" (conv / BatchNorm / max-pool stages; learns shape) or "vit" (learns colour '
+        "and size, not shape, in a demo's budget; README, train_clip)",
+    )
+    vision_layers: int = param(4, "demo model only: CNN stages (each halves the grid) or ViT layers")
+    vision_width: int = param(256, "demo model only: the CNN's last stage width (the stages double up to it)")
+    patch_size: int = param(
+        21, "demo model only, vit: patch size (21: one patch per cell of the demo's 3x3 grid)"
+    )
     text_tower: str = param(
         "clip",
         'demo model only: "clip" (pre-LayerNorm, causal, pooled at the end token) or "bert" (pooled at [CLS]; '
@@ -212,6 +222,10 @@ def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
             tokenizer,
             image_size=size,
             projection_dim=config.projection_dim,
+            vision_tower=config.vision_tower,
+            patch_size=config.patch_size,
+            num_layers=config.vision_layers,
+            vision_width=config.vision_width,
             text_tower=config.text_tower,
             text_layers=config.text_layers,
         )
@@ -309,7 +323,9 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     )
 
     before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=config.max_text_length))
-    output = trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume))
+    output = trainer.train(
+        resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
+    )
     image_embeds, text_embeds, text_to_image = embed(
         bundle, test, mean, std, max_length=config.max_text_length
     )
@@ -331,9 +347,10 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         {
             "initial": {k: before[k] for k in SUMMARY_METRICS},
             "final_train_loss": losses[-1] if losses else None,
-            # ln(candidates) per direction: image->text also has one hard negative per row.
+            # ln(candidates) per direction: image->text also has the batch's hard negatives.
             "chance_loss": (
-                math.log(config.batch_size) + math.log(config.batch_size * (2 if hard_negatives else 1))
+                math.log(config.batch_size)
+                + math.log(config.batch_size * (1 + (config.negatives_per_caption if hard_negatives else 0)))
             )
             / 2,
             "batch_size": config.batch_size,

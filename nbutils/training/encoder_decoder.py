@@ -388,7 +388,9 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
         label_smoothing=config.label_smoothing,
         encoder_learning_rate=config.encoder_learning_rate,
     )
-    output = trainer.train(resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume))
+    output = trainer.train(
+        resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
+    )
 
     keys = test.image_paths
     captions = caption_test_images(

@@ -8,11 +8,15 @@
   the transformers 5 resume fix (`_load_from_checkpoint` through `from_pretrained`).
 - `training_arguments(config, ...)`: the `TrainingArguments` of a `TrainingConfig` (cosine schedule with
   warm-up, accumulation, clipping, bf16 on CUDA, eval / save strategies, seeds).
-- `resume_checkpoint(checkpoint_dir, resume)`: what `resume: "auto"` means.
+- `resume_checkpoint(checkpoint_dir, resume, settings)`: what `resume: "auto"` means (only checkpoints of the
+  same settings).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..config import StageConfig, param
 from ..data.datasets import normalize_pixel_values
+from ..files import read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,47 @@ def training_arguments(
     )
 
 
-def resume_checkpoint(checkpoint_dir: str | Path, resume: str) -> str | None:
-    """ "auto": the newest checkpoint-N in `checkpoint_dir` if one exists; "": start fresh; else that path."""
+SETTINGS_FILE = "settings.json"  # beside the checkpoints: the job settings they were written with
+
+
+def resume_checkpoint(checkpoint_dir: str | Path, resume: str, settings: dict | None = None) -> str | None:
+    """ "auto": the newest checkpoint-N in `checkpoint_dir` if one exists; "": start fresh; else that path.
+
+    With `settings` (the job's parameters, e.g. `config.to_dict()`), "auto" resumes only checkpoints written
+    with the same settings: after a parameter change (a different model, schedule or data) the old
+    checkpoints are deleted with a note and training starts fresh, instead of failing to load into a
+    model of another shape or silently continuing another run's schedule. Starting fresh ("") deletes
+    them too, since the new run writes its own checkpoints into the same folder. The settings are
+    recorded in `checkpoint_dir/settings.json`; only the main process deletes or writes.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    found = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if settings is None:
+        if resume != "auto":
+            return resume or None
+        return str(found[-1]) if found else None
+    settings = {k: v for k, v in json.loads(json.dumps(settings, default=str)).items() if k != "resume"}
+    settings_file = checkpoint_dir / SETTINGS_FILE
+    recorded = read_json(settings_file) if settings_file.exists() else None
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    stale = found and (resume == "" or (resume == "auto" and recorded != settings))
+    if stale:
+        if resume == "auto":
+            changed = sorted(k for k in settings if (recorded or {}).get(k, object()) != settings[k])
+            why = f"were written with other settings ({', '.join(changed) or 'not recorded'})"
+        else:
+            why = 'are not resumed (resume="")'
+        print(
+            f"note: the {len(found)} checkpoints in {checkpoint_dir} {why}; deleting them and starting fresh"
+        )
+        if main_process:
+            for path in found:
+                shutil.rmtree(path)
+        found = []
+    if main_process:
+        write_json(settings_file, settings)
     if resume != "auto":
         return resume or None
-    found = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(found[-1]) if found else None
 
 

@@ -99,7 +99,11 @@ def test_demo_model_shapes_and_temperature(demo_bundle, captions):
 
 def test_demo_model_checks_arguments(tokenizer):
     with pytest.raises(ValueError, match="patch_size"):
-        build_demo_dual_encoder(tokenizer, image_size=30, patch_size=8)
+        build_demo_dual_encoder(tokenizer, image_size=30, patch_size=31)
+    with pytest.raises(ValueError, match="vision_tower"):
+        build_demo_dual_encoder(tokenizer, image_size=30, vision_tower="resnet")
+    with pytest.raises(ValueError, match="hidden_size=100"):
+        build_demo_dual_encoder(tokenizer, image_size=32, vision_tower="cnn", vision_width=100, num_layers=4)
     assert tokenizer.model_max_length > 10**20  # untouched when nothing was built
 
 
@@ -378,3 +382,28 @@ def test_apply_freezing(flags, frozen_towers, tokenizer, captions, make_tiny_dua
     assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
     assert model.visual_projection.weight.grad.abs().sum() > 0
     assert model.text_projection.weight.grad.abs().sum() > 0
+
+
+def test_demo_vit_tower_starts_at_1_over_sqrt_width_with_sincos_positions(tokenizer):
+    from nbutils.models.positions import sincos_2d
+
+    model = build_demo_dual_encoder(
+        copy.deepcopy(tokenizer),
+        image_size=64,
+        patch_size=21,
+        vision_tower="vit",
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        text_layers=1,
+    )
+    assert model.config.vision_config.initializer_range == pytest.approx(32**-0.5)
+    table = model.vision_model.embeddings.position_embeddings[0].detach()
+    assert table.shape == (1 + 9, 32)  # 21 px patches on 64 px: a 3x3 grid, the last pixel row unused
+    assert torch.equal(table[0], torch.zeros(32))
+    # proportional to the 2-D sine-cosine table (scaled to the patch projection's output)
+    sincos = sincos_2d(3, 3, 32)
+    scale = (table[1:] * sincos).sum() / sincos.pow(2).sum()
+    assert scale > 0.1
+    torch.testing.assert_close(table[1:], scale * sincos)

@@ -104,3 +104,30 @@ def test_min_lr_ratio_puts_a_floor_under_the_cosine_schedule(tmp_path):
             learning_rate=1e-3,
             dataloader_drop_last=False,
         )
+
+
+def test_resume_checkpoint_resumes_only_checkpoints_of_the_same_settings(tmp_path, capsys):
+    settings = {"epochs": 2.0, "patch_size": 21, "resume": "auto"}
+    assert glue.resume_checkpoint(tmp_path, "", settings) is None  # a fresh run records its settings
+    assert glue.read_json(tmp_path / glue.SETTINGS_FILE) == {"epochs": 2.0, "patch_size": 21}
+    for step in (3, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    # Same settings ("resume" aside): the newest checkpoint, nothing deleted.
+    assert glue.resume_checkpoint(tmp_path, "auto", {**settings, "resume": ""}) == str(
+        tmp_path / "checkpoint-6"
+    )
+    assert (tmp_path / "checkpoint-3").is_dir()
+    # One parameter changed: a fresh start, the old checkpoints gone, the new settings recorded.
+    assert glue.resume_checkpoint(tmp_path, "auto", {**settings, "patch_size": 8}) is None
+    assert "patch_size" in capsys.readouterr().out
+    assert not list(tmp_path.glob("checkpoint-*"))
+    assert glue.read_json(tmp_path / glue.SETTINGS_FILE)["patch_size"] == 8
+
+
+def test_resume_checkpoint_fresh_start_and_unrecorded_checkpoints_are_not_resumed(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()  # written before settings were recorded
+    assert glue.resume_checkpoint(tmp_path, "auto", {"epochs": 1.0}) is None
+    assert not (tmp_path / "checkpoint-4").exists()
+    (tmp_path / "checkpoint-2").mkdir()
+    assert glue.resume_checkpoint(tmp_path, "", {"epochs": 1.0}) is None
+    assert not (tmp_path / "checkpoint-2").exists()
