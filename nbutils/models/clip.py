@@ -80,7 +80,11 @@ def build_demo_dual_encoder(
     vision_width: int = 256,
     initializer_range: float = 0.0,
 ):
-    """A small random ViT + text tower `VisionTextDualEncoderModel` for demos and tests (train mode).
+    """A small random image tower + text tower `VisionTextDualEncoderModel` for demos and tests (train mode).
+
+    vision_tower "vit": a ViT (`patch_size`, `num_layers` layers at `hidden_size`, init std 1/sqrt(hidden_size)
+    unless `initializer_range` is set, sine-cosine positions). "cnn": `small_cnn.SmallCnnModel` with
+    `num_layers` stages doubling up to `vision_width` channels (vision_towers.py says why).
 
     text_tower "clip": CLIP's text transformer (pre-LayerNorm, causal, pooled at the end token, which is
     [SEP] for these tokenizers). "bert": BERT pooled at [CLS]; built from scratch its [CLS] embedding is

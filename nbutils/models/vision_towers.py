@@ -1,14 +1,11 @@
-"""Small image towers built from configs (no download) for the demo models: a ViT or a ConvNeXt.
+"""Configs of the small image towers the demo models are built from (no download): a ViT or a CNN.
 
-Both are plain transformers models, so a checkpoint holding one reloads with `from_pretrained` alone.
-
-- `vit_config`: the captioner's encoder and the CLIP default. Its weights start at std 1/sqrt(hidden_size)
-  (the configs' 0.02 suits widths of 768 and more; at width 128 it shrinks every signal), and
-  `positions.init_sincos_positions` gives its position table a readable start.
-- `convnext_config`: a convolutional tower. A ViT embeds each patch with one linear map, so telling a star
-  from a cross inside a patch is left to the layers above, and from scratch the demo's ViT learns colour and
-  size but not shape, even when trained on shape words directly (README, train_clip). Convolutions see
-  edges and corners at every place, which is what shape is made of.
+- `vit_config`: the captioner's encoder, and the CLIP's with `vision_tower="vit"`. Its weights start at std
+  1/sqrt(hidden_size) (the configs' 0.02 suits widths of 768 and more; at width 128 it shrinks every signal),
+  and `positions.init_sincos_positions` gives its position table a readable start.
+- `small_cnn_config`: the demo CLIP's default tower (`small_cnn.py`). A ViT embeds each patch with one linear
+  map, so telling a star from a cross inside a patch is left to the layers above, and from scratch the demo's
+  ViT learns colour and size but not shape, even when trained on shape labels directly (README, train_clip).
 """
 
 from __future__ import annotations

@@ -116,16 +116,22 @@ def resume_checkpoint(checkpoint_dir: str | Path, resume: str, settings: dict | 
     """
     checkpoint_dir = Path(checkpoint_dir)
     found = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if settings is None:
-        if resume != "auto":
-            return resume or None
-        return str(found[-1]) if found else None
+    if settings is not None:
+        found = _drop_stale_checkpoints(checkpoint_dir, found, resume, settings)
+    if resume != "auto":
+        return resume or None
+    return str(found[-1]) if found else None
+
+
+def _drop_stale_checkpoints(
+    checkpoint_dir: Path, found: list[Path], resume: str, settings: dict
+) -> list[Path]:
+    """Delete `found` when they are not to be resumed under `settings`; record `settings`. Returns what is left."""
     settings = {k: v for k, v in json.loads(json.dumps(settings, default=str)).items() if k != "resume"}
     settings_file = checkpoint_dir / SETTINGS_FILE
     recorded = read_json(settings_file) if settings_file.exists() else None
     main_process = int(os.environ.get("RANK", "0")) == 0
-    stale = found and (resume == "" or (resume == "auto" and recorded != settings))
-    if stale:
+    if found and (resume == "" or (resume == "auto" and recorded != settings)):
         if resume == "auto":
             changed = sorted(k for k in settings if (recorded or {}).get(k, object()) != settings[k])
             why = f"were written with other settings ({', '.join(changed) or 'not recorded'})"
@@ -140,9 +146,7 @@ def resume_checkpoint(checkpoint_dir: str | Path, resume: str, settings: dict | 
         found = []
     if main_process:
         write_json(settings_file, settings)
-    if resume != "auto":
-        return resume or None
-    return str(found[-1]) if found else None
+    return found
 
 
 class ImageBatchTrainer(Trainer):
