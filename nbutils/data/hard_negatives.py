@@ -82,21 +82,7 @@ class HardNegatives:
         `image_ids[i]` names the image of `captions[i]` (e.g. its path): the lift needs several
         captions per image. Raises ValueError when no image has two captions.
         """
-        if len(captions) != len(image_ids):
-            raise ValueError(f"{len(captions)} captions but {len(image_ids)} image ids")
-        rows = list(range(len(captions)))
-        if len(rows) > max_captions:
-            rows = sorted(random.Random(0).sample(rows, max_captions))
-        words = [[w for w, _, _ in word_spans(str(captions[i]), language)] for i in rows]
-        by_image = defaultdict(list)
-        for i, ws in zip(rows, words):
-            by_image[image_ids[i]].append(set(ws))
-        if not any(len(caps) > 1 for caps in by_image.values()):
-            raise ValueError(
-                "hard negatives need several captions per image (to tell grounded words from "
-                "paraphrase); every image here has one"
-            )
-        lift = _lift(words, by_image, min_count)
+        lift, words = word_lift(captions, image_ids, language, min_count, max_captions)
         grounded = sorted(w for w, value in lift.items() if value >= min_lift)
         similarity = _context_similarity(words, grounded)
         table = {}
@@ -145,6 +131,36 @@ class HardNegatives:
             "replaceable_words": len(self.substitute_table),
             "substitutes": {w: list(s) for w, s in sorted(self.substitute_table.items())},
         }
+
+
+def word_lift(
+    captions: Sequence[str],
+    image_ids: Sequence,
+    language: str,
+    min_count: int = MIN_COUNT,
+    max_captions: int = MAX_CAPTIONS,
+) -> tuple[dict[str, float], list[list[str]]]:
+    """Each word's lift (module docstring) over `captions` of `image_ids`, and the captions' words.
+
+    Words seen in fewer than `min_count` captions get no lift; beyond `max_captions` captions a fixed
+    sample is used (and the words returned are that sample's). Raises ValueError when no image has two
+    captions: grounded words cannot be told from paraphrase then.
+    """
+    if len(captions) != len(image_ids):
+        raise ValueError(f"{len(captions)} captions but {len(image_ids)} image ids")
+    rows = list(range(len(captions)))
+    if len(rows) > max_captions:
+        rows = sorted(random.Random(0).sample(rows, max_captions))
+    words = [[w for w, _, _ in word_spans(str(captions[i]), language)] for i in rows]
+    by_image = defaultdict(list)
+    for i, ws in zip(rows, words):
+        by_image[image_ids[i]].append(set(ws))
+    if not any(len(caps) > 1 for caps in by_image.values()):
+        raise ValueError(
+            "grounded words need several captions per image (to tell them from paraphrase); "
+            "every image here has one"
+        )
+    return _lift(words, by_image, min_count), words
 
 
 @lru_cache(maxsize=65536)

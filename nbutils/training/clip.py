@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 from .. import stages
 from ..config import param
 from ..data.cache import ImageGeometry
+from ..data.caption_words import CaptionWords
 from ..data.datasets import ContrastiveCollator, ImageTextDataset
 from ..data.hard_negatives import MIN_SIMILARITY, HardNegatives
 from ..evaluation import retrieval
@@ -39,7 +40,7 @@ from ..evaluation.embeddings import embed, embed_images, embed_texts
 from ..evaluation.zero_shot import demo_linear_probe, demo_zero_shot
 from ..models import clip as clip_models
 from ..models.tokenizer import train_tokenizer
-from .clip_loss import clamp_logit_scale_, clip_loss
+from .clip_loss import caption_word_loss, clamp_logit_scale_, clip_loss
 from .trainer import ImageBatchTrainer, TrainingConfig, resume_checkpoint, training_arguments
 
 # Learning rates that work per mode: towers trained from scratch tolerate a large rate; pretrained
@@ -52,9 +53,20 @@ DEFAULT_LEARNING_RATE = {"demo": 5e-4, "compose": 5e-5, "pretrained": 1e-5}
 
 
 class ContrastiveTrainer(ImageBatchTrainer):
-    """Trainer whose loss is symmetric InfoNCE, gathered across ranks, with the temperature kept sane."""
+    """Trainer whose loss is symmetric InfoNCE, gathered across ranks, with the temperature kept sane.
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, gather=True):
+    With `word_targets` ((training images, words) 0/1, nbutils.data.caption_words) the model carries a
+    `word_head` (`attach_word_head`) and each training batch adds `word_loss_weight` x the caption-word loss
+    of its images, predicted from the image tower's pooled output.
+    """
+
+    def __init__(self, *args, word_targets=None, word_loss_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.word_targets, self.word_loss_weight = word_targets, word_loss_weight
+
+    def compute_loss(
+        self, model, inputs, return_outputs=False, num_items_in_batch=None, gather=True, caption_words=True
+    ):
         pixel_values = self.normalized_pixels(model, inputs)
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         n = len(input_ids)
@@ -76,12 +88,18 @@ class ContrastiveTrainer(ImageBatchTrainer):
             negative_features=negatives if len(negatives) else None,
             negative_groups=inputs.get("negative_groups"),
         )
+        if caption_words and self.word_targets is not None:
+            head = self.accelerator.unwrap_model(model).word_head
+            targets = self.word_targets.to(loss.device)[inputs["image_index"].to(loss.device)]
+            logits = head(outputs.vision_model_output.pooler_output)
+            loss = loss + self.word_loss_weight * caption_word_loss(logits, targets)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            loss = self.compute_loss(model, inputs, gather=False)  # eval batches may be uneven across ranks
+            # Eval batches may be uneven across ranks; the word targets index the training images only.
+            loss = self.compute_loss(model, inputs, gather=False, caption_words=False)
         return loss.detach(), None, None
 
     def get_decay_parameter_names(self, model) -> list[str]:
@@ -162,6 +180,11 @@ class TrainClipConfig(TrainingConfig):
         "with hard_negatives: how alike (cosine of context counts) two words' uses must be to swap them; "
         "small caption sets need less",
     )
+    word_loss_weight: float = param(
+        0.0,
+        "caption-word loss beside the contrastive one, at this weight (0: off): a linear head on the image "
+        "tower predicts each image's grounded caption words, learned from the training captions",
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -237,6 +260,15 @@ def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
     return clip_models.load_clip_model(config.model), "pretrained"
 
 
+def attach_word_head(model, n_words: int) -> None:
+    """Give `model` a `word_head`: a linear layer from its image tower's pooled output to `n_words` logits.
+
+    It lives on the model so DDP synchronises its gradients and checkpoints save it; `train_clip` removes
+    it before the final save.
+    """
+    model.add_module("word_head", torch.nn.Linear(model.config.vision_config.hidden_size, n_words))
+
+
 def check_geometry(bundle, prepared: stages.PreparedDataset) -> None:
     """The cache must hold images exactly as this model's processor would make them."""
     clip_models.check_image_size(
@@ -305,6 +337,14 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
                 f"substitute used in the same contexts at hard_negative_similarity="
                 f"{config.hard_negative_similarity}); lower it or set hard_negatives=False for this data"
             )
+    caption_words = word_targets = None
+    if config.word_loss_weight:
+        table = prepared.tables["train"]
+        caption_words = CaptionWords.from_captions(
+            list(table["text"]), list(table["image_path"]), prepared.language
+        )
+        word_targets = caption_words.targets(train.captions)
+        attach_word_head(bundle.model, len(caption_words.words))
     # Every rank needs the same batch size for the gathered loss; a ragged last batch is dropped.
     args = training_arguments(
         config, output_dir / "checkpoints", learning_rate=lr, dataloader_drop_last=True, evaluate=evaluate
@@ -320,12 +360,16 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
         callbacks=[TemperatureAndEpochCallback(train), *callbacks],
         mean=mean,
         std=std,
+        word_targets=word_targets,
+        word_loss_weight=config.word_loss_weight,
     )
 
     before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=config.max_text_length))
     output = trainer.train(
         resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
     )
+    if caption_words is not None:
+        del bundle.model.word_head  # a training aid: the saved model is a plain dual encoder
     image_embeds, text_embeds, text_to_image = embed(
         bundle, test, mean, std, max_length=config.max_text_length
     )
@@ -361,6 +405,8 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
             "mode": mode,
             "trainable_parameters": frozen,
             "hard_negatives": hard_negatives.summary() if hard_negatives else None,
+            "caption_words": caption_words.summary() if caption_words else None,
+            "word_loss_weight": config.word_loss_weight,
         }
     )
     if zero_shot is not None and len(zero_shot):

@@ -133,6 +133,23 @@ def clip_loss(
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
+def caption_word_loss(word_logits: torch.Tensor, word_targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of (n, V) word logits against (n, V) 0/1 targets, summed over the V words and
+    averaged over the n images (nbutils.data.caption_words: each image's grounded caption words).
+
+    Summed, not averaged, over the words: each word keeps the weight of one binary label whatever the
+    vocabulary's size, so `word_loss_weight` means the same on any data set.
+    """
+    if word_logits.shape != word_targets.shape:
+        raise ValueError(
+            f"word_logits {tuple(word_logits.shape)} and word_targets {tuple(word_targets.shape)} differ"
+        )
+    per_word = F.binary_cross_entropy_with_logits(
+        word_logits, word_targets.to(word_logits.dtype), reduction="none"
+    )
+    return per_word.sum(dim=1).mean()
+
+
 class ClipLoss(torch.nn.Module):
     """Module form of `clip_loss` (same arguments)."""
 

@@ -170,6 +170,15 @@ class ImageBatchTrainer(Trainer):
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
+        if missing:
+            # Modules trained beside the model (train_clip's caption-word head) are not part of its class, so
+            # from_pretrained drops them: read them from the checkpoint's weights file by name.
+            from safetensors.torch import load_file
+
+            weights = Path(resume_from_checkpoint) / "model.safetensors"
+            saved = load_file(str(weights)) if weights.is_file() else {}
+            target.load_state_dict({k: saved[k] for k in missing if k in saved}, strict=False)
+            missing = [k for k in missing if k not in saved]
         if missing or unexpected:
             raise RuntimeError(
                 f"checkpoint {resume_from_checkpoint} does not fit the model: "

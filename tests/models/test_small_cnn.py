@@ -51,9 +51,22 @@ def test_forward_matches_the_written_out_math():
     want = _reference(model, x)
     assert out.last_hidden_state.shape == (5, 16, 4, 4)  # three stages: 32 -> 16 -> 8 -> 4
     torch.testing.assert_close(out.last_hidden_state, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.pooler_output, want.mean(dim=(2, 3)), rtol=1e-5, atol=1e-5)
+    # max pooling by default
+    torch.testing.assert_close(out.pooler_output, want.amax(dim=(2, 3)), rtol=1e-5, atol=1e-5)
     assert [tuple(h.shape[1:]) for h in out.hidden_states] == [(4, 16, 16), (8, 8, 8), (16, 4, 4)]
     assert model.config.hidden_size == 16
+
+
+def test_mean_pooling_is_the_grids_mean():
+    torch.manual_seed(0)
+    model = SmallCnnModel(SmallCnnConfig(image_size=16, hidden_sizes=[4, 8], pooling="mean")).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        out = model(pixel_values=x)
+    torch.testing.assert_close(out.pooler_output, _reference(model, x).mean(dim=(2, 3)), rtol=1e-5, atol=1e-5)
+    assert SmallCnnConfig.from_dict(model.config.to_dict()).pooling == "mean"  # saved with the model
+    with pytest.raises(ValueError, match="pooling"):
+        SmallCnnConfig(pooling="sum")
 
 
 def test_config_is_registered_and_checked():

@@ -460,3 +460,66 @@ def test_torchrun_two_processes_on_cpu(prepared_run, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["global_batch_size"] == 8 and summary["steps"] == 2
+
+
+def test_caption_word_loss_trains_resumes_and_leaves_a_plain_model(prepared_run, tmp_path):
+    """word_loss_weight > 0: a head on the image tower predicts each image's grounded caption words. The
+    Trainer's loss is clip_loss + weight x caption_word_loss; a resumed run restores the head from the
+    checkpoint (same losses as an uninterrupted run); the saved model has no head."""
+    from safetensors.torch import load_file
+
+    from nbutils.data.caption_words import CaptionWords
+    from nbutils.training.clip_loss import caption_word_loss, clip_loss
+
+    words = dict(max_steps=6, save_steps=3, word_loss_weight=2.0)
+    full = clip_training.train_clip(_config(prepared_run, tmp_path / "full", resume="", **words))
+    summary = full.summary
+    assert summary["word_loss_weight"] == 2.0 and summary["caption_words"]["language"] == "zh"
+    assert {"红色", "圆形"} <= set(summary["caption_words"]["words"])
+    assert "的" not in summary["caption_words"]["words"]
+    assert not hasattr(full.bundle.model, "word_head")
+    saved = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    assert saved and not any(k.startswith("word_head") for k in saved)
+    checkpoint = load_file(str(tmp_path / "full" / "checkpoints" / "checkpoint-6" / "model.safetensors"))
+    pooled_size = full.bundle.model.config.vision_config.hidden_size
+    assert checkpoint["word_head.weight"].shape == (summary["caption_words"]["n_words"], pooled_size)
+
+    clip_training.train_clip(
+        _config(prepared_run, tmp_path / "cut", resume="", **words), callbacks=[StopAt(3)]
+    )
+    resumed = clip_training.train_clip(_config(prepared_run, tmp_path / "cut", resume="auto", **words))
+    a, b = _losses(full.log_history), _losses(resumed.log_history)
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 7))
+    for (_, la), (_, lb) in zip(a, b):
+        assert la == pytest.approx(lb, rel=1e-4, abs=1e-5)
+
+    # the Trainer's loss on a batch, against the two losses computed by hand
+    prepared = stages.load_prepared(prepared_run["run_dir"])
+    table, dataset = prepared.tables["train"], prepared.dataset("train")
+    vocabulary = CaptionWords.from_captions(list(table["text"]), list(table["image_path"]), "zh")
+    targets = vocabulary.targets(dataset.captions)
+    model = full.bundle.model
+    clip_training.attach_word_head(model, len(vocabulary.words))
+    model.eval()
+    trainer = clip_training.ContrastiveTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none", use_cpu=True),
+        mean=prepared.mean_std[0],
+        std=prepared.mean_std[1],
+        word_targets=targets,
+        word_loss_weight=2.0,
+    )
+    batch = ContrastiveCollator(full.bundle.tokenizer, 64)([dataset[i] for i in (5, 0, 7, 2)])
+    with torch.no_grad():
+        got = trainer.compute_loss(model, dict(batch))
+        pixels = trainer.normalized_pixels(model, batch)
+        pooled = model.vision_model(pixel_values=pixels).pooler_output
+        want = clip_loss(
+            clip_models.image_features(model, pixels),
+            clip_models.text_features(model, batch["input_ids"], batch["attention_mask"]),
+            model.logit_scale,
+            batch["text_groups"],
+        ) + 2.0 * caption_word_loss(model.word_head(pooled), targets[[5, 0, 7, 2]])
+        without = trainer.compute_loss(model, dict(batch), caption_words=False)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert without.item() < got.item()

@@ -10,7 +10,14 @@ from transformers import CLIPConfig, CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 import nbutils.training.clip_loss as cl
-from nbutils.training.clip_loss import MAX_LOGIT_SCALE, ClipLoss, chance_loss, clamp_logit_scale_, clip_loss
+from nbutils.training.clip_loss import (
+    MAX_LOGIT_SCALE,
+    ClipLoss,
+    caption_word_loss,
+    chance_loss,
+    clamp_logit_scale_,
+    clip_loss,
+)
 
 
 def _hand_loss(image, text, scale, groups=None, negatives=None, negative_groups=None):
@@ -256,3 +263,18 @@ def test_gathered_loss_gives_single_process_gradients(tmp_path):
         assert plain_error > 0.05
     assert results[0]["unequal"] == results[1]["unequal"]
     assert "equal batch sizes" in results[0]["unequal"] and "[3, 4]" in results[0]["unequal"]
+
+
+def test_caption_word_loss_matches_a_naive_loop():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6)
+    targets = (torch.rand(4, 6) > 0.5).float()
+    want = 0.0
+    for i in range(4):
+        for k in range(6):
+            p = 1 / (1 + math.exp(-logits[i, k].item()))
+            y = targets[i, k].item()
+            want -= y * math.log(p) + (1 - y) * math.log(1 - p)
+    assert caption_word_loss(logits, targets).item() == pytest.approx(want / 4, rel=1e-5)  # summed, per image
+    with pytest.raises(ValueError, match="differ"):
+        caption_word_loss(logits, targets[:, :5])

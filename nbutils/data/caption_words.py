@@ -1,0 +1,72 @@
+"""Caption words as image labels: each image's grounded caption words, for an auxiliary loss beside CLIP's.
+
+Contrastive training only asks an image to beat the other captions of its batch, and on data where colour
+and position already tell those apart it learns little else (README, train_clip). Predicting the words of
+an image's captions from the image tower (a linear head, binary cross-entropy per word) asks for every
+attribute the captions name, in every batch: it is supervision read from the captions, as in VirTex and
+SuperClass (Huang et al. 2024, bag-of-words classification from captions).
+
+Only *grounded* words are labels, learned from the captions with the lift of nbutils.data.hard_negatives
+(a word that recurs among the other captions of the same image far more than among captions at large): in
+the demo set the colours, shapes, sizes and places, not "a" or "picture". An image's targets are the
+union over all its captions, so a word one caption leaves out is still a label. Nothing here knows what
+the words mean; the same option works on any captions in either language.
+
+    words = CaptionWords.from_captions(train_table["text"], train_table["image_path"], "zh")
+    targets = words.targets(train_dataset.captions)      # (images, words) of 0 / 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .hard_negatives import MIN_COUNT, MIN_LIFT, _cached_spans, word_lift
+
+
+@dataclass
+class CaptionWords:
+    """The vocabulary of grounded caption words; `targets` turns each image's captions into 0/1 labels."""
+
+    language: str
+    words: tuple[str, ...]
+
+    @classmethod
+    def from_captions(
+        cls,
+        captions: Sequence[str],
+        image_ids: Sequence,
+        language: str,
+        min_lift: float = MIN_LIFT,
+        min_count: int = MIN_COUNT,
+    ) -> CaptionWords:
+        """The words of `captions` (one per row, `image_ids[i]` naming its image) with lift >= `min_lift`.
+
+        Raises ValueError when no word qualifies, or when no image has two captions (no lift then).
+        """
+        lift, _ = word_lift(list(captions), list(image_ids), language, min_count)
+        words = tuple(sorted(w for w, value in lift.items() if value >= min_lift))
+        if not words:
+            raise ValueError(
+                f"no caption word is grounded (lift >= {min_lift} in at least {min_count} captions): "
+                "nothing to predict from the images"
+            )
+        return cls(language, words)
+
+    def targets(self, captions_per_image: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(images, words) float 0/1: 1 where any caption of the image contains the word."""
+        index = {w: k for k, w in enumerate(self.words)}
+        out = torch.zeros(len(captions_per_image), len(self.words))
+        for i, captions in enumerate(captions_per_image):
+            for caption in captions:
+                for word, _, _ in _cached_spans(str(caption), self.language):
+                    k = index.get(word)
+                    if k is not None:
+                        out[i, k] = 1.0
+        return out
+
+    def summary(self) -> dict:
+        """JSON-friendly: the language and the words."""
+        return {"language": self.language, "n_words": len(self.words), "words": list(self.words)}
