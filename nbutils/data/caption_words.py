@@ -47,11 +47,15 @@ class CaptionWords:
         Raises ValueError when no word qualifies, or when no image has two captions (no lift then).
         """
         lift, _ = word_lift(list(captions), list(image_ids), language, min_count)
+        return cls.from_lift(lift, language, min_lift)
+
+    @classmethod
+    def from_lift(cls, lift: dict[str, float], language: str, min_lift: float = MIN_LIFT) -> CaptionWords:
+        """The words of a lift table (`word_lift`, or `HardNegatives.lift`) with lift >= `min_lift`."""
         words = tuple(sorted(w for w, value in lift.items() if value >= min_lift))
         if not words:
             raise ValueError(
-                f"no caption word is grounded (lift >= {min_lift} in at least {min_count} captions): "
-                "nothing to predict from the images"
+                f"no caption word is grounded (lift >= {min_lift}): nothing to predict from the images"
             )
         return cls(language, words)
 

@@ -340,8 +340,10 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     caption_words = word_targets = None
     if config.word_loss_weight:
         table = prepared.tables["train"]
-        caption_words = CaptionWords.from_captions(
-            list(table["text"]), list(table["image_path"]), prepared.language
+        caption_words = (
+            CaptionWords.from_lift(hard_negatives.lift, prepared.language)  # the same statistics, once
+            if hard_negatives
+            else CaptionWords.from_captions(list(table["text"]), list(table["image_path"]), prepared.language)
         )
         word_targets = caption_words.targets(train.captions)
         attach_word_head(bundle.model, len(caption_words.words))

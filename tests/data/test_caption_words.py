@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nbutils.data.caption_words import CaptionWords
+from nbutils.data.hard_negatives import HardNegatives
 from tests.data.test_hard_negatives import (
     COLOURS,
     FRAMES,
@@ -16,9 +17,12 @@ from tests.data.test_hard_negatives import (
 
 
 def test_the_vocabulary_is_the_grounded_words():
-    words = CaptionWords.from_captions(*_corpus(COLOURS, SHAPES, FRAMES), language="en")
+    corpus = _corpus(COLOURS, SHAPES, FRAMES)
+    words = CaptionWords.from_captions(*corpus, language="en")
     assert set(words.words) == set(COLOURS) | set(SHAPES)  # frame words ("a", "picture") have lift ~1
     assert list(words.words) == sorted(words.words)
+    # train_clip reuses the hard negatives' statistics: the same vocabulary
+    assert CaptionWords.from_lift(HardNegatives.from_captions(*corpus, language="en").lift, "en") == words
     zh = CaptionWords.from_captions(*_corpus(ZH_COLOURS, ZH_SHAPES, ZH_FRAMES), language="zh")
     assert set(zh.words) == set(ZH_COLOURS) | set(ZH_SHAPES)
     assert zh.summary() == {"language": "zh", "n_words": 6, "words": list(zh.words)}
