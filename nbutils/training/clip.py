@@ -55,7 +55,7 @@ DEFAULT_LEARNING_RATE = {"demo": 5e-4, "compose": 5e-5, "pretrained": 1e-5}
 class ContrastiveTrainer(ImageBatchTrainer):
     """Trainer whose loss is symmetric InfoNCE, gathered across ranks, with the temperature kept sane.
 
-    With `word_targets` ((training images, words) 0/1, nbutils.data.caption_words) the model carries a
+    With `word_targets` ((training images, words) bool, nbutils.data.caption_words) the model carries a
     `word_head` (`attach_word_head`) and each training batch adds `word_loss_weight` x the caption-word loss
     of its images, predicted from the image tower's pooled output.
     """
@@ -90,7 +90,9 @@ class ContrastiveTrainer(ImageBatchTrainer):
         )
         if caption_words and self.word_targets is not None:
             head = self.accelerator.unwrap_model(model).word_head
-            targets = self.word_targets.to(loss.device)[inputs["image_index"].to(loss.device)]
+            targets = self.word_targets[inputs["image_index"].cpu()].to(
+                loss.device
+            )  # only the batch's rows move
             logits = head(outputs.vision_model_output.pooler_output)
             loss = loss + self.word_loss_weight * caption_word_loss(logits, targets)
         return (loss, outputs) if return_outputs else loss

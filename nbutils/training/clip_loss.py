@@ -134,7 +134,7 @@ def clip_loss(
 
 
 def caption_word_loss(word_logits: torch.Tensor, word_targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of (n, V) word logits against (n, V) 0/1 targets, summed over the V words and
+    """Binary cross-entropy of (n, V) word logits against (n, V) 0/1 (or bool) targets, summed over the V words and
     averaged over the n images (nbutils.data.caption_words: each image's grounded caption words).
 
     Summed, not averaged, over the words: each word keeps the weight of one binary label whatever the

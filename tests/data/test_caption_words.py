@@ -37,7 +37,7 @@ def test_targets_are_the_union_over_each_images_captions():
             ["nothing grounded here"],
         ]
     )
-    want = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.float32)
+    want = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
     assert torch.equal(got, want)
 
 
