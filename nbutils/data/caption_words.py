@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .hard_negatives import MIN_COUNT, MIN_LIFT, _cached_spans, word_lift
+from .hard_negatives import MIN_COUNT, MIN_LIFT, cached_word_spans, word_lift
 
 
 @dataclass
@@ -66,7 +66,7 @@ class CaptionWords:
         out = torch.zeros(len(captions_per_image), len(self.words), dtype=torch.bool)
         for i, captions in enumerate(captions_per_image):
             for caption in captions:
-                for word, _, _ in _cached_spans(str(caption), self.language):
+                for word, _, _ in cached_word_spans(str(caption), self.language):
                     k = index.get(word)
                     if k is not None:
                         out[i, k] = True

@@ -103,7 +103,9 @@ class HardNegatives:
 
     def negatives_of(self, text: str, k: int, rng: random.Random) -> list[str]:
         """Up to `k` negatives of `text`, each replacing a different word (fewer when it has fewer)."""
-        spans = [(w, s, e) for w, s, e in _cached_spans(text, self.language) if w in self.substitute_table]
+        spans = [
+            (w, s, e) for w, s, e in cached_word_spans(text, self.language) if w in self.substitute_table
+        ]
         out = []
         for word, start, end in rng.sample(spans, min(k, len(spans))):
             new = rng.choice(self.substitute_table[word])
@@ -164,7 +166,8 @@ def word_lift(
 
 
 @lru_cache(maxsize=65536)
-def _cached_spans(text: str, language: str) -> tuple:
+def cached_word_spans(text: str, language: str) -> tuple:
+    """`word_spans` as a tuple, remembered for the last 65,536 distinct texts."""
     # Training draws the same captions every epoch; segmenting once per distinct caption is enough.
     return tuple(word_spans(text, language))
 

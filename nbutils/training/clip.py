@@ -90,9 +90,8 @@ class ContrastiveTrainer(ImageBatchTrainer):
         )
         if caption_words and self.word_targets is not None:
             head = self.accelerator.unwrap_model(model).word_head
-            targets = self.word_targets[inputs["image_index"].cpu()].to(
-                loss.device
-            )  # only the batch's rows move
+            # Index on the CPU so only the batch's rows move to the device, not the whole table.
+            targets = self.word_targets[inputs["image_index"].cpu()].to(loss.device)
             logits = head(outputs.vision_model_output.pooler_output)
             loss = loss + self.word_loss_weight * caption_word_loss(logits, targets)
         return (loss, outputs) if return_outputs else loss
