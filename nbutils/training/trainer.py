@@ -58,12 +58,14 @@ def training_arguments(
     learning_rate: float,
     dataloader_drop_last: bool,
     evaluate: bool = True,
+    ddp_find_unused_parameters: bool | None = None,
 ) -> TrainingArguments:
     """TrainingArguments from `config`'s shared training fields.
 
     `learning_rate` is the resolved rate (the job picks its default for 0); `dataloader_drop_last` drops a
     ragged last batch (the gathered contrastive loss needs equal batches on every rank; captioning does
-    not); `evaluate=False` turns validation off (e.g. a val split smaller than one batch).
+    not); `evaluate=False` turns validation off (e.g. a val split smaller than one batch);
+    `ddp_find_unused_parameters` is passed on (None: the Trainer's choice, True for most models).
     """
     if not 0.0 <= config.min_lr_ratio < 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1), got {config.min_lr_ratio}")
@@ -98,6 +100,7 @@ def training_arguments(
         report_to=config.report_to,
         disable_tqdm=False,
         use_cpu=not cuda,
+        ddp_find_unused_parameters=ddp_find_unused_parameters,
     )
 
 

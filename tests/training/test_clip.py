@@ -433,33 +433,117 @@ def test_command_line_rejects_a_bool_that_is_neither(capsys):
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
+DDP_SCRIPT = """
+import sys
+import torch
+from transformers import TrainerCallback
+from nbutils.training.clip import TrainClipConfig, train_clip
+
+class SaveWeights(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+        torch.save(weights, f"{sys.argv[1]}/rank{args.process_index}.pt")
+
+train_clip(TrainClipConfig.from_arguments(sys.argv[2:]), callbacks=[SaveWeights()])
+"""
+
+
 def test_torchrun_two_processes_on_cpu(prepared_run, tmp_path):
-    """The same entry point under torchrun (gloo on CPU): DDP plus the gathered loss, end to end."""
+    """train_clip under torchrun (gloo on CPU): DDP plus the gathered loss, end to end. Each rank trains on
+    other images; both end with the same weights, so every parameter's gradient was averaged across ranks,
+    including those of the text buckets and the caption-word head that run outside DDP's forward."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [
-        torchrun,
-        "--nproc_per_node=2",
-        "--standalone",
-        "-m",
-        "nbutils.train_clip",
-        "--run-dir",
-        str(prepared_run["run_dir"]),
-        "--output-dir",
-        str(tmp_path / "ddp"),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--projection-dim",
-        "16",
-        "--resume",
-        "",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    script = tmp_path / "ddp_train_clip.py"
+    script.write_text(DDP_SCRIPT)
+    options = {
+        "--run-dir": str(prepared_run["run_dir"]),
+        "--output-dir": str(tmp_path / "ddp"),
+        "--max-steps": "3",
+        "--batch-size": "4",
+        "--projection-dim": "16",
+        "--hard-negatives": "true",
+        "--hard-negative-similarity": "0.1",
+        "--word-loss-weight": "1.0",
+        "--text-buckets": "2",
+        "--resume": "",
+    }
+    cmd = [torchrun, "--nproc_per_node=2", "--standalone", str(script), str(tmp_path)]
+    done = subprocess.run(
+        cmd + [x for kv in options.items() for x in kv], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["global_batch_size"] == 8 and summary["steps"] == 2
+    assert summary["global_batch_size"] == 8 and summary["steps"] == 3
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0.keys() == rank1.keys() and any(k.startswith("word_head") for k in rank0)
+    start = clip_training.load_bundle(
+        _config(prepared_run, tmp_path / "x", projection_dim=16),
+        stages.load_prepared(prepared_run["run_dir"]),
+    )[0].model.state_dict()
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=1e-5, atol=1e-6, msg=name)
+        if name in start:  # trained, not left at initialisation
+            assert not torch.equal(rank0[name], start[name]), name
+
+
+def test_length_buckets_partition_the_rows_and_cut_only_padding():
+    torch.manual_seed(0)
+    lengths = torch.randint(1, 30, (37,))
+    right = (torch.arange(32)[None, :] < lengths[:, None]).long()
+    buckets = clip_training.length_buckets(right, 4)
+    assert len(buckets) == 4
+    assert sorted(torch.cat([rows for rows, _ in buckets]).tolist()) == list(range(37))
+    for rows, width in buckets:
+        assert width == int(lengths[rows].max())
+    widths = [w for _, w in buckets]
+    assert widths == sorted(widths, reverse=True) and widths[0] == int(lengths.max())
+    # left padding: the used columns end at the last one, so nothing is cut
+    left = right.flip(1)
+    assert [w for _, w in clip_training.length_buckets(left, 4)] == [32] * 4
+    # more buckets than rows: one row each
+    assert len(clip_training.length_buckets(right[:3], 8)) == 3
+
+
+def test_text_buckets_give_the_same_loss_and_gradients(trained, tmp_path):
+    """The bucketed text pass is an optimisation only: loss and every gradient as with one padded pass."""
+    from nbutils.data.hard_negatives import HardNegatives
+
+    prepared, bundle = trained.prepared, trained.run.bundle
+    table, dataset = prepared.tables["train"], prepared.dataset("train")
+    negatives = HardNegatives.from_captions(
+        list(table["text"]), list(table["image_path"]), "zh", min_similarity=0.1
+    )
+    batch = ContrastiveCollator(bundle.tokenizer, 64, negatives, 2)([dataset[i] for i in range(8)])
+    widths = batch["attention_mask"].sum(1)
+    assert widths.min() < widths.max()  # there is padding to cut
+    model = bundle.model.eval()
+    results = []
+    for buckets in (1, 3):
+        trainer = clip_training.ContrastiveTrainer(
+            model=model,
+            args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none", use_cpu=True),
+            mean=prepared.mean_std[0],
+            std=prepared.mean_std[1],
+            text_buckets=buckets,
+        )
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        results.append(
+            (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
+    (loss1, grads1), (loss3, grads3) = results
+    assert loss3 == pytest.approx(loss1, rel=1e-5)
+    assert grads1.keys() == grads3.keys() and any(k.startswith("text_model") for k in grads1)
+    for name in grads1:
+        torch.testing.assert_close(grads3[name], grads1[name], rtol=1e-4, atol=1e-6, msg=name)
+    model.zero_grad()
+
+
+def test_text_buckets_must_be_positive(prepared_run, tmp_path):
+    with pytest.raises(ValueError, match="text_buckets must be at least 1, got 0"):
+        clip_training.train_clip(_config(prepared_run, tmp_path, text_buckets=0))
 
 
 def test_caption_word_loss_trains_resumes_and_leaves_a_plain_model(prepared_run, tmp_path):
