@@ -5,6 +5,7 @@
     processdata_03  train/val/test[_small].csv, dropped.csv, cache   load_prepared(run_dir)   -> PreparedDataset
     train_clip      model/ (a save_pretrained folder), summary.json  load_clip(run_dir)       -> TrainedClip
     train_encoder_decoder  model/, predictions.csv, summary.json   load_captioner_run(run_dir) -> TrainedCaptioner
+    train_clipcap   model/, predictions.csv, summary.json            load_clipcap_run(run_dir)   -> TrainedCaptioner
 
 Each stage folder `<run_dir>/<stage>/` gets a `stage.json` manifest, written last: a folder without it
 is an unfinished stage and is never read. The manifest names the stage's files and the data's origin
@@ -300,6 +301,37 @@ def load_captioner_run(run_dir, stage: str = "train_encoder_decoder") -> Trained
     model_dir = stage_dir / files["model"]
     return TrainedCaptioner(
         load_saved_captioner(model_dir),
+        read_json(stage_dir / files["summary"]),
+        pd.read_csv(stage_dir / files["predictions"], keep_default_na=False),
+        model_dir,
+    )
+
+
+# ----------------------------------------------------------------------------- train_clipcap
+
+
+def save_clipcap_run(output_dir, bundle, summary: dict, predictions: pd.DataFrame) -> TrainedCaptioner:
+    """Save train_clipcap's model folder (model + tokenizer), predictions.csv, summary.json and the manifest."""
+    from .models.clipcap import save_clipcap
+
+    output_dir = Path(output_dir)
+    save_clipcap(bundle, output_dir / "model")
+    write_table(predictions, output_dir / "predictions.csv")
+    write_json(output_dir / "summary.json", summary)
+    files = {"model": "model", "summary": "summary.json", "predictions": "predictions.csv"}
+    write_stage(output_dir, "train_clipcap", files)
+    return TrainedCaptioner(bundle, summary, predictions, output_dir / "model")
+
+
+def load_clipcap_run(run_dir) -> TrainedCaptioner:
+    """Reload the ClipCap model train_clipcap saved in `run_dir` (its bundle has model and tokenizer)."""
+    from .models.clipcap import load_saved_clipcap
+
+    stage_dir, manifest = read_stage(run_dir, "train_clipcap")
+    files = manifest["files"]
+    model_dir = stage_dir / files["model"]
+    return TrainedCaptioner(
+        load_saved_clipcap(model_dir),
         read_json(stage_dir / files["summary"]),
         pd.read_csv(stage_dir / files["predictions"], keep_default_na=False),
         model_dir,

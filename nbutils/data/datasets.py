@@ -86,7 +86,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_paths) if self.sampling == "image" else len(self._items)
 
-    def __getitem__(self, k: int) -> dict:
+    def caption_of(self, k: int) -> tuple[int, str]:
+        """Item `k`'s (image number, caption): its caption row, or with sampling="image" the epoch's caption."""
         if self.sampling == "caption":
             i, j = self._items[k]
         elif self.fixed_caption:
@@ -94,8 +95,43 @@ class ImageTextDataset(torch.utils.data.Dataset):
         else:
             i = k
             j = int(np.random.default_rng([self.seed, self.epoch, k]).integers(len(self.captions[k])))
+        return i, self.captions[i][j]
+
+    def __getitem__(self, k: int) -> dict:
+        i, text = self.caption_of(k)
         pixels = torch.from_numpy(self.cache.uint8(int(self.rows[i]))).permute(2, 0, 1)
-        return {"pixel_values": pixels, "text": self.captions[i][j], "image_index": i}
+        return {"pixel_values": pixels, "text": text, "image_index": i}
+
+
+class ImageEmbeddingDataset(torch.utils.data.Dataset):
+    """An `ImageTextDataset`'s items with a precomputed image embedding in place of the pixels.
+
+    `embeddings` (cache rows, D) holds one row per image of the dataset's image cache
+    (nbutils.data.image_embeddings). Items: {"image_embeds": (D,), "text": str, "image_index": int}.
+    """
+
+    def __init__(self, dataset: ImageTextDataset, embeddings: torch.Tensor):
+        if len(embeddings) != len(dataset.cache):
+            raise ValueError(
+                f"{len(embeddings)} embeddings for an image cache of {len(dataset.cache)} images: "
+                "they were computed for another cache"
+            )
+        self.dataset, self.embeddings, self.cache = dataset, embeddings, dataset.cache
+        self.image_paths, self.captions, self.rows = dataset.image_paths, dataset.captions, dataset.rows
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def image_embeds(self) -> torch.Tensor:
+        """(images, D): every image's embedding, in `image_paths` order."""
+        return self.embeddings[torch.as_tensor(self.rows)]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, k: int) -> dict:
+        i, text = self.dataset.caption_of(k)
+        return {"image_embeds": self.embeddings[int(self.rows[i])], "text": text, "image_index": i}
 
 
 def normalize_pixel_values(
@@ -155,7 +191,8 @@ def _text_groups(texts: list[str]) -> torch.Tensor:
 
 @dataclass
 class CaptionCollator:
-    """Stack uint8 images and make a caption decoder's inputs and labels (VisionEncoderDecoder, BLIP-style).
+    """Stack uint8 images (or `image_embeds`) and make a caption decoder's inputs and labels (VisionEncoderDecoder,
+    BLIP-style, ClipCap).
 
     Per caption: `ids = prompt + caption + [end]`, `decoder_input_ids = [start] + ids[:-1]`, and
     `labels = ids` with -100 on the prompt and on padding. Padding is found by position, never by id:
@@ -195,8 +232,9 @@ class CaptionCollator:
             decoder_input_ids[b, :n] = torch.tensor([self.start_token_id, *ids[:-1]])
             labels[b, len(self.prompt_ids) : n] = torch.tensor(ids[len(self.prompt_ids) :])
             mask[b, :n] = 1
+        image_key = "pixel_values" if "pixel_values" in items[0] else "image_embeds"  # a prefix captioner's
         return {
-            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            image_key: torch.stack([item[image_key] for item in items]),
             "decoder_input_ids": decoder_input_ids,
             "decoder_attention_mask": mask,
             "labels": labels,

@@ -2,7 +2,8 @@
 
 `generate_captions` runs `model.generate` (KV cache on) over a batch of images and returns, for each
 image, `num_return_sequences` captions with a score, best first. Any encoder-decoder with
-`generate(pixel_values=...)` works (VisionEncoderDecoderModel with a GPT-2 or BERT-LM decoder).
+`generate(pixel_values=...)` works (VisionEncoderDecoderModel with a GPT-2 or BERT-LM decoder), and so does a
+prefix captioner given `image_embeds` (ClipCap, nbutils.models.clipcap: generate() from `inputs_embeds`).
 
 Facts this module relies on (see shared/FIELD_NOTES.md, captioning):
 - `generate()` reads `model.generation_config`, not `model.config`: the start / pad / eos ids are taken
@@ -189,18 +190,20 @@ def clean_caption(text: str) -> str:
 
 
 def _generation_ids(model) -> tuple[int, int, list[int]]:
-    """(decoder_start, pad, eos ids) from `model.generation_config`, checked against the vocabulary."""
+    """(start, pad, eos ids) from `model.generation_config`, checked against the vocabulary.
+
+    The start id is `decoder_start_token_id` for an encoder-decoder, `bos_token_id` for a decoder-only model.
+    """
     config = getattr(model, "generation_config", None)
+    start_name = "decoder_start_token_id" if model.config.is_encoder_decoder else "bos_token_id"
     if config is None:
-        raise ValueError(
-            "model has no generation_config: set decoder_start_token_id, pad_token_id, eos_token_id"
-        )
-    names = ("decoder_start_token_id", "pad_token_id", "eos_token_id")
+        raise ValueError(f"model has no generation_config: set {start_name}, pad_token_id, eos_token_id")
+    names = (start_name, "pad_token_id", "eos_token_id")
     missing = [name for name in names if getattr(config, name, None) is None]
     if missing:
         raise ValueError(
             f"model.generation_config.{', '.join(missing)} not set: generate() reads generation_config, "
-            "not config; set decoder_start_token_id, pad_token_id and eos_token_id there"
+            f"not config; set {start_name}, pad_token_id and eos_token_id there"
         )
     start, pad, eos = (getattr(config, name) for name in names)
     eos = list(eos) if isinstance(eos, list | tuple) else [eos]
@@ -208,7 +211,7 @@ def _generation_ids(model) -> tuple[int, int, list[int]]:
     if embeddings is None and hasattr(model, "decoder"):
         embeddings = model.decoder.get_output_embeddings()
     vocab = embeddings.weight.shape[0] if embeddings is not None else None
-    for name, ids in (("decoder_start_token_id", [start]), ("pad_token_id", [pad]), ("eos_token_id", eos)):
+    for name, ids in ((start_name, [start]), ("pad_token_id", [pad]), ("eos_token_id", eos)):
         for token in ids:
             if isinstance(token, bool) or not isinstance(token, int) or token < 0:
                 raise ValueError(f"model.generation_config.{name} must be a token id, got {token!r}")
@@ -239,14 +242,17 @@ def _generate_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
 def generate_captions(
     model,
     tokenizer,
-    pixel_values,
+    pixel_values=None,
     decoding: str | Mapping[str, Any] = "blip_beam",
     prompt: str = "",
     seed: int | None = None,
+    image_embeds=None,
 ) -> list[list[dict[str, Any]]]:
     """Captions for a batch of images: for each image a list of num_return_sequences dicts, best first.
 
-    `pixel_values`: (B, 3, H, W) floats, already normalised by the image processor. Each dict has
+    `pixel_values`: (B, 3, H, W) floats, already normalised by the image processor, for an encoder-decoder;
+    or `image_embeds` (B, D) for a prefix captioner (a model with `prefix_inputs_embeds`, e.g. ClipCap),
+    which generates from the prefix and the start token's embedding. Each dict has
     "caption" (decoded, special tokens skipped, cleaned by `clean_caption`), "score" (beam search: the
     beam's `sequences_scores`, i.e. summed log-probability / length ** length_penalty, after the logits
     processors; greedy and sampling: the mean log-probability the model gives the generated tokens,
@@ -260,23 +266,24 @@ def generate_captions(
 
     settings = resolve_decoding(decoding)
     start, _pad, eos = _generation_ids(model)
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        shape = tuple(pixel_values.shape) if hasattr(pixel_values, "shape") else type(pixel_values).__name__
-        raise ValueError(f"pixel_values must be a (B, 3, H, W) tensor, got {shape}")
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be floats (normalised), got {pixel_values.dtype}")
-    batch = pixel_values.shape[0]
+    prefix = image_embeds is not None
+    images = image_embeds if prefix else pixel_values
+    dims, expected = (2, "(B, D)") if prefix else (4, "(B, 3, H, W)")
+    name = "image_embeds" if prefix else "pixel_values"
+    if not isinstance(images, torch.Tensor) or images.ndim != dims or (not prefix and images.shape[1] != 3):
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise ValueError(f"{name} must be a {expected} tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be floats, got {images.dtype}")
+    batch = images.shape[0]
     if batch == 0:
         return []
     parameter = next(model.parameters())
-    pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
+    images = images.to(device=parameter.device, dtype=parameter.dtype)
 
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-    decoder_input_ids = torch.tensor(
-        [[start, *prompt_ids]] * batch, dtype=torch.long, device=parameter.device
-    )
-    fed = decoder_input_ids.shape[1]
-    if "max_length" in settings and settings["max_length"] <= fed:
+    start_ids = torch.tensor([[start, *prompt_ids]] * batch, dtype=torch.long, device=parameter.device)
+    if "max_length" in settings and settings["max_length"] <= start_ids.shape[1]:
         raise ValueError(
             f"max_length {settings['max_length']} leaves no room after the start token and the "
             f"{len(prompt_ids)} prompt tokens"
@@ -287,12 +294,22 @@ def generate_captions(
     with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
+        if prefix:
+            # From embeddings alone, generate() returns only the new tokens (nothing of the input to cut).
+            embeds = model.prefix_inputs_embeds(images, start_ids)
+            inputs = {"inputs_embeds": embeds, "attention_mask": start_ids.new_ones(embeds.shape[:2])}
+            fed = 0
+        else:
+            # decoder_attention_mask all ones (nothing is padded); without it the decoder warns once about
+            # "padding" when a finished sequence's pad tokens are fed back
+            inputs = {
+                "pixel_values": images,
+                "decoder_input_ids": start_ids,
+                "decoder_attention_mask": torch.ones_like(start_ids),
+            }
+            fed = start_ids.shape[1]
         output = model.generate(
-            pixel_values=pixel_values,
-            decoder_input_ids=decoder_input_ids,
-            # all ones (nothing is padded); without it the decoder warns once about "padding" when a
-            # finished sequence's pad tokens are fed back
-            decoder_attention_mask=torch.ones_like(decoder_input_ids),
+            **inputs,
             use_cache=True,
             return_dict_in_generate=True,
             output_scores=True,

@@ -96,3 +96,25 @@ def plot_loss_curve(
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_loss_curves(histories: dict[str, list[dict]], title: str = "training loss", ylabel: str = "loss"):
+    """Several runs' train (solid) and eval (dashed, dots) loss against step on shared axes, one colour per run.
+
+    `histories` maps a label (e.g. a mapping type) to a Trainer's `state.log_history`.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, (label, log_history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        for key, style, suffix in (("loss", "-", "train"), ("eval_loss", "o--", "validation")):
+            points = [(h["step"], h[key]) for h in log_history if key in h]
+            if points:
+                ax.plot(*zip(*points), style, color=colour, label=f"{label}, {suffix}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

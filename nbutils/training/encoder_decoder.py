@@ -35,10 +35,8 @@ from .. import stages
 from ..config import param
 from ..data.cache import ImageGeometry
 from ..data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
-from ..demo import scenes
-from ..evaluation.attributes import attribute_accuracy
-from ..evaluation.caption_metrics import METRIC_KEYS as SCORE_KEYS
-from ..evaluation.caption_metrics import caption_metrics, check_tokenization, constant_baseline
+from ..evaluation.caption_metrics import check_tokenization
+from ..evaluation.caption_scores import score_test_captions
 from ..models import captioner as captioners
 from ..models.decoding import generate_captions, resolve_decoding
 from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
@@ -146,7 +144,10 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: fl
 
 
 class CaptionTrainer(ImageBatchTrainer):
-    """Trainer whose loss is `caption_loss` on the decoder's logits, with an optional lower encoder rate."""
+    """Trainer whose loss is `caption_loss` on the decoder's logits, with an optional lower encoder rate.
+
+    Batches carry uint8 `pixel_values` (an encoder-decoder) or `image_embeds` (a prefix captioner, ClipCap).
+    """
 
     def __init__(self, *args, label_smoothing: float = 0.0, encoder_learning_rate: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -157,12 +158,23 @@ class CaptionTrainer(ImageBatchTrainer):
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(
-            pixel_values=self.normalized_pixels(model, inputs),
-            decoder_input_ids=inputs["decoder_input_ids"],
-            decoder_attention_mask=inputs["decoder_attention_mask"],
-        )
-        loss = caption_loss(outputs.logits, inputs["labels"], self.label_smoothing)
+        if (
+            "image_embeds" in inputs
+        ):  # a prefix captioner (ClipCap): GPT-2 reads [prefix] + the decoder inputs
+            outputs = model(
+                input_ids=inputs["decoder_input_ids"],
+                attention_mask=inputs["decoder_attention_mask"],
+                image_embeds=inputs["image_embeds"],
+            )
+            logits = outputs.logits[:, -inputs["labels"].shape[1] :]  # the prefix's positions predict nothing
+        else:
+            outputs = model(
+                pixel_values=self.normalized_pixels(model, inputs),
+                decoder_input_ids=inputs["decoder_input_ids"],
+                decoder_attention_mask=inputs["decoder_attention_mask"],
+            )
+            logits = outputs.logits
+        loss = caption_loss(logits, inputs["labels"], self.label_smoothing)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -319,9 +331,6 @@ def caption_test_images(
 # -----------------------------------------------------------------------------
 # the whole job
 
-# caption_metrics' scores, plus why METEOR is null where Java is missing
-METRIC_KEYS = (*SCORE_KEYS, "meteor_missing_reason")
-
 
 @dataclass
 class CaptionRun:
@@ -336,19 +345,6 @@ class CaptionRun:
     attributes: dict | None = None  # attribute_accuracy (demo), else None
     test: ImageTextDataset | None = None
     baseline_caption: str = ""
-
-
-def _attribute_summary(result: dict) -> dict:
-    """summary.json's attribute_accuracy: accuracies (percent) per attribute, overall and single-object."""
-    return {
-        "per_attribute": {a: r["accuracy"] for a, r in result["per_attribute"].items()},
-        "single_object": {a: r["accuracy"] for a, r in result["single_object"].items()},
-        "all_correct": result["all_correct"]["accuracy"],
-        "single_object_all_correct": result["single_object_all_correct"]["accuracy"],
-        "hallucination_rate": result["hallucination_rate"],
-        "n_images": result["n_images"],
-        "n_single_object": result["n_single_object"],
-    }
 
 
 def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> CaptionRun:
@@ -392,42 +388,23 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
         resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
     )
 
-    keys = test.image_paths
     captions = caption_test_images(
         bundle, test, mean, std, decoding_spec(config), config.prompt, seed=config.seed
     )
-    predicted = dict(zip(keys, captions))
-    references = dict(zip(keys, test.captions))
-    metrics = caption_metrics(predicted, references, language, tokenization, per_image=True)
-    constant = constant_baseline(list(prepared.tables["train"]["text"]), keys)
-    baseline = caption_metrics(constant, references, language, tokenization)
-    attributes = None
-    if prepared.origin.ground_truth:
-        ground_truth = scenes.load_ground_truth(Path(prepared.origin.ground_truth).parent)
-        attributes = attribute_accuracy(predicted, ground_truth, language)
-
-    per_image = metrics["per_image"]
-    predictions = pd.DataFrame(
-        {
-            "image_path": keys,
-            "references": [" | ".join(refs) for refs in test.captions],
-            "prediction": captions,
-            "cider": [per_image[k]["cider"] for k in keys],
-            "bleu4": [per_image[k]["bleu4"] for k in keys],
-        }
+    scores = score_test_captions(
+        test.image_paths,
+        captions,
+        test.captions,
+        list(prepared.tables["train"]["text"]),
+        language,
+        tokenization,
+        prepared.origin.ground_truth,
     )
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {key: metrics[key] for key in METRIC_KEYS}
+    summary = dict(scores.summary)
     summary.update(
         {
-            "tokenization": tokenization,
-            "n_test_images": metrics["n_images"],
             "decoding": {"preset": config.decoding, **settings},
-            "baseline": {
-                **{key: baseline[key] for key in METRIC_KEYS},
-                "caption": next(iter(constant.values())),
-            },
-            "attribute_accuracy": _attribute_summary(attributes) if attributes else None,
             "decoder": config.decoder,
             "mode": mode,
             "language": language,
@@ -444,18 +421,18 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
         }
     )
     if trainer.is_world_process_zero():
-        stages.save_captioner_run(output_dir, bundle, summary, predictions)
+        stages.save_captioner_run(output_dir, bundle, summary, scores.predictions)
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     return CaptionRun(
         bundle,
         summary,
         trainer.state.log_history,
-        predictions,
-        metrics,
-        baseline,
-        attributes,
+        scores.predictions,
+        scores.metrics,
+        scores.baseline,
+        scores.attributes,
         test,
-        next(iter(constant.values())),
+        scores.baseline_caption,
     )
 
 

@@ -1,0 +1,395 @@
+"""ClipCap training: a mapping network from CLIP image embeddings to a GPT-2 prefix, with the Trainer.
+
+    python -m nbutils.train_clipcap --run-dir outputs/demo
+    python -m nbutils.train_clipcap --run-dir outputs/demo --mapping mlp,transformer,bert
+    python -m nbutils.train_clipcap --run-dir outputs/flickr --clip-model OFA-Sys/chinese-clip-vit-base-patch16 \\
+        --language-model uer/gpt2-chinese-cluecorpussmall --mapping transformer --freeze-language-model true
+
+1. The CLIP image embeddings of every cached image are computed once and kept on disk
+   (nbutils.data.image_embeddings: safetensors, keyed by the encoder's weights and the images).
+2. For each mapping type listed, a ClipCapModel (nbutils.models.clipcap) trains on one example per caption
+   row through the same Trainer glue as train_encoder_decoder (`CaptionTrainer`): the loss covers the caption
+   tokens and the end token, never the prefix, the start token or padding. With `freeze_language_model`
+   GPT-2 gets `requires_grad_(False)`: no gradient, not in the optimizer, bit-identical after training.
+3. The test images are captioned in batches from their embeddings through the shared decoding module
+   (KV cache, beams, sampling, `num_return_sequences`) and scored like every captioner
+   (nbutils.evaluation.caption_scores).
+
+The first mapping listed is the stage's result (`output_dir/model`, `summary.json`, ...); the others are trained
+into `output_dir/mappings/<mapping>/` and compared in `comparison.csv` and summary.json's `comparison`.
+Every field of `TrainClipCapConfig` is an option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .. import stages
+from ..config import param
+from ..data.cache import processor_mean_std
+from ..data.datasets import CaptionCollator, ImageEmbeddingDataset
+from ..data.image_embeddings import cached_image_embeddings
+from ..evaluation.caption_metrics import check_tokenization
+from ..evaluation.caption_scores import score_test_captions
+from ..models import clip as clip_models
+from ..models import clipcap
+from ..models.decoding import generate_captions, resolve_decoding
+from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
+from .encoder_decoder import CaptionTrainer
+from .trainer import TrainingConfig, resume_checkpoint, training_arguments
+
+# What learning_rate=0 means: a GPT-2 built from a config trains fast at a large rate; the reference
+# recipe for pretrained GPT-2 (with or without fine-tuning) is 2e-5.
+DEFAULT_LEARNING_RATE = {"demo": 2e-3, "pretrained": 2e-5}
+GENERATION_BATCH_SIZE = 64  # test images captioned per generate() call
+
+
+@dataclass(frozen=True)
+class TrainClipCapConfig(TrainingConfig):
+    """train_clipcap's parameters (the notebook's `parameters` cell and the command line)."""
+
+    stage = "train_clipcap"
+    output_dir: str = param(
+        "../outputs/dev/train_clipcap", "injected by the runner: where this notebook writes"
+    )
+    epochs: float = param(10.0, "passes over the training caption rows")
+    batch_size: int = param(64, "caption rows per batch, per process (the reference: 40)")
+    learning_rate: float = param(0.0, "0 picks the mode's default: 2e-3 demo, 2e-5 pretrained GPT-2")
+    weight_decay: float = param(0.01, "AdamW weight decay")
+    warmup_ratio: float = param(0.05, "share of the steps spent warming up the learning rate")
+    clip_model: str = param(
+        "",
+        '"" (the model train_clip saved in this run) or a CLIP image encoder: hub id or folder of a CLIPModel, '
+        "ChineseCLIPModel or VisionTextDualEncoderModel",
+    )
+    language_model: str = param(
+        "",
+        '"" (demo: a small GPT-2 from a config, tokenizer trained on the train captions) or a GPT-2 with its '
+        "tokenizer: hub id or folder (gpt2, uer/gpt2-chinese-cluecorpussmall)",
+    )
+    mapping: str = param(
+        "mlp",
+        '"mlp", "transformer" or "bert"; several, comma-separated, trains each and compares them',
+    )
+    prefix_len: int = param(10, "prefix tokens GPT-2 sees per image (K)")
+    constant_len: int = param(
+        10, "transformer / bert mapping: learned constant tokens after the K projected ones"
+    )
+    mapping_layers: int = param(8, "transformer / bert mapping: layers")
+    mapping_heads: int = param(8, "transformer / bert mapping: attention heads")
+    normalize_prefix: bool = param(False, "L2-normalise the CLIP embedding before the mapper")
+    freeze_language_model: bool = param(
+        False, "train the mapper only: GPT-2 frozen (requires_grad False, weights unchanged)"
+    )
+    max_caption_length: int = param(32, "tokens per training caption, end token included")
+    decoding: str = param("greedy", "test captions' decoding preset: greedy, beam, blip_beam, sample, ...")
+    max_new_tokens: int = param(
+        0, "0 keeps the decoding preset's limit; else the most tokens a test caption may have"
+    )
+    num_return_sequences: int = param(
+        1, "captions per test image (beam: at most num_beams; sampling: any); the first is scored"
+    )
+    tokenization: str = param("", 'metrics tokenisation: "" (the language\'s default), jieba, char, words')
+    embeddings_dir: str = param(
+        "", 'where CLIP image embeddings are kept ("": clip_embeddings/ beside the image cache)'
+    )
+    hidden_size: int = param(128, "demo GPT-2: width")
+    layers: int = param(1, "demo GPT-2: transformer layers")
+    num_heads: int = param(4, "demo GPT-2: attention heads")
+    dropout: float = param(0.0, "demo GPT-2: dropout")
+
+
+def mappings(config: TrainClipCapConfig) -> list[str]:
+    """The mapping types `config.mapping` lists, in order."""
+    return [m.strip() for m in config.mapping.split(",") if m.strip()]
+
+
+def decoding_spec(config: TrainClipCapConfig) -> dict:
+    """The test captions' decoding: the preset, with `max_new_tokens` and `num_return_sequences` on top."""
+    spec = {"preset": config.decoding, "num_return_sequences": config.num_return_sequences}
+    if config.max_new_tokens:
+        spec["max_new_tokens"] = config.max_new_tokens
+    return spec
+
+
+def check_config(config: TrainClipCapConfig) -> None:
+    """Reject bad parameters by name before any data or model is loaded."""
+    listed = mappings(config)
+    if not listed or any(m not in clipcap.MAPPINGS for m in listed) or len(set(listed)) != len(listed):
+        raise ValueError(
+            f"mapping={config.mapping!r}: list one or more of {clipcap.MAPPINGS}, comma-separated, each once"
+        )
+    for mapping in listed:
+        clipcap.mapper_settings(
+            1, config.prefix_len, mapping, config.constant_len, config.mapping_layers, config.mapping_heads
+        )
+    if config.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0 (0: the preset's), got {config.max_new_tokens}")
+    resolve_decoding(decoding_spec(config))  # ValueError naming what is wrong
+    if config.max_caption_length < 2:
+        raise ValueError(
+            f"max_caption_length must be >= 2 (a token and the end), got {config.max_caption_length}"
+        )
+
+
+# -----------------------------------------------------------------------------
+# models
+
+
+def load_clip(config: TrainClipCapConfig, prepared: stages.PreparedDataset):
+    """(ClipBundle, name): this run's train_clip model, or `config.clip_model`, checked against the image cache."""
+    from .clip import check_geometry
+
+    if not config.clip_model:
+        return stages.load_clip(config.run_dir).bundle, f"train_clip of {Path(config.run_dir).name}"
+    bundle = clip_models.load_clip_model(config.clip_model)
+    check_geometry(bundle, prepared)
+    return bundle, config.clip_model
+
+
+def load_bundle(
+    config: TrainClipCapConfig, mapping: str, prefix_dim: int, train_texts: list[str], language: str
+):
+    """(ClipCapBundle, mode): "demo" (a small GPT-2, tokenizer trained on the captions) or "pretrained"."""
+    mapper = clipcap.mapper_settings(
+        prefix_dim,
+        config.prefix_len,
+        mapping,
+        config.constant_len,
+        config.mapping_layers,
+        config.mapping_heads,
+        config.normalize_prefix,
+    )
+    if config.language_model:
+        return clipcap.load_clipcap_language_model(config.language_model, mapper), "pretrained"
+    tokenizer = train_caption_tokenizer(train_texts, language)
+    settings = resolve_decoding(decoding_spec(config))
+    positions = max(64, config.max_caption_length, 1 + settings.get("max_new_tokens", 0))
+    bundle = clipcap.build_demo_clipcap(
+        tokenizer,
+        mapper,
+        hidden_size=config.hidden_size,
+        layers=config.layers,
+        num_heads=config.num_heads,
+        max_length=positions,
+        dropout=config.dropout,
+    )
+    return bundle, "demo"
+
+
+def caption_embeddings(
+    bundle,
+    image_embeds: torch.Tensor,
+    decoding: str | dict = "greedy",
+    batch_size: int = GENERATION_BATCH_SIZE,
+    seed: int | None = None,
+) -> list[list[dict]]:
+    """Captions for (N, D) image embeddings, batched: per image, num_return_sequences candidates, best first."""
+    model = bundle.model
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for start in range(0, len(image_embeds), batch_size):
+            batch = image_embeds[start : start + batch_size]
+            results.extend(
+                generate_captions(model, bundle.tokenizer, decoding=decoding, seed=seed, image_embeds=batch)
+            )
+    finally:
+        model.train(was_training)
+    return results
+
+
+# -----------------------------------------------------------------------------
+# the whole job
+
+
+@dataclass
+class ClipCapRun:
+    """What `train_clipcap` returns to the notebook: the first mapping's run, and all of them."""
+
+    bundle: object
+    summary: dict
+    log_history: list = field(default_factory=list)
+    predictions: pd.DataFrame | None = None
+    metrics: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)
+    attributes: dict | None = None
+    test: object = None
+    baseline_caption: str = ""
+    runs: dict = field(default_factory=dict)  # mapping -> ClipCapRun (this one included)
+
+    def comparison(self) -> pd.DataFrame:
+        """One row per mapping type: metrics, attribute accuracy (demo), trainable parameters, seconds."""
+        rows = []
+        for mapping, run in self.runs.items():
+            s = run.summary
+            row = {
+                "mapping": mapping,
+                "CIDEr": s["cider"],
+                "BLEU-4": s["bleu4"],
+                "ROUGE-L": s["rouge_l"],
+                "METEOR": s["meteor"],
+            }
+            if s["attribute_accuracy"]:
+                single = s["attribute_accuracy"]["single_object"]
+                row.update(
+                    {
+                        "colour, single-object (%)": single["colour"],
+                        "shape, single-object (%)": single["shape"],
+                    }
+                )
+            row.update(
+                {
+                    "trainable parameters": s["trainable_parameters"]["trainable"],
+                    "training seconds": s["train_seconds"],
+                }
+            )
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("mapping")
+
+
+def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapRun:
+    """Train one ClipCap per mapping type listed on `config.run_dir`'s splits; caption and score the test split."""
+    check_config(config)
+    output_dir = Path(config.output_dir)
+    prepared = stages.load_prepared(config.run_dir)
+    language = prepared.language
+    tokenization = check_tokenization(language, config.tokenization or None)
+    clip, clip_name = load_clip(config, prepared)
+    mean, std = processor_mean_std(clip.image_processor)
+    embeddings_dir = Path(config.embeddings_dir or Path(prepared.cache.cache_dir).parent / "clip_embeddings")
+    embeddings, embeddings_file, reused = cached_image_embeddings(
+        clip.model, prepared.cache, mean, std, embeddings_dir
+    )
+    del clip
+    print(
+        f"CLIP image embeddings ({clip_name}): {'read from' if reused else 'computed into'} {embeddings_file}"
+    )
+    embedding_info = {"file": str(embeddings_file), "reused": reused, "dim": int(embeddings.shape[1])}
+
+    runs, folders = {}, {}
+    listed = mappings(config)
+    for mapping in listed:
+        folders[mapping] = output_dir if mapping == listed[0] else output_dir / "mappings" / mapping
+        one = dataclasses.replace(config, mapping=mapping, output_dir=str(folders[mapping]))
+        runs[mapping] = _train_one(one, prepared, embeddings, language, tokenization, callbacks)
+        runs[mapping].summary.update({"clip_model": clip_name, "clip_embeddings": embedding_info})
+    first = runs[listed[0]]
+    first.runs = runs
+    comparison = first.comparison()
+    first.summary["comparison"] = (
+        comparison.reset_index().to_dict(orient="records") if len(runs) > 1 else None
+    )
+    if (
+        int(os.environ.get("RANK", "0")) == 0
+    ):  # the main process writes (as the Trainer's is_world_process_zero)
+        for mapping, run in runs.items():
+            stages.save_clipcap_run(folders[mapping], run.bundle, run.summary, run.predictions)
+        if len(runs) > 1:
+            comparison.to_csv(output_dir / "comparison.csv")
+    return first
+
+
+def _train_one(config, prepared, embeddings, language: str, tokenization: str, callbacks) -> ClipCapRun:
+    """Train and score one mapping type (`config.mapping` is a single type here)."""
+    output_dir = Path(config.output_dir)
+    train_texts = list(prepared.tables["train"]["text"])
+    torch.manual_seed(config.seed)
+    bundle, mode = load_bundle(config, config.mapping, embeddings.shape[1], train_texts, language)
+    counts = clipcap.freeze_language_model(bundle.model, config.freeze_language_model)
+    ids = caption_special_ids(bundle.tokenizer)
+    collator = CaptionCollator(
+        bundle.tokenizer, ids["start"], ids["end"], ids["pad"], config.max_caption_length
+    )
+    train = ImageEmbeddingDataset(prepared.dataset("train", sampling="caption", seed=config.seed), embeddings)
+    val = ImageEmbeddingDataset(prepared.dataset("val", sampling="caption", seed=config.seed), embeddings)
+    test = ImageEmbeddingDataset(prepared.dataset("test", seed=config.seed, fixed_caption=True), embeddings)
+    lr = config.learning_rate or DEFAULT_LEARNING_RATE[mode]
+    args = training_arguments(
+        config, output_dir / "checkpoints", learning_rate=lr, dataloader_drop_last=False
+    )
+    trainer = CaptionTrainer(
+        model=bundle.model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=collator,
+        callbacks=list(callbacks),
+    )
+    output = trainer.train(
+        resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
+    )
+
+    decoding = decoding_spec(config)
+    candidates = caption_embeddings(bundle, test.image_embeds(), decoding, seed=config.seed)
+    captions = [c[0]["caption"] for c in candidates]
+    scores = score_test_captions(
+        test.image_paths,
+        captions,
+        test.captions,
+        train_texts,
+        language,
+        tokenization,
+        prepared.origin.ground_truth,
+    )
+    predictions = scores.predictions
+    if config.num_return_sequences > 1:
+        predictions["candidates"] = [" | ".join(c["caption"] for c in cands) for cands in candidates]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = dict(scores.summary)
+    summary.update(
+        {
+            "decoding": {**resolve_decoding(decoding), "preset": config.decoding},
+            "mapping": config.mapping,
+            "prefix_len": config.prefix_len,
+            "constant_len": config.constant_len if config.mapping != "mlp" else None,
+            "mapping_layers": config.mapping_layers if config.mapping != "mlp" else None,
+            "normalize_prefix": config.normalize_prefix,
+            "gpt2_frozen": config.freeze_language_model,
+            "trainable_parameters": counts,
+            "mode": mode,
+            "language": language,
+            "steps": trainer.state.global_step,
+            "train_seconds": output.metrics.get("train_runtime"),
+            "final_train_loss": losses[-1] if losses else output.training_loss,
+            "learning_rate": lr,
+            "batch_size": config.batch_size,
+            "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
+        }
+    )
+    if trainer.is_world_process_zero():
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+    return ClipCapRun(
+        bundle,
+        summary,
+        trainer.state.log_history,
+        predictions,
+        scores.metrics,
+        scores.baseline,
+        scores.attributes,
+        test,
+        scores.baseline_caption,
+    )
+
+
+def main(argv=None) -> int:
+    """`python -m nbutils.train_clipcap`: every TrainClipCapConfig field is an option."""
+    config = TrainClipCapConfig.from_arguments(
+        argv, prog="python -m nbutils.train_clipcap", description=__doc__
+    )
+    result = train_clipcap(config)
+    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

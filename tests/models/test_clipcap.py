@@ -1,0 +1,354 @@
+"""ClipCap models: mappers, the prefix, loss masking, frozen GPT-2, cached generation, save / load, the importer."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+from nbutils.data.datasets import CaptionCollator
+from nbutils.models import clipcap
+from nbutils.models.decoding import generate_captions
+from nbutils.models.tokenizer import caption_special_ids, train_caption_tokenizer
+from nbutils.training.encoder_decoder import CaptionTrainer
+
+from .conftest import ZH
+
+PREFIX_DIM, K = 12, 3
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_caption_tokenizer(ZH, "zh")
+
+
+def _bundle(tokenizer, mapping="mlp", seed=0, **mapper):
+    torch.manual_seed(seed)
+    settings = clipcap.mapper_settings(
+        PREFIX_DIM,
+        prefix_len=K,
+        mapping=mapping,
+        constant_len=mapper.pop("constant_len", K),
+        mapping_layers=2,
+        mapping_heads=4,
+        **mapper,
+    )
+    return clipcap.build_demo_clipcap(tokenizer, settings, hidden_size=32, layers=2, num_heads=4)
+
+
+@pytest.mark.parametrize("mapping", clipcap.MAPPINGS)
+def test_each_mapping_makes_a_prefix_of_k_embeddings_before_the_tokens(tokenizer, mapping):
+    model = _bundle(tokenizer, mapping).model.eval()
+    images = torch.randn(2, PREFIX_DIM)
+    ids = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 10]])
+    assert model.prefix(images).shape == (2, K, 32)
+    logits = model(input_ids=ids, image_embeds=images).logits
+    assert logits.shape == (2, K + 4, len(tokenizer))
+    # the same as GPT-2 fed the prefix and the token embeddings by hand
+    embeds = torch.cat([model.prefix(images), model.transformer.wte(ids)], dim=1)
+    torch.testing.assert_close(logits, GPT2LMHeadModel.forward(model, inputs_embeds=embeds).logits)
+    # the image changes what the tokens predict
+    other = model(input_ids=ids, image_embeds=torch.randn(2, PREFIX_DIM)).logits
+    assert not torch.allclose(logits[:, K:], other[:, K:])
+
+
+def test_the_mlp_mapper_is_the_papers(tokenizer):
+    mapper = _bundle(tokenizer).model.mapper
+    assert [type(m) for m in mapper] == [nn.Linear, nn.Tanh, nn.Linear]
+    assert (mapper[0].in_features, mapper[0].out_features) == (PREFIX_DIM, 32 * K // 2)
+    assert mapper[2].out_features == 32 * K
+
+
+def test_the_transformer_mapper_outputs_the_last_k_positions(tokenizer):
+    model = _bundle(tokenizer, "transformer", constant_len=5).model.eval()
+    mapper = model.mapper
+    images = torch.randn(2, PREFIX_DIM)
+    sequence = torch.cat(
+        [mapper.linear(images).view(2, K, 32), mapper.constants.unsqueeze(0).expand(2, -1, -1)], dim=1
+    )
+    assert sequence.shape[1] == K + 5
+    torch.testing.assert_close(mapper(images), mapper.transformer(sequence)[:, -K:])
+
+
+def test_normalize_prefix_makes_the_prefix_scale_free(tokenizer):
+    model = _bundle(tokenizer, normalize_prefix=True).model.eval()
+    images = torch.randn(2, PREFIX_DIM)
+    torch.testing.assert_close(model.prefix(images), model.prefix(7.0 * images))
+    plain = _bundle(tokenizer).model.eval()
+    assert not torch.allclose(plain.prefix(images), plain.prefix(7.0 * images))
+
+
+def test_bad_mapper_settings_are_named():
+    with pytest.raises(ValueError, match="mapping must be one of"):
+        clipcap.mapper_settings(8, mapping="lstm")
+    with pytest.raises(ValueError, match="prefix_len must be >= 1"):
+        clipcap.mapper_settings(8, prefix_len=0)
+    with pytest.raises(ValueError, match="mapping_layers >= 1"):
+        clipcap.mapper_settings(8, mapping="transformer", mapping_layers=0)
+
+
+def test_the_loss_covers_caption_tokens_and_the_end_token_only(tokenizer):
+    """CaptionTrainer's loss on a ClipCap batch against cross-entropy written out position by position."""
+    bundle = _bundle(tokenizer)
+    model = bundle.model.eval()
+    ids = caption_special_ids(tokenizer)
+    collator = CaptionCollator(tokenizer, ids["start"], ids["end"], ids["pad"], max_length=16)
+    texts = ["一个红色的圆形", "绿色的三角形在左边的草地上"]
+    images = torch.randn(2, PREFIX_DIM)
+    batch = collator(
+        [{"image_embeds": e, "text": t, "image_index": i} for i, (e, t) in enumerate(zip(images, texts))]
+    )
+    trainer = CaptionTrainer(
+        model=model, args=TrainingArguments(output_dir="/tmp/unused", report_to="none", use_cpu=True)
+    )
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        total, count = 0.0, 0
+        for row, text in enumerate(texts):
+            caption = tokenizer(text, add_special_tokens=False)["input_ids"] + [ids["end"]]
+            sequence = torch.tensor([[ids["start"], *caption[:-1]]])  # start, caption (no end fed)
+            logits = model(input_ids=sequence, image_embeds=images[row : row + 1]).logits[0]
+            for position, target in enumerate(caption):  # the prefix's K positions predict nothing
+                total -= torch.log_softmax(logits[K + position], dim=-1)[target].item()
+                count += 1
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+    # the shorter caption's padding is -100; the start token is never a label
+    assert (batch["labels"][0] == -100).sum() > 0 and ids["start"] not in batch["labels"].tolist()
+
+
+def test_a_frozen_gpt2_gets_no_gradient_and_the_mapper_does(tokenizer):
+    model = _bundle(tokenizer).model
+    counts = clipcap.freeze_language_model(model)
+    model.train()  # what the Trainer calls at every step
+    mapper_size = sum(p.numel() for p in model.mapper.parameters())
+    assert counts["trainable"] == mapper_size and counts["frozen"] == counts["total"] - mapper_size
+    ids = torch.tensor([[1, 5, 6, 7]])
+    model(input_ids=ids, image_embeds=torch.randn(1, PREFIX_DIM)).logits.sum().backward()
+    assert all(p.grad is None for p in model.transformer.parameters()) and model.lm_head.weight.grad is None
+    assert all(p.grad is not None for p in model.mapper.parameters())
+    assert not model.transformer.training and model.mapper.training  # no dropout in the frozen GPT-2
+
+
+def _naive_greedy(model, image_embeds, start, end, max_new_tokens):
+    """The reference generators' way: one image, the whole sequence re-run at every step, no cache."""
+    out = []
+    for image in image_embeds:
+        tokens = [start]
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([tokens]), image_embeds=image[None], use_cache=False).logits
+            token = int(logits[0, -1].argmax())
+            if token == end:
+                break
+            tokens.append(token)
+        out.append(tokens[1:])
+    return out
+
+
+@pytest.mark.parametrize("mapping", ["mlp", "transformer"])
+def test_batched_cached_greedy_equals_the_naive_uncached_loop(tokenizer, mapping):
+    model = _bundle(tokenizer, mapping, seed=3).model.eval()
+    images = torch.randn(5, PREFIX_DIM)
+    ids = caption_special_ids(tokenizer)
+    fast = generate_captions(model, tokenizer, decoding={"max_new_tokens": 12}, image_embeds=images)
+    slow = _naive_greedy(model, images, ids["start"], ids["end"], 12)
+    assert [c[0]["token_ids"] for c in fast] == slow
+    assert any(len(tokens) > 3 for tokens in slow)  # not trivially empty
+
+
+def test_several_diverse_captions_per_image_are_one_parameter_away(tokenizer):
+    model = _bundle(tokenizer, seed=1).model.eval()
+    images = torch.randn(3, PREFIX_DIM)
+    beams = generate_captions(
+        model, tokenizer, decoding={"preset": "beam", "num_return_sequences": 3}, image_embeds=images
+    )
+    assert [len(c) for c in beams] == [3, 3, 3]
+    for candidates in beams:
+        assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
+        assert len({tuple(c["token_ids"]) for c in candidates}) == 3
+    sampled = generate_captions(
+        model,
+        tokenizer,
+        decoding={"preset": "sample", "num_return_sequences": 4},
+        image_embeds=images,
+        seed=0,
+    )
+    again = generate_captions(
+        model,
+        tokenizer,
+        decoding={"preset": "sample", "num_return_sequences": 4},
+        image_embeds=images,
+        seed=0,
+    )
+    assert [len(c) for c in sampled] == [4, 4, 4] and sampled == again
+
+
+def test_save_then_load_gives_the_same_captions_and_plain_transformers_loads_it(tokenizer, tmp_path):
+    bundle = _bundle(tokenizer, "transformer", seed=2)
+    images = torch.randn(4, PREFIX_DIM)
+    before = generate_captions(bundle.model.eval(), tokenizer, decoding="beam", image_embeds=images)
+    clipcap.save_clipcap(bundle, tmp_path / "model")
+    loaded = clipcap.load_saved_clipcap(tmp_path / "model")
+    assert loaded.model.config.mapping == "transformer" and loaded.model.config.prefix_len == K
+    after = generate_captions(loaded.model.eval(), loaded.tokenizer, decoding="beam", image_embeds=images)
+    assert after == before
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "model")) is clipcap.ClipCapModel
+    language_model = GPT2LMHeadModel.from_pretrained(tmp_path / "model")  # the language model alone
+    torch.testing.assert_close(language_model.transformer.wte.weight, bundle.model.transformer.wte.weight)
+
+
+def test_a_pretrained_gpt2_folder_loads_under_a_fresh_mapper(tokenizer, tmp_path):
+    """The hub-id / folder path, with a small GPT-2 saved by save_pretrained (never a download)."""
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=4)
+    )
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    bundle = clipcap.load_clipcap_language_model(
+        tmp_path / "gpt2", clipcap.mapper_settings(PREFIX_DIM, prefix_len=K)
+    )
+    for name, weight in gpt2.state_dict().items():
+        torch.testing.assert_close(bundle.model.state_dict()[name], weight)
+    ids = caption_special_ids(tokenizer)
+    assert bundle.model.generation_config.eos_token_id == ids["end"]
+    assert bundle.model.generation_config.bos_token_id == ids["start"]
+    with pytest.raises(ValueError, match="could not load language_model"):
+        clipcap.load_clipcap_language_model(tmp_path / "missing", clipcap.mapper_settings(PREFIX_DIM))
+
+
+# -----------------------------------------------------------------------------
+# the reference implementation (rmokady/CLIP_prefix_caption), rebuilt from its description
+
+
+class ReferenceMlp(nn.Module):
+    def __init__(self, sizes):
+        super().__init__()
+        layers = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(nn.Tanh())
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class ReferenceAttention(nn.Module):
+    """Queries from one linear, keys and values from another (rows: keys, then values), no q/k/v bias."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.to_queries = nn.Linear(dim, dim, bias=False)
+        self.to_keys_values = nn.Linear(dim, 2 * dim, bias=False)
+        self.project = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q = self.to_queries(x).reshape(b, n, self.heads, c // self.heads)
+        kv = self.to_keys_values(x).reshape(b, n, 2, self.heads, c // self.heads)
+        k, v = kv[:, :, 0], kv[:, :, 1]
+        attention = (torch.einsum("bnhd,bmhd->bnmh", q, k) * self.scale).softmax(dim=2)
+        return self.project(torch.einsum("bnmh,bmhd->bnhd", attention, v).reshape(b, n, c))
+
+
+class ReferenceMlpBlock(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class ReferenceLayer(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), ReferenceAttention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim), ReferenceMlpBlock(dim, 2 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ReferenceTransformer(nn.Module):
+    def __init__(self, dim, heads, layers):
+        super().__init__()
+        self.layers = nn.ModuleList([ReferenceLayer(dim, heads) for _ in range(layers)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class ReferenceTransformerMapper(nn.Module):
+    def __init__(self, dim_clip, dim, prefix_length, clip_length, layers, heads):
+        super().__init__()
+        self.clip_length = clip_length
+        self.transformer = ReferenceTransformer(dim, heads, layers)
+        self.linear = nn.Linear(dim_clip, clip_length * dim)
+        self.prefix_const = nn.Parameter(torch.randn(prefix_length, dim))
+
+    def forward(self, x):
+        x = self.linear(x).view(x.shape[0], self.clip_length, -1)
+        prefix = self.prefix_const.unsqueeze(0).expand(x.shape[0], *self.prefix_const.shape)
+        return self.transformer(torch.cat((x, prefix), dim=1))[:, self.clip_length :]
+
+
+class ReferenceClipCaption(nn.Module):
+    def __init__(self, gpt_config, prefix_length, prefix_size, mapping, layers=2, heads=4):
+        super().__init__()
+        self.prefix_length = prefix_length
+        self.gpt = GPT2LMHeadModel(gpt_config)
+        dim = gpt_config.n_embd
+        if mapping == "mlp":
+            self.clip_project = ReferenceMlp((prefix_size, dim * prefix_length // 2, dim * prefix_length))
+        else:
+            self.clip_project = ReferenceTransformerMapper(
+                prefix_size, dim, prefix_length, prefix_length, layers, heads
+            )
+
+    def forward(self, tokens, prefix):
+        embedding_text = self.gpt.transformer.wte(tokens)
+        prefix_projections = self.clip_project(prefix).view(-1, self.prefix_length, self.gpt.config.n_embd)
+        return self.gpt(inputs_embeds=torch.cat((prefix_projections, embedding_text), dim=1)).logits
+
+
+@pytest.mark.parametrize("mapping", ["mlp", "transformer"])
+def test_a_reference_checkpoint_imports_with_the_same_logits(tokenizer, tmp_path, mapping):
+    torch.manual_seed(0)
+    gpt_config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=1, n_head=4)
+    reference = ReferenceClipCaption(gpt_config, K, PREFIX_DIM, mapping).eval()
+    with torch.no_grad():  # non-trivial LayerNorm parameters, so a swapped norm would show
+        for module in reference.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    torch.save(reference.state_dict(), tmp_path / "coco_prefix-009.pt")
+    state_dict = torch.load(tmp_path / "coco_prefix-009.pt", weights_only=True)
+    assert any(k.startswith("clip_project.") for k in state_dict) and any(
+        k.startswith("gpt.") for k in state_dict
+    )
+
+    config = clipcap.ClipCapConfig(
+        **clipcap.mapper_settings(PREFIX_DIM, K, mapping, constant_len=K, mapping_layers=2, mapping_heads=4),
+        **{k: v for k, v in gpt_config.to_dict().items() if k not in ("model_type", "transformers_version")},
+    )
+    model = clipcap.import_reference_state_dict(state_dict, config).eval()
+    tokens = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    prefix = torch.randn(2, PREFIX_DIM)
+    with torch.no_grad():
+        want = reference(tokens, prefix)
+        got = model(input_ids=tokens, image_embeds=prefix).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert math.isfinite(got.sum().item())
+
+    with pytest.raises(ValueError, match="clip_project"):
+        clipcap.import_reference_state_dict({"gpt.x": torch.zeros(1)}, config)
+    wrong = clipcap.ClipCapConfig(**{**config.to_dict(), "prefix_len": K + 1, "constant_len": K + 1})
+    with pytest.raises(ValueError, match="does not fit|projects to"):
+        clipcap.import_reference_state_dict(state_dict, wrong)
