@@ -58,6 +58,7 @@ bench: $(STAMP)  ## speed measurements recorded in the README (not part of the t
 	$(BIN)/python -m benchmarks.bench_validate
 	$(BIN)/python -m benchmarks.bench_captioning
 	$(BIN)/python -m benchmarks.bench_small_cnn
+	$(BIN)/python -m benchmarks.bench_clipcap
 
 clean-outputs:
 	rm -rf outputs/*/
