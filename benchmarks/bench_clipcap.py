@@ -34,7 +34,12 @@ from nbutils.models.tokenizer import caption_special_ids, train_caption_tokenize
 
 RESULTS = Path(__file__).resolve().parent / "results" / "clipcap.json"
 TARGETS = {"greedy": 10.0, "beam": 8.0}
-LANGUAGE_MODEL = {"n_embd": 384, "n_layer": 6, "n_head": 6, "vocab_size": 21128}  # UER GPT-2's vocabulary size
+LANGUAGE_MODEL = {
+    "n_embd": 384,
+    "n_layer": 6,
+    "n_head": 6,
+    "vocab_size": 21128,
+}  # UER GPT-2's vocabulary size
 PREFIX_DIM, PREFIX_LEN, BEAMS = 512, 10, 5
 
 
@@ -73,7 +78,9 @@ def naive_greedy(model, image_embeds, start: int, end: int, max_new_tokens: int)
 
 
 @torch.no_grad()
-def naive_beam(model, image_embeds, start: int, end: int, max_new_tokens: int, beams: int = BEAMS) -> list[list[int]]:
+def naive_beam(
+    model, image_embeds, start: int, end: int, max_new_tokens: int, beams: int = BEAMS
+) -> list[list[int]]:
     """One image at a time, every live beam's full sequence through GPT-2 at every step (no cache)."""
     captions = []
     for image in image_embeds:
@@ -81,7 +88,9 @@ def naive_beam(model, image_embeds, start: int, end: int, max_new_tokens: int, b
         done = []
         for _ in range(max_new_tokens):
             batch = torch.tensor([tokens for tokens, _ in live])
-            logits = model(input_ids=batch, image_embeds=image[None].expand(len(live), -1), use_cache=False).logits
+            logits = model(
+                input_ids=batch, image_embeds=image[None].expand(len(live), -1), use_cache=False
+            ).logits
             logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)
             totals = torch.tensor([score for _, score in live])[:, None] + logprobs
             best = torch.topk(totals.flatten(), beams)
@@ -112,7 +121,9 @@ def timed_best(repeats: int, fn):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=32, help="images in the batch")
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both paths")
@@ -131,20 +142,30 @@ def main(argv=None) -> dict:
         (
             "beam",
             naive_beam,
-            {"preset": "beam", "num_beams": BEAMS, "max_new_tokens": args.max_new_tokens, "min_new_tokens": 0},
+            {
+                "preset": "beam",
+                "num_beams": BEAMS,
+                "max_new_tokens": args.max_new_tokens,
+                "min_new_tokens": 0,
+            },
         ),
     ):
         slow_s, slow = timed_best(
-            args.repeats, lambda: naive(model, image_embeds, ids["start"], ids["end"], args.max_new_tokens)
+            args.repeats,
+            lambda naive=naive: naive(model, image_embeds, ids["start"], ids["end"], args.max_new_tokens),
         )
         fast_s, fast = timed_best(
             args.repeats,
-            lambda: generate_captions(model, tokenizer, decoding=decoding, image_embeds=image_embeds),
+            lambda decoding=decoding: generate_captions(
+                model, tokenizer, decoding=decoding, image_embeds=image_embeds
+            ),
         )
         fast_tokens = [candidates[0]["token_ids"] for candidates in fast]
         same = sum(a == b for a, b in zip(slow, fast_tokens))
         if name == "greedy":
-            assert same == args.images, f"greedy tokens differ for {args.images - same} of {args.images} images"
+            assert same == args.images, (
+                f"greedy tokens differ for {args.images - same} of {args.images} images"
+            )
         ratio = slow_s / fast_s
         results[name] = {
             "naive_captions_per_s": args.images / slow_s,
@@ -158,7 +179,12 @@ def main(argv=None) -> dict:
         rows.append((name, args.images / slow_s, args.images / fast_s, ratio, same))
     results.update(
         {
-            "model": {**LANGUAGE_MODEL, "prefix_dim": PREFIX_DIM, "prefix_len": PREFIX_LEN, "parameters": n_params},
+            "model": {
+                **LANGUAGE_MODEL,
+                "prefix_dim": PREFIX_DIM,
+                "prefix_len": PREFIX_LEN,
+                "parameters": n_params,
+            },
             "machine": machine_info(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -168,9 +194,11 @@ def main(argv=None) -> dict:
     print(
         f"ClipCap, GPT-2 {LANGUAGE_MODEL['n_layer']} layers x {LANGUAGE_MODEL['n_embd']}, vocabulary "
         f"{LANGUAGE_MODEL['vocab_size']:,} ({n_params / 1e6:.1f} M parameters), prefix {PREFIX_LEN}; "
-        f"{args.images} images, {args.max_new_tokens} new tokens, {args.threads} torch thread(s), best of {args.repeats}"
+        f"{args.images} images, {args.max_new_tokens} new tokens, {args.threads} torch thread(s), "
+        f"best of {args.repeats}"
     )
-    print(f"{'decoding':10s} {'naive cap/s':>12s} {'batched cap/s':>14s} {'ratio':>7s} {'target':>7s} {'same tokens':>12s}")
+    header = ("decoding", "naive cap/s", "batched cap/s", "ratio", "target", "same tokens")
+    print("{:10s} {:>12s} {:>14s} {:>7s} {:>7s} {:>12s}".format(*header))
     for name, slow, fast, ratio, same in rows:
         print(
             f"{name:10s} {slow:12.2f} {fast:14.2f} {ratio:6.1f}x {TARGETS[name]:6.0f}x {same:>7d}/{args.images}"
