@@ -126,3 +126,21 @@ def _json_default(obj: Any):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_pretrained_folder(out_dir: str | os.PathLike, *parts) -> Path:
+    """`save_pretrained` every one of `parts` (model, tokenizer, image processor) into one folder, atomically.
+
+    An existing saved model at `out_dir` (a folder with config.json) is replaced; any other non-empty folder is
+    refused, so a wrong path never deletes someone's files.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise ValueError(
+            f"out_dir={str(out_dir)!r} is a non-empty folder without a saved model (no config.json); "
+            f"refusing to replace it. Pick a new folder, e.g. {str(out_dir / 'model')!r}."
+        )
+    with atomic_path(out_dir) as tmp:
+        for part in parts:
+            part.save_pretrained(tmp)
+    return out_dir

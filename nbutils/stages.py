@@ -296,11 +296,15 @@ def load_captioner_run(run_dir, stage: str = "train_encoder_decoder") -> Trained
     """Reload the captioner a captioning stage saved in `run_dir` (plain transformers can load the folder too)."""
     from .models.captioner import load_saved_captioner
 
+    return _load_captioning_stage(run_dir, stage, load_saved_captioner)
+
+
+def _load_captioning_stage(run_dir, stage: str, load_model) -> TrainedCaptioner:
     stage_dir, manifest = read_stage(run_dir, stage)
     files = manifest["files"]
     model_dir = stage_dir / files["model"]
     return TrainedCaptioner(
-        load_saved_captioner(model_dir),
+        load_model(model_dir),
         read_json(stage_dir / files["summary"]),
         pd.read_csv(stage_dir / files["predictions"], keep_default_na=False),
         model_dir,
@@ -327,12 +331,4 @@ def load_clipcap_run(run_dir) -> TrainedCaptioner:
     """Reload the ClipCap model train_clipcap saved in `run_dir` (its bundle has model and tokenizer)."""
     from .models.clipcap import load_saved_clipcap
 
-    stage_dir, manifest = read_stage(run_dir, "train_clipcap")
-    files = manifest["files"]
-    model_dir = stage_dir / files["model"]
-    return TrainedCaptioner(
-        load_saved_clipcap(model_dir),
-        read_json(stage_dir / files["summary"]),
-        pd.read_csv(stage_dir / files["predictions"], keep_default_na=False),
-        model_dir,
-    )
+    return _load_captioning_stage(run_dir, "train_clipcap", load_saved_clipcap)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_path
+from ..files import save_pretrained_folder
 from .image_processors import load_image_processor
 from .positions import init_sincos_positions
 from .tokenizer import caption_special_ids
@@ -185,16 +185,7 @@ def load_saved_captioner(path: str | os.PathLike) -> CaptionerBundle:
 
 def save_captioner(bundle: CaptionerBundle, out_dir: str | os.PathLike) -> Path:
     """Write model, tokenizer and image processor into one folder, atomically (a saved model there is replaced)."""
-    out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise ValueError(
-            f"out_dir={str(out_dir)!r} is a non-empty folder without a saved model; refusing to replace it"
-        )
-    with atomic_path(out_dir) as tmp:
-        bundle.model.save_pretrained(tmp)
-        bundle.tokenizer.save_pretrained(tmp)
-        bundle.image_processor.save_pretrained(tmp)
-    return out_dir
+    return save_pretrained_folder(out_dir, bundle.model, bundle.tokenizer, bundle.image_processor)
 
 
 def _check_decoder(decoder: str) -> None:

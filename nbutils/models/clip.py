@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_path
+from ..files import save_pretrained_folder
 from .image_processors import load_image_processor, processor_output_size
 from .positions import init_sincos_positions
 from .vision_towers import VISION_TOWERS, small_cnn_config, vit_config
@@ -254,17 +254,7 @@ def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
     The folder reloads with `load_clip_model(out_dir)` or `transformers.AutoModel.from_pretrained(out_dir)`.
     An existing saved model at `out_dir` is replaced; any other non-empty folder is refused.
     """
-    out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise ValueError(
-            f"out_dir={str(out_dir)!r} is a non-empty folder without a saved model (no config.json); "
-            f"refusing to replace it. Pick a new folder, e.g. {str(out_dir / 'model')!r}."
-        )
-    with atomic_path(out_dir) as tmp:
-        bundle.model.save_pretrained(tmp)
-        bundle.tokenizer.save_pretrained(tmp)
-        bundle.image_processor.save_pretrained(tmp)
-    return out_dir
+    return save_pretrained_folder(out_dir, bundle.model, bundle.tokenizer, bundle.image_processor)
 
 
 # -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from transformers import (
 )
 from transformers import initialization as init
 
-from ..files import atomic_path
+from ..files import save_pretrained_folder
 from .tokenizer import caption_special_ids
 
 MODEL_TYPE = "nbutils_clipcap"
@@ -314,15 +314,7 @@ def load_clipcap_language_model(language_model: str | os.PathLike, mapper: dict)
 
 def save_clipcap(bundle: ClipCapBundle, out_dir: str | os.PathLike) -> Path:
     """Write model (config with the mapper's settings) and tokenizer into one folder, atomically."""
-    out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise ValueError(
-            f"out_dir={str(out_dir)!r} is a non-empty folder without a saved model; refusing to replace it"
-        )
-    with atomic_path(out_dir) as tmp:
-        bundle.model.save_pretrained(tmp)
-        bundle.tokenizer.save_pretrained(tmp)
-    return out_dir
+    return save_pretrained_folder(out_dir, bundle.model, bundle.tokenizer)
 
 
 def load_saved_clipcap(path: str | os.PathLike) -> ClipCapBundle:

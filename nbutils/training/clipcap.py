@@ -43,7 +43,7 @@ from ..models import clip as clip_models
 from ..models import clipcap
 from ..models.decoding import generate_captions, resolve_decoding
 from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
-from .encoder_decoder import CaptionTrainer
+from .encoder_decoder import CaptionRun, CaptionTrainer
 from .trainer import TrainingConfig, resume_checkpoint, training_arguments
 
 # What learning_rate=0 means: a GPT-2 built from a config trains fast at a large rate; the reference
@@ -213,18 +213,9 @@ def caption_embeddings(
 
 
 @dataclass
-class ClipCapRun:
-    """What `train_clipcap` returns to the notebook: the first mapping's run, and all of them."""
+class ClipCapRun(CaptionRun):
+    """What `train_clipcap` returns to the notebook: the first mapping's run (CaptionRun's fields), and all of them."""
 
-    bundle: object
-    summary: dict
-    log_history: list = field(default_factory=list)
-    predictions: pd.DataFrame | None = None
-    metrics: dict = field(default_factory=dict)
-    baseline: dict = field(default_factory=dict)
-    attributes: dict | None = None
-    test: object = None
-    baseline_caption: str = ""
     runs: dict = field(default_factory=dict)  # mapping -> ClipCapRun (this one included)
 
     def comparison(self) -> pd.DataFrame:
@@ -341,9 +332,8 @@ def _train_one(config, prepared, embeddings, language: str, tokenization: str, c
         tokenization,
         prepared.origin.ground_truth,
     )
-    predictions = scores.predictions
-    if config.num_return_sequences > 1:
-        predictions["candidates"] = [" | ".join(c["caption"] for c in cands) for cands in candidates]
+    if config.num_return_sequences > 1:  # every candidate beside the scored first one
+        scores.predictions["candidates"] = [" | ".join(c["caption"] for c in cands) for cands in candidates]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = dict(scores.summary)
     summary.update(
@@ -368,17 +358,7 @@ def _train_one(config, prepared, embeddings, language: str, tokenization: str, c
     )
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    return ClipCapRun(
-        bundle,
-        summary,
-        trainer.state.log_history,
-        predictions,
-        scores.metrics,
-        scores.baseline,
-        scores.attributes,
-        test,
-        scores.baseline_caption,
-    )
+    return ClipCapRun.from_scores(bundle, summary, trainer.state.log_history, scores, test)
 
 
 def main(argv=None) -> int:

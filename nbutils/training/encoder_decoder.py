@@ -346,6 +346,22 @@ class CaptionRun:
     test: ImageTextDataset | None = None
     baseline_caption: str = ""
 
+    @classmethod
+    def from_scores(cls, bundle, summary: dict, log_history: list, scores, test, **extra):
+        """A run from its scored test captions (`nbutils.evaluation.caption_scores.CaptionScores`)."""
+        return cls(
+            bundle,
+            summary,
+            log_history,
+            scores.predictions,
+            scores.metrics,
+            scores.baseline,
+            scores.attributes,
+            test,
+            scores.baseline_caption,
+            **extra,
+        )
+
 
 def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> CaptionRun:
     """Train a captioner on `config.run_dir`'s processdata_03 splits; caption and score the test split."""
@@ -423,17 +439,7 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
     if trainer.is_world_process_zero():
         stages.save_captioner_run(output_dir, bundle, summary, scores.predictions)
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    return CaptionRun(
-        bundle,
-        summary,
-        trainer.state.log_history,
-        scores.predictions,
-        scores.metrics,
-        scores.baseline,
-        scores.attributes,
-        test,
-        scores.baseline_caption,
-    )
+    return CaptionRun.from_scores(bundle, summary, trainer.state.log_history, scores, test)
 
 
 def main(argv=None) -> int:

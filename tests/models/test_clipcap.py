@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, TrainingArguments
 
+from benchmarks.bench_clipcap import naive_beam, naive_greedy
 from nbutils.data.datasets import CaptionCollator
 from nbutils.models import clipcap
 from nbutils.models.decoding import generate_captions
@@ -130,30 +131,25 @@ def test_a_frozen_gpt2_gets_no_gradient_and_the_mapper_does(tokenizer):
     assert not model.transformer.training and model.mapper.training  # no dropout in the frozen GPT-2
 
 
-def _naive_greedy(model, image_embeds, start, end, max_new_tokens):
-    """The reference generators' way: one image, the whole sequence re-run at every step, no cache."""
-    out = []
-    for image in image_embeds:
-        tokens = [start]
-        for _ in range(max_new_tokens):
-            logits = model(input_ids=torch.tensor([tokens]), image_embeds=image[None], use_cache=False).logits
-            token = int(logits[0, -1].argmax())
-            if token == end:
-                break
-            tokens.append(token)
-        out.append(tokens[1:])
-    return out
-
-
 @pytest.mark.parametrize("mapping", ["mlp", "transformer"])
 def test_batched_cached_greedy_equals_the_naive_uncached_loop(tokenizer, mapping):
     model = _bundle(tokenizer, mapping, seed=3).model.eval()
     images = torch.randn(5, PREFIX_DIM)
     ids = caption_special_ids(tokenizer)
     fast = generate_captions(model, tokenizer, decoding={"max_new_tokens": 12}, image_embeds=images)
-    slow = _naive_greedy(model, images, ids["start"], ids["end"], 12)
+    slow = naive_greedy(model, images, ids["start"], ids["end"], 12)
     assert [c[0]["token_ids"] for c in fast] == slow
     assert any(len(tokens) > 3 for tokens in slow)  # not trivially empty
+
+
+def test_batched_beam_search_finds_the_naive_beam_loops_best_caption(tokenizer):
+    """Five beams, the benchmark's reference-style loop (one image, no cache, best by mean log-probability)."""
+    model = _bundle(tokenizer, seed=4).model.eval()
+    images = torch.randn(4, PREFIX_DIM)
+    ids = caption_special_ids(tokenizer)
+    decoding = {"preset": "beam", "num_beams": 5, "max_new_tokens": 10, "min_new_tokens": 0}
+    fast = generate_captions(model, tokenizer, decoding=decoding, image_embeds=images)
+    assert [c[0]["token_ids"] for c in fast] == naive_beam(model, images, ids["start"], ids["end"], 10)
 
 
 def test_several_diverse_captions_per_image_are_one_parameter_away(tokenizer):
