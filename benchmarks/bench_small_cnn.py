@@ -30,7 +30,7 @@ def contiguous_forward(model: SmallCnnModel, pixel_values: torch.Tensor) -> torc
     hidden = pixel_values.contiguous()
     for stage in model.stages:
         hidden = stage(hidden)
-    return hidden.mean(dim=(2, 3))
+    return hidden.amax(dim=(2, 3)) if model.config.pooling == "max" else hidden.mean(dim=(2, 3))
 
 
 def step_seconds(forward, model, pixel_values, repeats: int) -> float:
