@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerState, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from ..config import StageConfig, param
 from ..data.datasets import normalize_pixel_values
@@ -164,6 +165,27 @@ class ImageBatchTrainer(Trainer):
         return normalize_pixel_values(
             inputs["pixel_values"], self.pixel_mean, self.pixel_std, dtype=next(model.parameters()).dtype
         )
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """`Trainer.train`, except that a checkpoint written at the last step is not trained one step further.
+
+        transformers 5.24 resumes such a checkpoint mid-epoch and takes a step before it checks max_steps, so a
+        finished job run again (resume "auto") would end at max_steps + 1 and overwrite its results. Here the
+        finished checkpoint's weights and state are loaded and nothing is trained (train_runtime None).
+        """
+        if resume_from_checkpoint:
+            state_file = Path(resume_from_checkpoint) / "trainer_state.json"
+            state = TrainerState.load_from_json(str(state_file)) if state_file.is_file() else None
+            if state is not None and 0 < state.max_steps <= state.global_step:
+                print(
+                    f"note: {resume_from_checkpoint} is the finished run (step {state.global_step} of "
+                    f"{state.max_steps}): its weights are used, nothing is left to train"
+                )
+                self._load_from_checkpoint(resume_from_checkpoint)
+                self.state = state
+                losses = [h["loss"] for h in state.log_history if "loss" in h]
+                return TrainOutput(state.global_step, losses[-1] if losses else None, {"train_runtime": None})
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # transformers 5.23/5.24: save_pretrained writes ViT weights under their original names

@@ -607,3 +607,20 @@ def test_caption_word_loss_trains_resumes_and_leaves_a_plain_model(prepared_run,
         without = trainer.compute_loss(model, dict(batch), caption_words=False)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     assert without.item() < got.item()
+
+
+def test_a_finished_run_run_again_is_not_trained_further(prepared_run, tmp_path, capsys):
+    """resume="auto" on a run whose last checkpoint is at max_steps: its weights, no extra step (transformers
+    alone would resume mid-epoch and end at max_steps + 1)."""
+    from safetensors.torch import load_file
+
+    first = clip_training.train_clip(_config(prepared_run, tmp_path / "run", max_steps=3, resume=""))
+    weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    again = clip_training.train_clip(_config(prepared_run, tmp_path / "run", max_steps=3, resume="auto"))
+    assert "is the finished run (step 3 of 3)" in capsys.readouterr().out
+    assert again.summary["steps"] == first.summary["steps"] == 3
+    assert _losses(again.log_history) == _losses(first.log_history)
+    assert again.summary["train_seconds"] is None
+    assert again.summary["i2t_r1"] == first.summary["i2t_r1"]
+    rerun = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert rerun.keys() == weights.keys() and all(torch.equal(rerun[k], weights[k]) for k in weights)
