@@ -51,7 +51,9 @@ MAPPINGS = ("mlp", "transformer", "bert")
 class ClipCapConfig(GPT2Config):
     """GPT-2's config plus the mapper's: `prefix_dim` (the CLIP embedding size), `prefix_len` (K, the prefix
     tokens GPT-2 sees), `mapping`, `constant_len`, `mapping_layers` and `mapping_heads` (transformer / bert),
-    and `normalize_prefix` (L2-normalise the CLIP embedding first, the reference's --normalize_prefix)."""
+    and `normalize_prefix` (L2-normalise the CLIP embedding first, the reference's --normalize_prefix).
+    `clip_model`: the CLIP model (folder or hub id) that made the embeddings it was trained on, so that a saved
+    model can caption new images (nbutils.models.captioners)."""
 
     model_type = MODEL_TYPE
 
@@ -64,6 +66,7 @@ class ClipCapConfig(GPT2Config):
         mapping_layers: int = 8,
         mapping_heads: int = 8,
         normalize_prefix: bool = False,
+        clip_model: str = "",
         **kwargs,
     ):
         if mapping not in MAPPINGS:
@@ -82,6 +85,7 @@ class ClipCapConfig(GPT2Config):
             mapping_heads,
         )
         self.normalize_prefix = normalize_prefix
+        self.clip_model = clip_model  # the CLIP (folder or hub id) whose image embeddings this model reads
         super().__init__(**kwargs)
         if mapping != "mlp" and self.n_embd % mapping_heads:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of mapping_heads={mapping_heads}")

@@ -145,14 +145,20 @@ def check_config(config: TrainClipCapConfig) -> None:
 
 
 def load_clip(config: TrainClipCapConfig, prepared: stages.PreparedDataset):
-    """(ClipBundle, name): this run's train_clip model, or `config.clip_model`, checked against the image cache."""
+    """(ClipBundle, name, where it loads from): this run's train_clip model, or `config.clip_model`, checked against
+    the image cache."""
     from .clip import check_geometry
 
     if not config.clip_model:
-        return stages.load_clip(config.run_dir).bundle, f"train_clip of {Path(config.run_dir).name}"
+        trained = stages.load_clip(config.run_dir)
+        return (
+            trained.bundle,
+            f"train_clip of {Path(config.run_dir).name}",
+            str(Path(trained.model_dir).resolve()),
+        )
     bundle = clip_models.load_clip_model(config.clip_model)
     check_geometry(bundle, prepared)
-    return bundle, config.clip_model
+    return bundle, config.clip_model, config.clip_model
 
 
 def load_bundle(
@@ -255,7 +261,7 @@ def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapRun:
     prepared = stages.load_prepared(config.run_dir)
     language = prepared.language
     tokenization = check_tokenization(language, config.tokenization or None)
-    clip, clip_name = load_clip(config, prepared)
+    clip, clip_name, clip_source = load_clip(config, prepared)
     mean, std = processor_mean_std(clip.image_processor)
     embeddings_dir = Path(config.embeddings_dir or Path(prepared.cache.cache_dir).parent / "clip_embeddings")
     embeddings, embeddings_file, reused = cached_image_embeddings(
@@ -273,6 +279,7 @@ def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapRun:
         folders[mapping] = output_dir if mapping == listed[0] else output_dir / "mappings" / mapping
         one = dataclasses.replace(config, mapping=mapping, output_dir=str(folders[mapping]))
         runs[mapping] = _train_one(one, prepared, embeddings, language, tokenization, callbacks)
+        runs[mapping].bundle.model.config.clip_model = clip_source  # saved with it: captions new images
         runs[mapping].summary.update({"clip_model": clip_name, "clip_embeddings": embedding_info})
     first = runs[listed[0]]
     first.runs = runs

@@ -356,7 +356,7 @@ PROFILE_DRIFT = [
     ("notebooks:\n  train_clip:\n    # model_name: x\n", "the commented suggestion 'model_name'"),
     ("notebooks:\n  processdata_03:\n    image_size: '64'\n", "PrepareConfig.image_size must be int"),
     ("common:\n  batch_sze: 8\nnotebooks:\n  train_clip:\n", "common.batch_sze: no notebook"),
-    ("notebooks:\n  infer:\n    decoder: gpt2\n", "infer.ipynb does not exist"),
+    ("notebooks:\n  analyze_loss:\n    decoder: gpt2\n", "analyze_loss.ipynb does not exist"),
 ]
 
 

@@ -1,0 +1,383 @@
+"""The infer stage: caption images with any trained captioners, side by side, and score them.
+
+    python -m nbutils.infer --run-dir outputs/demo                          # this run's captioners, test split
+    python -m nbutils.infer --run-dir outputs/demo --images ~/photos --captioners train_clipcap --decoding sample \\
+        --num-return-sequences 3
+
+1. Images: a split of this run (with its references), a folder, a manifest CSV (`image_path`, optional `text`
+   references) or one file. Each file goes through processdata_02's checks (`check_image`): a bad file is listed
+   with its reason in `rejected`, never a crash. The good ones are decoded once into an image cache per geometry
+   (the captioner's processor, the CLIP's) under output_dir/cache/.
+2. Every captioner (a stage of this run, a saved folder or a hub id: nbutils.models.captioners) captions them in
+   batches with the shared decoding presets; a predictions table (image, model, decoding, rank, caption, score).
+3. With references: the caption metrics of each model beside the constant-caption baseline, and attribute accuracy
+   on the demo set. With a CLIP (this run's train_clip by default): CLIPScore and RefCLIPScore per model.
+4. Throughput: images/s of each captioner at batch `batch_size`, greedy and beam.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import stages
+from .config import StageConfig, param
+from .data.cache import ImageCache, ImageGeometry, build_image_cache
+from .data.validate import check_image
+from .evaluation.caption_metrics import check_tokenization
+from .evaluation.caption_scores import score_test_captions
+from .models.captioners import load_any_captioner
+from .models.decoding import resolve_decoding
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+THROUGHPUT_DECODINGS = ("greedy", "beam")
+
+
+@dataclass(frozen=True)
+class InferConfig(StageConfig):
+    """infer's parameters (the notebook's `parameters` cell and the command line)."""
+
+    stage = "infer"
+    output_dir: str = param("../outputs/dev/infer", "injected by the runner: where this notebook writes")
+    captioners: str = param(
+        "train_encoder_decoder,train_clipcap",
+        "comma-separated: stages of this run, saved model folders or hub ids (those missing in this run are skipped)",
+    )
+    images: str = param(
+        "test", "a split of this run (test, val, ...), a folder, a manifest CSV or one image file"
+    )
+    decoding: str = param("beam", "decoding preset: greedy, beam, blip_beam, blip_nucleus, sample, ...")
+    max_new_tokens: int = param(48, "the most tokens a caption may have (0: the preset's)")
+    num_return_sequences: int = param(1, "captions per image and model (beam: at most num_beams)")
+    batch_size: int = param(32, "images per generate() call")
+    clip_model: str = param(
+        "", '"" (this run\'s train_clip, if any) or a CLIP folder / hub id for CLIPScore; "none" skips it'
+    )
+    clipscore_prompt: str = param(
+        "", 'text before each caption for CLIPScore (the paper: "A photo depicts ")'
+    )
+    tokenization: str = param("", 'metrics tokenisation: "" (the language\'s default), jieba, char, words')
+    throughput: bool = param(True, "time each captioner (images/s at batch_size, greedy and beam)")
+
+
+@dataclass
+class ImageSet:
+    """The images to caption: good paths, their references (or None), and the files rejected with reasons."""
+
+    paths: list[str]
+    references: list[list[str]] | None
+    rejected: pd.DataFrame
+    ground_truth: str | None = None
+    language: str | None = None
+
+
+def collect_images(config: InferConfig) -> ImageSet:
+    """Resolve `config.images` to files, check each like processdata_02, keep references where there are some."""
+    spec, references, ground_truth, language = config.images, None, None, None
+    prepared = None
+    try:
+        prepared = stages.load_prepared(config.run_dir)
+    except Exception:  # a run without processdata_03: only folders, manifests and files make sense
+        prepared = None
+    if prepared is not None and spec in prepared.tables:
+        table = prepared.tables[spec]
+        grouped = table.groupby("image_path", sort=True)["text"].apply(list)
+        paths, references = list(grouped.index), list(grouped.values)
+        ground_truth, language = prepared.origin.ground_truth, prepared.language
+    elif Path(spec).is_dir():
+        paths = sorted(
+            str(p) for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        others = sorted(
+            str(p) for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
+        )
+        paths += others  # checked like the rest: a mislabelled image still gets in, anything else is listed
+    elif Path(spec).is_file() and spec.lower().endswith(".csv"):
+        table = pd.read_csv(spec, dtype=str, keep_default_na=False)
+        if "image_path" not in table.columns:
+            raise ValueError(
+                f"images={spec!r}: a manifest needs an image_path column (has {list(table.columns)})"
+            )
+        base = Path(spec).parent
+        table["image_path"] = [p if os.path.isabs(p) else str(base / p) for p in table["image_path"]]
+        if "text" in table.columns:
+            grouped = table.groupby("image_path", sort=True)["text"].apply(list)
+            paths, references = list(grouped.index), list(grouped.values)
+        else:
+            paths = sorted(set(table["image_path"]))
+    elif Path(spec).is_file():
+        paths = [spec]
+    else:
+        splits = sorted(prepared.tables) if prepared is not None else []
+        raise ValueError(
+            f"images={spec!r} is not a split of this run ({', '.join(splits) or 'none'}), folder or file"
+        )
+    checks = [check_image(p) for p in tqdm(paths, desc="checking images", disable=len(paths) < 50)]
+    good = [c.ok for c in checks]
+    rejected = pd.DataFrame(
+        [(c.path, c.reason) for c in checks if not c.ok], columns=["image_path", "reason"]
+    )
+    kept = [p for p, ok in zip(paths, good) if ok]
+    if references is not None:
+        references = [r for r, ok in zip(references, good) if ok]
+    if not kept:
+        raise ValueError(f"images={spec!r}: no usable image ({len(rejected)} rejected)")
+    return ImageSet(kept, references, rejected, ground_truth, language)
+
+
+def image_cache(images: ImageSet, image_processor, cache_root: Path) -> ImageCache:
+    """The images decoded once at `image_processor`'s geometry (reused while files and geometry are unchanged)."""
+    geometry = ImageGeometry.from_processor(image_processor)
+    name = "-".join(
+        f"{k}{v}" for k, v in sorted(geometry.to_dict().items()) if not isinstance(v, (list, dict))
+    )
+    return build_image_cache(images.paths, cache_root / name.replace("/", "_"), geometry, progress=False)
+
+
+def caption_all(captioner, cache: ImageCache, paths: list[str], decoding, batch_size: int, seed: int):
+    """Every image's candidates, in `paths` order."""
+    rows = cache.index_of(paths)
+    results = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"captioning ({captioner.name})", leave=False):
+        batch = torch.from_numpy(cache.uint8(rows[start : start + batch_size])).permute(0, 3, 1, 2)
+        results.extend(captioner.caption(batch, decoding, seed=seed))
+    return results
+
+
+def images_per_second(captioner, cache: ImageCache, paths: list[str], decoding, batch_size: int) -> float:
+    """Captioning throughput on one batch of `batch_size` images (after one warm-up call)."""
+    rows = cache.index_of(paths[:batch_size])
+    batch = torch.from_numpy(cache.uint8(rows)).permute(0, 3, 1, 2)
+    captioner.caption(batch[:2], decoding)
+    start = time.perf_counter()
+    captioner.caption(batch, decoding)
+    return len(batch) / (time.perf_counter() - start)
+
+
+@dataclass
+class InferRun:
+    """What `infer` returns to the notebook."""
+
+    summary: dict
+    predictions: pd.DataFrame
+    images: ImageSet
+    metrics: pd.DataFrame | None = None  # one row per model: metrics, attribute accuracy, baseline CIDEr
+    throughput: pd.DataFrame | None = None
+    per_image: pd.DataFrame | None = None  # image_path, model, caption, cider, clipscore, refclipscore
+    caches: dict = field(default_factory=dict)
+
+    def scores_table(self) -> pd.DataFrame | None:
+        """Mean CLIPScore / RefCLIPScore per model (None without a CLIP)."""
+        if self.summary.get("clipscore") is None or "clipscore" not in self.per_image:
+            return None
+        columns = [c for c in ("clipscore", "refclipscore") if c in self.per_image]
+        return self.per_image.groupby("model", sort=False)[columns].mean()
+
+    def gallery_html(self, n: int = 12, sort_by: str = "", ncols: int = 4) -> str:
+        """A static gallery (renders without a kernel): images with each model's caption and scores and two
+        references; `sort_by` a per-image score column ("cider", "clipscore") puts the worst first."""
+        from .reporting.grids import image_grid_html
+
+        paths = list(dict.fromkeys(self.per_image["image_path"]))
+        if sort_by and sort_by in self.per_image:
+            worst = self.per_image.groupby("image_path")[sort_by].min().sort_values()
+            paths = list(worst.index)
+        paths = paths[:n]
+        cache = next(iter(self.caches.values()))
+        references = dict(zip(self.images.paths, self.images.references or [[] for _ in self.images.paths]))
+        captions = []
+        for path in paths:
+            lines = []
+            for row in self.per_image[self.per_image["image_path"] == path].itertuples():
+                scores = ", ".join(
+                    f"{name} {getattr(row, name):.2f}"
+                    for name in ("cider", "clipscore")
+                    if hasattr(row, name) and pd.notna(getattr(row, name))
+                )
+                lines.append(f"✎ {row.model}: {row.caption}" + (f" ({scores})" if scores else ""))
+            lines += [f"ref: {r}" for r in references[path][:2]]
+            captions.append(lines)
+        return image_grid_html(cache.uint8(cache.index_of(paths)), captions, ncols=ncols, thumb_px=96)
+
+
+def infer(config: InferConfig) -> InferRun:
+    """Caption `config.images` with every captioner; score, time and tabulate (module docstring)."""
+    decoding = {"preset": config.decoding, "num_return_sequences": config.num_return_sequences}
+    if config.max_new_tokens:
+        decoding["max_new_tokens"] = config.max_new_tokens
+    settings = resolve_decoding(decoding)
+    output_dir = Path(config.output_dir)
+    images = collect_images(config)
+    names = [c.strip() for c in config.captioners.split(",") if c.strip()]
+    captioners = []
+    for name in names:
+        if (
+            name in ("train_encoder_decoder", "train_clipcap")
+            and not (Path(config.run_dir) / name / "model").is_dir()
+        ):
+            print(f"note: {name} has no saved model in {config.run_dir}; skipped")
+            continue
+        captioners.append(load_any_captioner(name, config.run_dir))
+    if not captioners:
+        raise ValueError(f"captioners={config.captioners!r}: none could be loaded")
+
+    caches, rows, metrics_rows, throughput_rows, per_model, per_image = {}, [], [], [], {}, []
+    for captioner in captioners:
+        cache = image_cache(images, captioner.image_processor, output_dir / "cache")
+        caches[captioner.name] = cache
+        results = caption_all(captioner, cache, images.paths, settings, config.batch_size, config.seed)
+        for path, candidates in zip(images.paths, results):
+            for rank, c in enumerate(candidates):
+                rows.append((path, captioner.name, config.decoding, rank, c["caption"], c["score"]))
+        best = [candidates[0]["caption"] for candidates in results]
+        shown = pd.DataFrame({"image_path": images.paths, "model": captioner.name, "caption": best})
+        entry = {"kind": captioner.kind}
+        if images.references is not None:
+            language = images.language or "zh"
+            tokenization = check_tokenization(language, config.tokenization or None)
+            train = stages.load_prepared(config.run_dir).tables["train"]["text"].tolist()
+            scores = score_test_captions(
+                images.paths, best, images.references, train, language, tokenization, images.ground_truth
+            )
+            entry["metrics"] = {k: scores.summary[k] for k in ("bleu4", "meteor", "rouge_l", "cider")}
+            entry["attribute_accuracy"] = scores.summary["attribute_accuracy"]
+            entry["baseline_cider"] = scores.summary["baseline"]["cider"]
+            metrics_rows.append(_metrics_row(captioner.name, scores.summary))
+            shown["cider"] = scores.predictions["cider"].to_numpy()
+        if config.throughput:
+            entry["images_per_second"] = {
+                d: images_per_second(
+                    captioner, cache, images.paths, {"preset": d, "max_new_tokens": 25}, config.batch_size
+                )
+                for d in THROUGHPUT_DECODINGS
+            }
+            throughput_rows.append(
+                {
+                    "model": captioner.name,
+                    **{f"{d}, images/s": v for d, v in entry["images_per_second"].items()},
+                }
+            )
+        per_model[captioner.name] = entry
+        per_image.append(shown)
+    predictions = pd.DataFrame(rows, columns=["image_path", "model", "decoding", "rank", "caption", "score"])
+
+    clipscore_table, clip_summary = _clipscores(config, images, predictions, output_dir)
+    per_image = pd.concat(per_image, ignore_index=True)
+    if clipscore_table is not None:
+        scores_only = clipscore_table.drop(columns=["reference_similarity"], errors="ignore")
+        per_image = per_image.merge(scores_only, on=["image_path", "model"], how="left")
+    summary = {
+        "n_images": len(images.paths),
+        "images": config.images,
+        "decoding": {**settings, "preset": config.decoding},
+        "models": per_model,
+        "rejected_images": len(images.rejected),
+        "rejected": images.rejected.to_dict(orient="records"),
+        **clip_summary,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    from .files import write_json, write_table
+
+    write_table(predictions, output_dir / "predictions.csv")
+    write_table(per_image, output_dir / "per_image.csv")
+    write_json(output_dir / "summary.json", summary)
+    files = {"predictions": "predictions.csv", "per_image": "per_image.csv", "summary": "summary.json"}
+    stages.write_stage(output_dir, "infer", files)
+    return InferRun(
+        summary,
+        predictions,
+        images,
+        pd.DataFrame(metrics_rows).set_index("model") if metrics_rows else None,
+        pd.DataFrame(throughput_rows).set_index("model") if throughput_rows else None,
+        per_image,
+        caches,
+    )
+
+
+def _metrics_row(name: str, summary: dict) -> dict:
+    row = {
+        "model": name,
+        "CIDEr": summary["cider"],
+        "BLEU-4": summary["bleu4"],
+        "ROUGE-L": summary["rouge_l"],
+    }
+    attributes = summary["attribute_accuracy"]
+    if attributes:
+        single = attributes["single_object"]
+        row.update(
+            {"colour, single-object (%)": single["colour"], "shape, single-object (%)": single["shape"]}
+        )
+        row.update(
+            {
+                f"{a}, all images (%)": v
+                for a, v in attributes["per_attribute"].items()
+                if a in ("colour", "shape")
+            }
+        )
+    row["constant caption CIDEr"] = summary["baseline"]["cider"]
+    return row
+
+
+def _clipscores(config: InferConfig, images: ImageSet, predictions: pd.DataFrame, output_dir: Path):
+    """(per image and model table, summary keys) of CLIPScore / RefCLIPScore with the chosen CLIP."""
+    from .data.cache import processor_mean_std
+    from .data.image_embeddings import cached_image_embeddings
+    from .evaluation.clipscore import score_captions
+    from .models.clip import load_clip_model
+
+    if config.clip_model == "none":
+        return None, {"clipscore_model": None}
+    if config.clip_model:
+        bundle, clip_name = load_clip_model(config.clip_model), config.clip_model
+    else:
+        try:
+            bundle, clip_name = stages.load_clip(config.run_dir).bundle, "train_clip of this run"
+        except Exception:
+            return None, {"clipscore_model": None}
+    images_set = ImageSet(images.paths, images.references, images.rejected)
+    cache = image_cache(images_set, bundle.image_processor, output_dir / "cache")
+    mean, std = processor_mean_std(bundle.image_processor)
+    embeddings, _, _ = cached_image_embeddings(
+        bundle.model, cache, mean, std, output_dir / "clip_embeddings", progress=False
+    )
+    image_embeds = embeddings[torch.as_tensor(cache.index_of(images.paths))]
+    best = predictions[predictions["rank"] == 0]
+    tables, clipscore, refclipscore = [], {}, {}
+    for model, group in best.groupby("model", sort=False):
+        order = group.set_index("image_path").loc[images.paths]
+        table = score_captions(
+            bundle, image_embeds, list(order["caption"]), images.references, prompt=config.clipscore_prompt
+        )
+        table.insert(0, "model", model)
+        table.insert(0, "image_path", images.paths)
+        tables.append(table)
+        clipscore[model] = float(table["clipscore"].mean())
+        if "refclipscore" in table:
+            refclipscore[model] = float(table["refclipscore"].mean())
+    summary = {
+        "clipscore_model": clip_name,
+        "clipscore_prompt": config.clipscore_prompt,
+        "clipscore": clipscore,
+        "refclipscore": refclipscore or None,
+    }
+    return pd.concat(tables, ignore_index=True), summary
+
+
+def main(argv=None) -> int:
+    """`python -m nbutils.infer`: every InferConfig field is an option."""
+    config = InferConfig.from_arguments(argv, prog="python -m nbutils.infer", description=__doc__)
+    result = infer(config)
+    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

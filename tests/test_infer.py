@@ -1,0 +1,135 @@
+"""The infer stage on a copy of the shared tiny prepared run with tiny trained models (CPU)."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from nbutils import infer as infer_stage
+from nbutils import stages
+from nbutils.evaluation.clipscore import score_captions
+from nbutils.models.captioners import load_any_captioner
+from nbutils.training import clip as clip_training
+from nbutils.training import clipcap, encoder_decoder
+
+KEYS = {"n_images", "models", "clipscore", "refclipscore", "clipscore_model", "rejected_images", "decoding"}
+
+
+@pytest.fixture(scope="module")
+def trained_run(prepared_run, tmp_path_factory):
+    """A run folder with processdata_03 (copied) and 2-step train_clip, train_clipcap and train_encoder_decoder."""
+    run_dir = tmp_path_factory.mktemp("infer") / "run"
+    shutil.copytree(prepared_run["run_dir"], run_dir)
+    common = dict(run_dir=str(run_dir), batch_size=8, max_steps=2, resume="")
+    clip_training.train_clip(
+        clip_training.TrainClipConfig(
+            **common, output_dir=str(run_dir / "train_clip"), projection_dim=16, vision_width=32
+        )
+    )
+    clipcap.train_clipcap(
+        clipcap.TrainClipCapConfig(
+            **common, output_dir=str(run_dir / "train_clipcap"), prefix_len=2, hidden_size=32, num_heads=2,
+            embeddings_dir=str(run_dir / "embeddings"),
+        )
+    )  # fmt: skip
+    encoder_decoder.train_encoder_decoder(
+        encoder_decoder.TrainEncoderDecoderConfig(
+            **common, output_dir=str(run_dir / "train_encoder_decoder"), hidden_size=32, encoder_layers=1,
+            num_heads=2, intermediate_size=64, patch_size=8,
+        )
+    )  # fmt: skip
+    return run_dir
+
+
+def _config(run_dir, output_dir, **overrides):
+    return infer_stage.InferConfig(run_dir=str(run_dir), output_dir=str(output_dir), **overrides)
+
+
+def test_every_captioner_on_the_test_split_side_by_side(trained_run, tmp_path):
+    run = infer_stage.infer(_config(trained_run, tmp_path / "infer", max_new_tokens=8, batch_size=8))
+    summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
+    assert KEYS <= set(summary) and summary["n_images"] == 12 and summary["rejected_images"] == 0
+    assert list(summary["models"]) == ["train_encoder_decoder", "train_clipcap"]
+    for entry in summary["models"].values():
+        assert {"bleu4", "cider"} <= set(entry["metrics"]) and entry["attribute_accuracy"]["n_images"] == 12
+        assert set(entry["images_per_second"]) == {"greedy", "beam"}
+        assert all(v > 0 for v in entry["images_per_second"].values())
+    assert summary["clipscore_model"] == "train_clip of this run"
+    assert set(summary["clipscore"]) == set(summary["refclipscore"]) == set(summary["models"])
+    predictions = pd.read_csv(tmp_path / "infer" / "predictions.csv", keep_default_na=False)
+    assert len(predictions) == 24 and set(predictions["rank"]) == {0}
+    assert list(run.metrics.index) == ["train_encoder_decoder", "train_clipcap"]
+    assert list(run.throughput.columns) == ["greedy, images/s", "beam, images/s"]
+
+    # CLIPScore of one model against a direct computation with the same CLIP
+    clip = stages.load_clip(trained_run).bundle
+    shown = run.per_image[run.per_image["model"] == "train_clipcap"]
+    test = stages.load_prepared(trained_run).dataset("test")
+    from nbutils.evaluation.embeddings import embed_images
+
+    mean, std = stages.load_prepared(trained_run).mean_std
+    images = embed_images(clip, test, mean, std)
+    assert list(shown["image_path"]) == test.image_paths
+    direct = score_captions(clip, images, list(shown["caption"]), test.captions)
+    assert shown["clipscore"].tolist() == pytest.approx(direct["clipscore"].tolist(), abs=1e-5)
+    assert summary["refclipscore"]["train_clipcap"] == pytest.approx(direct["refclipscore"].mean(), abs=1e-5)
+    html = run.gallery_html(n=3, sort_by="cider")
+    assert html.count("<img") == 3 and "✎ train_clipcap" in html and "cider" in html
+
+
+def test_a_folder_with_bad_files_lists_them_and_captions_the_rest(trained_run, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    test_paths = stages.load_prepared(trained_run).tables["test"]["image_path"].unique()[:3]
+    for i, path in enumerate(test_paths):
+        shutil.copy(path, folder / f"{i}.jpg")
+    (folder / "notes.jpg").write_text("<html>not an image</html>")
+    (folder / "empty.png").write_bytes(b"")
+    run = infer_stage.infer(
+        _config(trained_run, tmp_path / "out", images=str(folder), captioners="train_clipcap", decoding="sample",
+                num_return_sequences=2, throughput=False, max_new_tokens=6)
+    )  # fmt: skip
+    assert run.summary["n_images"] == 3 and run.summary["rejected_images"] == 2
+    reasons = dict(zip(run.images.rejected["image_path"], run.images.rejected["reason"]))
+    assert reasons[str(folder / "empty.png")].startswith("empty file")
+    assert reasons[str(folder / "notes.jpg")].startswith("not an image")
+    assert len(run.predictions) == 6 and sorted(set(run.predictions["rank"])) == [0, 1]
+    assert (
+        run.metrics is None
+        and run.summary["refclipscore"] is None
+        and run.summary["clipscore"]["train_clipcap"] >= 0
+    )
+
+
+def test_a_manifest_with_references_and_a_single_file(trained_run, tmp_path):
+    table = stages.load_prepared(trained_run).tables["test"].head(6)
+    table[["image_path", "text"]].to_csv(tmp_path / "manifest.csv", index=False)
+    run = infer_stage.infer(
+        _config(trained_run, tmp_path / "a", images=str(tmp_path / "manifest.csv"), captioners="train_clipcap",
+                throughput=False, clip_model="none", max_new_tokens=6)
+    )  # fmt: skip
+    assert run.summary["n_images"] == table["image_path"].nunique() and run.metrics is not None
+    assert run.summary["clipscore_model"] is None
+    one = infer_stage.infer(
+        _config(trained_run, tmp_path / "b", images=table["image_path"].iloc[0], captioners="train_encoder_decoder",
+                throughput=False, clip_model="none", max_new_tokens=6)
+    )  # fmt: skip
+    assert one.summary["n_images"] == 1 and len(one.predictions) == 1
+
+
+def test_a_saved_captioner_folder_loads_and_bad_sources_are_named(trained_run, tmp_path):
+    captioner = load_any_captioner(trained_run / "train_clipcap" / "model")
+    assert captioner.kind == "clipcap" and captioner.clip is not None
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    assert len(captioner.caption(images, {"preset": "greedy", "max_new_tokens": 4})) == 2
+    with pytest.raises(ValueError, match="no such folder"):
+        load_any_captioner(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="not a split of this run"):
+        infer_stage.infer(_config(trained_run, tmp_path / "x", images="nowhere"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="no usable image"):
+        infer_stage.infer(_config(trained_run, tmp_path / "y", images=str(empty)))
