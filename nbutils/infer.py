@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
@@ -32,6 +33,8 @@ from . import stages
 from .config import StageConfig, param
 from .data.cache import ImageCache, ImageGeometry, build_image_cache
 from .data.validate import check_image
+from .demo import scenes
+from .evaluation.attributes import attribute_errors
 from .evaluation.caption_metrics import check_tokenization
 from .evaluation.caption_scores import score_test_captions
 from .models.captioners import load_any_captioner
@@ -173,6 +176,57 @@ class InferRun:
     throughput: pd.DataFrame | None = None
     per_image: pd.DataFrame | None = None  # image_path, model, caption, cider, clipscore, refclipscore
     caches: dict = field(default_factory=dict)
+    captioners: dict = field(
+        default_factory=dict
+    )  # name -> LoadedCaptioner (the browser re-captions with them)
+    clip: tuple | None = None  # (ClipBundle, image embeddings in images.paths order) for search
+
+    def search(self, queries: list[str], k: int = 5) -> list[dict]:
+        """Text -> image search over these images with the CLIP: per query {"query", "images", "scores"}, best first."""
+        from .evaluation.embeddings import embed_texts
+        from .evaluation.retrieval import search
+
+        if self.clip is None:
+            raise ValueError("no CLIP for this run (clip_model): search needs one")
+        bundle, image_embeds = self.clip
+        scores, top = search(
+            embed_texts(bundle, queries), torch.nn.functional.normalize(image_embeds, dim=-1), k=k
+        )
+        return [
+            {"query": q, "images": [self.images.paths[i] for i in row.tolist()], "scores": s.tolist()}
+            for q, s, row in zip(queries, scores, top)
+        ]
+
+    def image_to_text(self, image_paths: list[str], texts: list[str], k: int = 3) -> list[dict]:
+        """Image -> text search: per image {"image_path", "texts", "scores"}, the top k of `texts`, best first."""
+        from .evaluation.embeddings import embed_texts
+        from .evaluation.retrieval import search
+
+        if self.clip is None:
+            raise ValueError("no CLIP for this run (clip_model): search needs one")
+        bundle, image_embeds = self.clip
+        rows = [self.images.paths.index(p) for p in image_paths]
+        gallery = torch.cat([embed_texts(bundle, texts[i : i + 256]) for i in range(0, len(texts), 256)])
+        scores, top = search(torch.nn.functional.normalize(image_embeds[rows], dim=-1), gallery, k=k)
+        return [
+            {"image_path": p, "texts": [texts[i] for i in row.tolist()], "scores": s.tolist()}
+            for p, s, row in zip(image_paths, scores, top)
+        ]
+
+    def search_html(self, queries: list[str], k: int = 5) -> str:
+        """`search` as HTML: per query a row of the top k images with their cosine."""
+        from .reporting.grids import image_grid_html
+
+        cache = next(iter(self.caches.values()))
+        parts = []
+        for result in self.search(queries, k):
+            pixels = cache.uint8(cache.index_of(result["images"]))
+            labels = [f"{rank + 1}. cos {score:.2f}" for rank, score in enumerate(result["scores"])]
+            parts.append(
+                f"<p><b>{html.escape(result['query'])}</b></p>"
+                + image_grid_html(pixels, labels, ncols=k, thumb_px=80)
+            )
+        return "".join(parts)
 
     def scores_table(self) -> pd.DataFrame | None:
         """Mean CLIPScore / RefCLIPScore per model (None without a CLIP)."""
@@ -252,6 +306,12 @@ def infer(config: InferConfig) -> InferRun:
             entry["baseline_cider"] = scores.summary["baseline"]["cider"]
             metrics_rows.append(_metrics_row(captioner.name, scores.summary))
             shown["cider"] = scores.predictions["cider"].to_numpy()
+            if images.ground_truth:  # the demo: which attributes each caption gets wrong, for the browser
+                truth = scenes.load_ground_truth(Path(images.ground_truth).parent)
+                wrong = attribute_errors(
+                    dict(zip(images.paths, best)), truth, language, ("colour", "shape", "size")
+                )
+                shown["attribute_errors"] = [", ".join(wrong[p]) for p in images.paths]
         if config.throughput:
             entry["images_per_second"] = {
                 d: images_per_second(
@@ -269,7 +329,7 @@ def infer(config: InferConfig) -> InferRun:
         per_image.append(shown)
     predictions = pd.DataFrame(rows, columns=["image_path", "model", "decoding", "rank", "caption", "score"])
 
-    clipscore_table, clip_summary = _clipscores(config, images, predictions, output_dir)
+    clipscore_table, clip_summary, clip = _clipscores(config, images, predictions, output_dir)
     per_image = pd.concat(per_image, ignore_index=True)
     if clipscore_table is not None:
         scores_only = clipscore_table.drop(columns=["reference_similarity"], errors="ignore")
@@ -299,6 +359,8 @@ def infer(config: InferConfig) -> InferRun:
         pd.DataFrame(throughput_rows).set_index("model") if throughput_rows else None,
         per_image,
         caches,
+        {c.name: c for c in captioners},
+        clip,
     )
 
 
@@ -327,21 +389,22 @@ def _metrics_row(name: str, summary: dict) -> dict:
 
 
 def _clipscores(config: InferConfig, images: ImageSet, predictions: pd.DataFrame, output_dir: Path):
-    """(per image and model table, summary keys) of CLIPScore / RefCLIPScore with the chosen CLIP."""
+    """(per image and model table, summary keys, (the CLIP, its image embeddings) or None) of CLIPScore /
+    RefCLIPScore with the chosen CLIP."""
     from .data.cache import processor_mean_std
     from .data.image_embeddings import cached_image_embeddings
     from .evaluation.clipscore import score_captions
     from .models.clip import load_clip_model
 
     if config.clip_model == "none":
-        return None, {"clipscore_model": None}
+        return None, {"clipscore_model": None}, None
     if config.clip_model:
         bundle, clip_name = load_clip_model(config.clip_model), config.clip_model
     else:
         try:
             bundle, clip_name = stages.load_clip(config.run_dir).bundle, "train_clip of this run"
         except Exception:
-            return None, {"clipscore_model": None}
+            return None, {"clipscore_model": None}, None
     images_set = ImageSet(images.paths, images.references, images.rejected)
     cache = image_cache(images_set, bundle.image_processor, output_dir / "cache")
     mean, std = processor_mean_std(bundle.image_processor)
@@ -368,7 +431,7 @@ def _clipscores(config: InferConfig, images: ImageSet, predictions: pd.DataFrame
         "clipscore": clipscore,
         "refclipscore": refclipscore or None,
     }
-    return pd.concat(tables, ignore_index=True), summary
+    return pd.concat(tables, ignore_index=True), summary, (bundle, image_embeds)
 
 
 def main(argv=None) -> int:

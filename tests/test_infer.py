@@ -77,6 +77,29 @@ def test_every_captioner_on_the_test_split_side_by_side(trained_run, tmp_path):
     assert summary["refclipscore"]["train_clipcap"] == pytest.approx(direct["refclipscore"].mean(), abs=1e-5)
     html = run.gallery_html(n=3, sort_by="cider")
     assert html.count("<img") == 3 and "✎ train_clipcap" in html and "cider" in html
+    assert "attribute_errors" in run.per_image  # the demo's ground truth
+
+    # search: text -> image and image -> text against cosines computed here
+    from nbutils.evaluation.embeddings import embed_texts
+
+    query = test.captions[3][0]
+    found = run.search([query], k=4)[0]
+    cosines = (embed_texts(clip, [query]) @ images.T)[0]
+    want = [test.image_paths[i] for i in cosines.argsort(descending=True)[:4].tolist()]
+    assert found["images"] == want and found["scores"] == sorted(found["scores"], reverse=True)
+    texts = [c for caps in test.captions for c in caps]
+    best = run.image_to_text([test.image_paths[5]], texts, k=2)[0]
+    text_cosines = embed_texts(clip, texts) @ images[5]
+    assert best["texts"] == [texts[i] for i in text_cosines.argsort(descending=True)[:2].tolist()]
+    assert "<img" in run.search_html([query], k=2)
+
+    # the caption browser over this run, re-captioning with the loaded captioners
+    from nbutils.reporting.browser import CaptionBrowser
+
+    browser = CaptionBrowser.from_infer(run, run.captioners)
+    assert browser.current()["count"] == 12 and len(browser.current()["rows"]) == 2
+    shown = browser.recaption("greedy")
+    assert all(r["preset"] == "greedy" for r in shown["rows"])
 
 
 def test_a_folder_with_bad_files_lists_them_and_captions_the_rest(trained_run, tmp_path):

@@ -169,3 +169,18 @@ def attribute_table(result: dict) -> pd.DataFrame:
         }
     )
     return pd.DataFrame(rows)
+
+
+def attribute_errors(
+    predictions: Mapping[str, str], ground_truth: pd.DataFrame, language: str, attributes=ATTRIBUTES
+) -> dict[str, list[str]]:
+    """Per prediction key, the `attributes` its caption gets wrong (the module's definitions; [] when all right).
+
+    What a caption browser filters on ("attribute errors only").
+    """
+    rows = _match(predictions, ground_truth)
+    out = {}
+    for key, (_, caption, objects) in zip(predictions, rows):
+        scored = _score(caption, objects, language)
+        out[key] = [a for a in attributes if scored[a] is False]
+    return out
