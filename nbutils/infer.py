@@ -57,7 +57,11 @@ class InferConfig(StageConfig):
     images: str = param(
         "test", "a split of this run (test, val, ...), a folder, a manifest CSV or one image file"
     )
-    decoding: str = param("beam", "decoding preset: greedy, beam, blip_beam, blip_nucleus, sample, ...")
+    decoding: str = param(
+        "beam",
+        "a decoding preset (greedy, beam, blip_beam, blip_nucleus, sample, ...) or explicit settings as JSON, "
+        'e.g. {"preset": "beam", "num_beams": 5, "length_penalty": 0.8}',
+    )
     max_new_tokens: int = param(48, "the most tokens a caption may have (0: the preset's)")
     num_return_sequences: int = param(1, "captions per image and model (beam: at most num_beams)")
     batch_size: int = param(32, "images per generate() call")
@@ -80,6 +84,23 @@ class ImageSet:
     rejected: pd.DataFrame
     ground_truth: str | None = None
     language: str | None = None
+
+
+def decoding_settings(config: InferConfig) -> dict:
+    """The checked generate() settings: `decoding` (a preset name or JSON settings), then `max_new_tokens` and
+    `num_return_sequences` on top."""
+    spec = config.decoding.strip()
+    if spec.startswith("{"):
+        try:
+            decoding = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"decoding={config.decoding!r} is not valid JSON: {e}") from e
+    else:
+        decoding = {"preset": spec}
+    decoding["num_return_sequences"] = config.num_return_sequences
+    if config.max_new_tokens:
+        decoding["max_new_tokens"] = config.max_new_tokens
+    return resolve_decoding(decoding)
 
 
 def collect_images(config: InferConfig) -> ImageSet:
@@ -264,10 +285,8 @@ class InferRun:
 
 def infer(config: InferConfig) -> InferRun:
     """Caption `config.images` with every captioner; score, time and tabulate (module docstring)."""
-    decoding = {"preset": config.decoding, "num_return_sequences": config.num_return_sequences}
-    if config.max_new_tokens:
-        decoding["max_new_tokens"] = config.max_new_tokens
-    settings = resolve_decoding(decoding)
+    settings = decoding_settings(config)
+    decoding_name = config.decoding if not config.decoding.strip().startswith("{") else json.dumps(settings)
     output_dir = Path(config.output_dir)
     images = collect_images(config)
     names = [c.strip() for c in config.captioners.split(",") if c.strip()]
@@ -290,7 +309,7 @@ def infer(config: InferConfig) -> InferRun:
         results = caption_all(captioner, cache, images.paths, settings, config.batch_size, config.seed)
         for path, candidates in zip(images.paths, results):
             for rank, c in enumerate(candidates):
-                rows.append((path, captioner.name, config.decoding, rank, c["caption"], c["score"]))
+                rows.append((path, captioner.name, decoding_name, rank, c["caption"], c["score"]))
         best = [candidates[0]["caption"] for candidates in results]
         shown = pd.DataFrame({"image_path": images.paths, "model": captioner.name, "caption": best})
         entry = {"kind": captioner.kind}
@@ -337,7 +356,7 @@ def infer(config: InferConfig) -> InferRun:
     summary = {
         "n_images": len(images.paths),
         "images": config.images,
-        "decoding": {**settings, "preset": config.decoding},
+        "decoding": {**settings, "given": config.decoding},
         "models": per_model,
         "rejected_images": len(images.rejected),
         "rejected": images.rejected.to_dict(orient="records"),

@@ -126,6 +126,22 @@ def test_a_folder_with_bad_files_lists_them_and_captions_the_rest(trained_run, t
     )
 
 
+def test_decoding_is_a_preset_or_explicit_json_settings():
+    config = infer_stage.InferConfig(decoding='{"preset": "beam", "num_beams": 3}', max_new_tokens=7)
+    settings = infer_stage.decoding_settings(config)
+    assert (
+        settings["num_beams"] == 3
+        and settings["max_new_tokens"] == 7
+        and settings["num_return_sequences"] == 1
+    )
+    greedy = infer_stage.decoding_settings(infer_stage.InferConfig(decoding="greedy", max_new_tokens=0))
+    assert greedy["max_new_tokens"] == 20 and greedy["num_beams"] == 1
+    with pytest.raises(ValueError, match="not valid JSON"):
+        infer_stage.decoding_settings(infer_stage.InferConfig(decoding="{beam"))
+    with pytest.raises(ValueError, match="unknown decoding setting 'beams'"):
+        infer_stage.decoding_settings(infer_stage.InferConfig(decoding='{"beams": 2}'))
+
+
 def test_a_manifest_with_references_and_a_single_file(trained_run, tmp_path):
     table = stages.load_prepared(trained_run).tables["test"].head(6)
     table[["image_path", "text"]].to_csv(tmp_path / "manifest.csv", index=False)

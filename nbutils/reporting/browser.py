@@ -56,7 +56,10 @@ class CaptionBrowser:
             dict(zip(paths, images)),
             references,
             captioners or {},
-            preset or run.summary["decoding"]["preset"],
+            preset
+            or (
+                run.summary["decoding"]["given"] if run.summary["decoding"]["given"] in PRESETS else "greedy"
+            ),
         )
 
     # -- the order -------------------------------------------------------------------------------------------
