@@ -140,3 +140,11 @@ def _parse_bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def command_line_main(config_class, job, module: str, description: str, argv=None) -> int:
+    """`python -m <module>`: every field of `config_class` an option; runs `job(config)` and prints its summary."""
+    config = config_class.from_arguments(argv, prog=f"python -m {module}", description=description)
+    result = job(config)
+    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
+    return 0

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import stages
-from .config import StageConfig, param
+from .config import StageConfig, command_line_main, param
 from .data.cache import ImageCache, ImageGeometry, build_image_cache
 from .data.validate import check_image
 from .demo import scenes
@@ -455,10 +455,7 @@ def _clipscores(config: InferConfig, images: ImageSet, predictions: pd.DataFrame
 
 def main(argv=None) -> int:
     """`python -m nbutils.infer`: every InferConfig field is an option."""
-    config = InferConfig.from_arguments(argv, prog="python -m nbutils.infer", description=__doc__)
-    result = infer(config)
-    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
-    return 0
+    return command_line_main(InferConfig, infer, "nbutils.infer", __doc__, argv)
 
 
 if __name__ == "__main__":

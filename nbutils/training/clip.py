@@ -19,7 +19,6 @@ loss gathers features across processes, so the negatives per step are batch_size
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 from .. import stages
-from ..config import param
+from ..config import command_line_main, param
 from ..data.cache import ImageGeometry
 from ..data.caption_words import CaptionWords
 from ..data.datasets import ContrastiveCollator, ImageTextDataset
@@ -482,10 +481,7 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
 
 def main(argv=None) -> int:
     """`python -m nbutils.train_clip`: every TrainClipConfig field is an option."""
-    config = TrainClipConfig.from_arguments(argv, prog="python -m nbutils.train_clip", description=__doc__)
-    result = train_clip(config)
-    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
-    return 0
+    return command_line_main(TrainClipConfig, train_clip, "nbutils.train_clip", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Every field of `TrainClipCapConfig` is an option.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import pandas as pd
 import torch
 
 from .. import stages
-from ..config import param
+from ..config import command_line_main, param
 from ..data.cache import processor_mean_std
 from ..data.datasets import CaptionCollator, ImageEmbeddingDataset
 from ..data.image_embeddings import cached_image_embeddings
@@ -370,12 +369,7 @@ def _train_one(config, prepared, embeddings, language: str, tokenization: str, c
 
 def main(argv=None) -> int:
     """`python -m nbutils.train_clipcap`: every TrainClipCapConfig field is an option."""
-    config = TrainClipCapConfig.from_arguments(
-        argv, prog="python -m nbutils.train_clipcap", description=__doc__
-    )
-    result = train_clipcap(config)
-    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
-    return 0
+    return command_line_main(TrainClipCapConfig, train_clipcap, "nbutils.train_clipcap", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Every field of `TrainEncoderDecoderConfig` is an option (`--freeze-encoder true`
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import stages
-from ..config import param
+from ..config import command_line_main, param
 from ..data.cache import ImageGeometry
 from ..data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
 from ..evaluation.caption_metrics import check_tokenization
@@ -444,12 +443,9 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
 
 def main(argv=None) -> int:
     """`python -m nbutils.train_encoder_decoder`: every TrainEncoderDecoderConfig field is an option."""
-    config = TrainEncoderDecoderConfig.from_arguments(
-        argv, prog="python -m nbutils.train_encoder_decoder", description=__doc__
+    return command_line_main(
+        TrainEncoderDecoderConfig, train_encoder_decoder, "nbutils.train_encoder_decoder", __doc__, argv
     )
-    result = train_encoder_decoder(config)
-    print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
-    return 0
 
 
 if __name__ == "__main__":
