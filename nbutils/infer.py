@@ -37,8 +37,9 @@ from .demo import scenes
 from .evaluation.attributes import attribute_errors
 from .evaluation.caption_metrics import check_tokenization
 from .evaluation.caption_scores import score_test_captions
+from .files import write_json, write_table
 from .models.captioners import load_any_captioner
-from .models.decoding import resolve_decoding
+from .models.decoding import decoding_request, resolve_decoding
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 THROUGHPUT_DECODINGS = ("greedy", "beam")
@@ -84,23 +85,16 @@ class ImageSet:
     rejected: pd.DataFrame
     ground_truth: str | None = None
     language: str | None = None
+    train_captions: list[str] | None = None  # the constant-caption baseline's pool (this run's train split)
 
 
 def decoding_settings(config: InferConfig) -> dict:
     """The checked generate() settings: `decoding` (a preset name or JSON settings), then `max_new_tokens` and
     `num_return_sequences` on top."""
-    spec = config.decoding.strip()
-    if spec.startswith("{"):
-        try:
-            decoding = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"decoding={config.decoding!r} is not valid JSON: {e}") from e
-    else:
-        decoding = {"preset": spec}
-    decoding["num_return_sequences"] = config.num_return_sequences
-    if config.max_new_tokens:
-        decoding["max_new_tokens"] = config.max_new_tokens
-    return resolve_decoding(decoding)
+    spec = decoding_request(
+        config.decoding, config.max_new_tokens, num_return_sequences=config.num_return_sequences
+    )
+    return resolve_decoding(spec)
 
 
 def collect_images(config: InferConfig) -> ImageSet:
@@ -154,7 +148,8 @@ def collect_images(config: InferConfig) -> ImageSet:
         references = [r for r, ok in zip(references, good) if ok]
     if not kept:
         raise ValueError(f"images={spec!r}: no usable image ({len(rejected)} rejected)")
-    return ImageSet(kept, references, rejected, ground_truth, language)
+    train_captions = prepared.tables["train"]["text"].tolist() if prepared is not None else None
+    return ImageSet(kept, references, rejected, ground_truth, language, train_captions)
 
 
 def image_cache(images: ImageSet, image_processor, cache_root: Path) -> ImageCache:
@@ -302,6 +297,12 @@ def infer(config: InferConfig) -> InferRun:
     if not captioners:
         raise ValueError(f"captioners={config.captioners!r}: none could be loaded")
 
+    if images.references is not None:  # scored below, the same way for every captioner
+        language = images.language or "zh"
+        tokenization = check_tokenization(language, config.tokenization or None)
+        # without a prepared run (a manifest with references), the baseline's pool is the references themselves
+        baseline_pool = images.train_captions or [r for refs in images.references for r in refs]
+        truth = scenes.load_ground_truth(Path(images.ground_truth).parent) if images.ground_truth else None
     caches, rows, metrics_rows, throughput_rows, per_model, per_image = {}, [], [], [], {}, []
     for captioner in captioners:
         cache = image_cache(images, captioner.image_processor, output_dir / "cache")
@@ -314,19 +315,21 @@ def infer(config: InferConfig) -> InferRun:
         shown = pd.DataFrame({"image_path": images.paths, "model": captioner.name, "caption": best})
         entry = {"kind": captioner.kind}
         if images.references is not None:
-            language = images.language or "zh"
-            tokenization = check_tokenization(language, config.tokenization or None)
-            train = stages.load_prepared(config.run_dir).tables["train"]["text"].tolist()
             scores = score_test_captions(
-                images.paths, best, images.references, train, language, tokenization, images.ground_truth
+                images.paths,
+                best,
+                images.references,
+                baseline_pool,
+                language,
+                tokenization,
+                images.ground_truth,
             )
             entry["metrics"] = {k: scores.summary[k] for k in ("bleu4", "meteor", "rouge_l", "cider")}
             entry["attribute_accuracy"] = scores.summary["attribute_accuracy"]
             entry["baseline_cider"] = scores.summary["baseline"]["cider"]
             metrics_rows.append(_metrics_row(captioner.name, scores.summary))
             shown["cider"] = scores.predictions["cider"].to_numpy()
-            if images.ground_truth:  # the demo: which attributes each caption gets wrong, for the browser
-                truth = scenes.load_ground_truth(Path(images.ground_truth).parent)
+            if truth is not None:  # the demo: which attributes each caption gets wrong, for the browser
                 wrong = attribute_errors(
                     dict(zip(images.paths, best)), truth, language, ("colour", "shape", "size")
                 )
@@ -363,8 +366,6 @@ def infer(config: InferConfig) -> InferRun:
         **clip_summary,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    from .files import write_json, write_table
-
     write_table(predictions, output_dir / "predictions.csv")
     write_table(per_image, output_dir / "per_image.csv")
     write_json(output_dir / "summary.json", summary)
@@ -424,8 +425,7 @@ def _clipscores(config: InferConfig, images: ImageSet, predictions: pd.DataFrame
             bundle, clip_name = stages.load_clip(config.run_dir).bundle, "train_clip of this run"
         except Exception:
             return None, {"clipscore_model": None}, None
-    images_set = ImageSet(images.paths, images.references, images.rejected)
-    cache = image_cache(images_set, bundle.image_processor, output_dir / "cache")
+    cache = image_cache(images, bundle.image_processor, output_dir / "cache")
     mean, std = processor_mean_std(bundle.image_processor)
     embeddings, _, _ = cached_image_embeddings(
         bundle.model, cache, mean, std, output_dir / "clip_embeddings", progress=False

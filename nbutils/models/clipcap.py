@@ -392,20 +392,20 @@ def _convert_reference_transformer(mapper: dict, config: ClipCapConfig) -> dict:
     out = {"linear.weight": mapper["linear.weight"], "linear.bias": mapper["linear.bias"]}
     out["constants"] = mapper["prefix_const"]
     for i in range(config.mapping_layers):
-        src, dst = f"transformer.layers.{i}.", f"transformer.layers.{i}."
-        queries = mapper[src + "attn.to_queries.weight"]
-        keys_values = mapper[src + "attn.to_keys_values.weight"]  # rows: keys then values
-        out[dst + "self_attn.in_proj_weight"] = torch.cat([queries, keys_values])
+        layer = f"transformer.layers.{i}."  # the same prefix in both layouts
+        queries = mapper[layer + "attn.to_queries.weight"]
+        keys_values = mapper[layer + "attn.to_keys_values.weight"]  # rows: keys then values
+        out[layer + "self_attn.in_proj_weight"] = torch.cat([queries, keys_values])
         # the reference's query / key / value projections have no bias
-        out[dst + "self_attn.in_proj_bias"] = queries.new_zeros(3 * dim)
-        out[dst + "self_attn.out_proj.weight"] = mapper[src + "attn.project.weight"]
-        out[dst + "self_attn.out_proj.bias"] = mapper[src + "attn.project.bias"]
+        out[layer + "self_attn.in_proj_bias"] = queries.new_zeros(3 * dim)
+        out[layer + "self_attn.out_proj.weight"] = mapper[layer + "attn.project.weight"]
+        out[layer + "self_attn.out_proj.bias"] = mapper[layer + "attn.project.bias"]
         for ours, theirs in (
             ("norm1", "norm1"),
             ("norm2", "norm2"),
             ("linear1", "mlp.fc1"),
             ("linear2", "mlp.fc2"),
         ):
-            out[dst + f"{ours}.weight"] = mapper[src + f"{theirs}.weight"]
-            out[dst + f"{ours}.bias"] = mapper[src + f"{theirs}.bias"]
+            out[layer + f"{ours}.weight"] = mapper[layer + f"{theirs}.weight"]
+            out[layer + f"{ours}.bias"] = mapper[layer + f"{theirs}.bias"]
     return out

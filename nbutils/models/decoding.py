@@ -18,6 +18,7 @@ Facts this module relies on (see shared/FIELD_NOTES.md, captioning):
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -178,6 +179,26 @@ def resolve_decoding(decoding: str | Mapping[str, Any], **overrides: Any) -> dic
     settings.update(given)
     _check(settings)
     return settings
+
+
+def decoding_request(decoding: str, max_new_tokens: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A notebook's decoding parameters as a `resolve_decoding` spec.
+
+    `decoding` is a preset name or explicit settings as JSON ('{"preset": "beam", "num_beams": 5}');
+    `max_new_tokens` (0: the preset's) and `overrides` (e.g. num_return_sequences) go on top.
+    """
+    text = decoding.strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"decoding={decoding!r} is not valid JSON: {e}") from e
+    else:
+        spec = {"preset": text}
+    spec.update(overrides)
+    if max_new_tokens:
+        spec["max_new_tokens"] = max_new_tokens
+    return spec
 
 
 def clean_caption(text: str) -> str:

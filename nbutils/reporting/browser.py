@@ -82,11 +82,12 @@ class CaptionBrowser:
         current = self.current_path() if self.order else None
         paths = list(self.paths)
         if self.errors_only:
-            wrong = self.per_image[self.per_image["attribute_errors"].fillna("") != ""]["image_path"]
-            paths = [p for p in paths if p in set(wrong)]
+            wrong = set(self.per_image[self.per_image["attribute_errors"].fillna("") != ""]["image_path"])
+            paths = [p for p in paths if p in wrong]
         if self.sort != "order":
             worst = self.per_image.groupby("image_path")[self.sort].min()
-            paths = sorted(paths, key=lambda p: (worst.get(p, np.inf), self.paths.index(p)))
+            # a stable sort of paths already in their original order: ties keep that order
+            paths = sorted(paths, key=lambda p: worst.get(p, np.inf))
         self.order = paths
         self.position = paths.index(current) if current in paths else 0
 

@@ -40,7 +40,7 @@ from ..evaluation.caption_metrics import check_tokenization
 from ..evaluation.caption_scores import score_test_captions
 from ..models import clip as clip_models
 from ..models import clipcap
-from ..models.decoding import generate_captions, resolve_decoding
+from ..models.decoding import decoding_request, generate_captions, resolve_decoding
 from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
 from .encoder_decoder import CaptionRun, CaptionTrainer
 from .trainer import TrainingConfig, resume_checkpoint, training_arguments
@@ -113,10 +113,9 @@ def mappings(config: TrainClipCapConfig) -> list[str]:
 
 def decoding_spec(config: TrainClipCapConfig) -> dict:
     """The test captions' decoding: the preset, with `max_new_tokens` and `num_return_sequences` on top."""
-    spec = {"preset": config.decoding, "num_return_sequences": config.num_return_sequences}
-    if config.max_new_tokens:
-        spec["max_new_tokens"] = config.max_new_tokens
-    return spec
+    return decoding_request(
+        config.decoding, config.max_new_tokens, num_return_sequences=config.num_return_sequences
+    )
 
 
 def check_config(config: TrainClipCapConfig) -> None:

@@ -37,7 +37,7 @@ from ..data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_v
 from ..evaluation.caption_metrics import check_tokenization
 from ..evaluation.caption_scores import score_test_captions
 from ..models import captioner as captioners
-from ..models.decoding import generate_captions, resolve_decoding
+from ..models.decoding import decoding_request, generate_captions, resolve_decoding
 from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
 from .trainer import ImageBatchTrainer, TrainingConfig, resume_checkpoint, training_arguments
 
@@ -227,11 +227,9 @@ def check_config(config: TrainEncoderDecoderConfig) -> None:
         raise ValueError("freeze_encoder=True and encoder_learning_rate set: a frozen encoder has no rate")
 
 
-def decoding_spec(config: TrainEncoderDecoderConfig) -> str | dict:
-    """The test captions' decoding: the preset name, or the preset with `max_new_tokens` on top."""
-    if not config.max_new_tokens:
-        return config.decoding
-    return {"preset": config.decoding, "max_new_tokens": config.max_new_tokens}
+def decoding_spec(config: TrainEncoderDecoderConfig) -> dict:
+    """The test captions' decoding: the preset (or JSON settings), with `max_new_tokens` on top."""
+    return decoding_request(config.decoding, config.max_new_tokens)
 
 
 def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedDataset, language: str):
