@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  python -m nbutils run --profile demo\n"
         "  python -m nbutils run --profile demo --only processdata_03 -p n_images=500 --run small\n"
+        "  python -m nbutils run --profile demo --fresh-from train_clipcap\n"
         "  python -m nbutils run --profile my_data.yaml -p processdata_03.image_size=224",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run name: results go to outputs/NAME (default: the profile's `run`)",
     )
+    fresh = run.add_mutually_exclusive_group()
+    fresh.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rerun every selected notebook from scratch (deletes their output folders first); by default a "
+        "notebook whose parameters, inputs and code are unchanged since it last succeeded is reused",
+    )
+    fresh.add_argument(
+        "--fresh-from",
+        metavar="NOTEBOOK",
+        help="rerun NOTEBOOK and the selected notebooks after it from scratch; reuse the ones before",
+    )
     run.add_argument(
         "--notebooks-dir", metavar="DIR", help="where the notebooks are (default: <repo>/notebooks)"
     )
@@ -79,6 +92,8 @@ def _run(args, argv) -> int:
             notebooks_dir=args.notebooks_dir,
             outputs_dir=args.outputs_dir,
             command=["python", "-m", "nbutils", *argv],
+            fresh=args.fresh,
+            fresh_from=args.fresh_from,
         )
     except ParameterError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from math import ceil
 
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 
 def split_into_chunks(items: Sequence, num_workers: int, max_chunk: int) -> list:

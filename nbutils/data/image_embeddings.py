@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..files import atomic_path
+from ..progress import tqdm
 from .cache import ImageCache
 from .datasets import normalize_pixel_values
 

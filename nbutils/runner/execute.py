@@ -1,6 +1,6 @@
 """Run the pipeline notebooks with papermill and build a shareable report.
 
-    python -m nbutils run --profile demo [--only NB1,NB2] [-p key=value ...] [--run NAME]
+    python -m nbutils run --profile demo [--only NB1,NB2] [-p key=value ...] [--run NAME] [--fresh | --fresh-from NB]
 
 A profile (YAML, see `nbutils/runner/profiles/demo.yaml`) says which notebooks run and with which
 parameters. Parameters are resolved before anything runs, most specific last:
@@ -38,6 +38,15 @@ run.json keys:
                                papermill's 0-based index in the executed notebook
         carried_over           True when the entry comes from an earlier invocation of the same run
                                (e.g. `--only train_clip` after a full run keeps the earlier entries)
+        finished_at            when it last finished
+        reason                 why it ran ("no earlier run", "parameters changed (max_steps)", ...)
+        reused                 True when it was not run because nothing it depends on changed
+        fingerprint            {digest, parts}: what its results depend on (fingerprints.py)
+        outputs_digest         digest of the list of files it wrote (its readers' fingerprints include it)
+
+Reuse: a notebook is skipped when its fingerprint equals the one of its last successful run in this folder
+and the files it wrote then are unmodified (`.stages/<nb>.json` lists them); its entry, report and numbers
+are the earlier run's. While a notebook runs, the terminal shows its cell and progress bar (live.py).
 """
 
 from __future__ import annotations
@@ -50,15 +59,18 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, progress
 from ..files import read_json, write_json
 from ..reporting.index_page import render_report, write_index
+from . import fingerprints
+from .live import LiveProgress
 from .parameters import notebook_parameters, resolve_parameters
 from .profiles import (
     KERNEL_NAME,
@@ -84,8 +96,15 @@ def run_pipeline(
     notebooks_dir: str | os.PathLike | None = None,
     outputs_dir: str | os.PathLike | None = None,
     command: list[str] | None = None,
+    fresh: bool = False,
+    fresh_from: str | None = None,
 ) -> dict:
     """Run the profile's notebooks in pipeline order; return the run.json record.
+
+    A notebook whose fingerprint (parameters, notebook, code, inputs: see fingerprints.py) is unchanged since it
+    last succeeded in this run folder, with its outputs intact, is reused instead of run. `fresh` reruns every
+    selected notebook from scratch and `fresh_from` ("train_clip") that notebook and the selected ones after it:
+    their output folders are deleted first, so trainings do not resume their old checkpoints.
 
     Every check (profile, --only, parameters) happens before the first notebook starts. Raises
     ParameterError for bad input and RunFailed when a notebook fails (its executed notebook
@@ -96,6 +115,7 @@ def run_pipeline(
         prof, run_dir, listed, existing, selected, resolved = _plan(
             profile, only, params, run_name, notebooks_dir, outputs_dir
         )
+        forced = _forced(selected, fresh, fresh_from)
         import papermill
         from papermill.exceptions import PapermillExecutionError
 
@@ -108,21 +128,54 @@ def run_pipeline(
 
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = _new_record(prof, run_dir.name, command, resolved, listed, existing, selected, run_dir, device)
+    previous = _previous_entries(run_dir, prof["name"])  # read before run.json is rewritten below
+    record = _new_record(prof, run_dir.name, command, resolved, listed, existing, selected, previous, device)
     _save(run_dir, record)
     entries = {e["name"]: e for e in record["notebooks"]}
 
+    environment = {
+        "device": device,
+        **{k: v for k, v in _environment()["versions"].items() if k != "nbutils"},
+    }
     for i, nb in enumerate(selected, 1):
         entry = entries[nb]
-        entry.update(status="running", parameters=resolved[nb], executed_notebook=f"{nb}.ipynb")
+        notebook = notebooks_dir / f"{nb}.ipynb"
+        upstream = {up: _outputs_digest(run_dir, entries.get(up)) for up in fingerprints.READS.get(nb, [])}
+        fingerprint = fingerprints.stage_fingerprint(nb, notebook, resolved[nb], upstream, environment)
+        reason = _why_run(nb, previous.get(nb), fingerprint, resolved[nb], run_dir, forced)
+        if reason is None:
+            entry.clear()
+            entry.update(previous[nb], reused=True, carried_over=False, reason=None)
+            _ensure_report(run_dir, entry)
+            print(f"[{i}/{len(selected)}] {nb}: reused: unchanged since {_when(entry)}", flush=True)
+            _save(run_dir, record)
+            continue
+
+        entry.update(
+            status="running",
+            parameters=resolved[nb],
+            executed_notebook=f"{nb}.ipynb",
+            fingerprint=fingerprint,
+            reason=reason,
+            reused=False,
+        )
+        fingerprints.forget_outputs(run_dir, nb)
+        if nb in forced:
+            _remove_outputs(run_dir, nb)
         _clear_stale(run_dir, nb)
         _save(run_dir, record)
-        print(f"[{i}/{len(selected)}] {nb} ...", flush=True)
+        print(f"[{i}/{len(selected)}] {nb}: running ({reason})", flush=True)
         start = time.perf_counter()
+        progress_file = run_dir / fingerprints.MANIFEST_DIR / f"{nb}.progress.json"
+        progress_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with _papermill_quiet():
+            with (
+                _papermill_quiet(),
+                _environment_variable(progress.PROGRESS_ENV, str(progress_file)),
+                LiveProgress(notebook, progress_file) as live,
+            ):
                 papermill.execute_notebook(
-                    str(notebooks_dir / f"{nb}.ipynb"),
+                    str(notebook),
                     str(run_dir / f"{nb}.ipynb"),
                     parameters=resolved[nb],
                     kernel_name=KERNEL_NAME,
@@ -130,6 +183,7 @@ def run_pipeline(
                     progress_bar=False,
                     log_output=False,
                     kernel_manager_class=_this_interpreter_kernel_manager(),
+                    on_cell_start=live.on_cell_start,
                 )
             entry["status"] = "ok"
         except PapermillExecutionError as e:
@@ -153,8 +207,11 @@ def run_pipeline(
                 error={"cell_index": None, "exec_count": None, "ename": type(e).__name__, "evalue": str(e)},
             )
         entry["seconds"] = round(time.perf_counter() - start, 2)
+        entry["finished_at"] = _now()
         _collect(run_dir, entry)
-        print(f"    {entry['status']} in {entry['seconds']:.1f} s", flush=True)
+        if entry["status"] == "ok":
+            entry["outputs_digest"] = fingerprints.record_outputs(run_dir, nb, fingerprint["digest"])
+        print(f"      {entry['status']} in {_minutes(entry['seconds'])}", flush=True)
 
         if entry["status"] == "failed":
             for later in selected[i:]:
@@ -218,8 +275,90 @@ def _plan(profile, only, params, run_name, notebooks_dir, outputs_dir):
     return prof, run_dir, listed, existing, selected, resolved
 
 
-def _new_record(prof, run_name, command, resolved, listed, existing, selected, run_dir, device) -> dict:
-    previous = _previous_entries(run_dir, prof["name"])
+def _forced(selected: list[str], fresh: bool, fresh_from: str | None) -> set[str]:
+    """The selected notebooks to rerun from scratch (--fresh, --fresh-from)."""
+    if fresh:
+        return set(selected)
+    if not fresh_from:
+        return set()
+    if fresh_from not in PIPELINE:
+        raise ParameterError(
+            f"--fresh-from {fresh_from}: not a pipeline notebook{did_you_mean(fresh_from, PIPELINE)}; "
+            f"pipeline: {', '.join(PIPELINE)}"
+        )
+    if fresh_from not in selected:
+        raise ParameterError(
+            f"--fresh-from {fresh_from}: not among the notebooks to run ({', '.join(selected)})"
+        )
+    return set(selected[selected.index(fresh_from) :])
+
+
+def _why_run(nb, old, fingerprint, parameters, run_dir, forced) -> str | None:
+    """Why `nb` must run, or None when its last successful run can be reused."""
+    if nb in forced:
+        return "fresh: its outputs were deleted first"
+    if not old:
+        return "no earlier run"
+    if old.get("status") != "ok":
+        return f"its last run {old.get('status')}"
+    old_fp = old.get("fingerprint") or {}
+    if old_fp.get("digest") != fingerprint["digest"]:
+        return fingerprints.what_changed(old_fp, fingerprint, old.get("parameters"), parameters)
+    changed = fingerprints.outputs_changed(run_dir, nb, fingerprint["digest"])
+    return f"outputs changed: {changed}" if changed else None
+
+
+def _outputs_digest(run_dir: Path, entry: dict | None) -> str | None:
+    # An upstream stage of this invocation (run or reused) has its digest in the entry; one that is not
+    # part of the selection (--only) has it in its outputs record, if it ever succeeded here.
+    if entry and entry.get("status") == "ok" and entry.get("outputs_digest"):
+        return entry["outputs_digest"]
+    return fingerprints.outputs_digest(run_dir, entry["name"]) if entry else None
+
+
+def _remove_outputs(run_dir: Path, nb: str) -> None:
+    folder = run_dir / nb
+    if folder.is_dir():
+        print(f"      removing {folder} (fresh run)", flush=True)
+        shutil.rmtree(folder)
+    for path in (run_dir / f"{nb}.ipynb", run_dir / f"{nb}.html"):
+        if path.is_file():
+            path.unlink()
+
+
+def _ensure_report(run_dir: Path, entry: dict) -> None:
+    """A reused notebook keeps its report; render it again only if it went missing."""
+    if entry.get("executed_notebook") and not (run_dir / f"{entry['name']}.html").is_file():
+        _collect(run_dir, entry)
+
+
+def _when(entry: dict) -> str:
+    finished = entry.get("finished_at") or "an earlier run"
+    secs = entry.get("seconds")
+    return f"{finished.replace('T', ' ')[:16]}" + (
+        f" (ran {_minutes(secs)})" if isinstance(secs, (int, float)) else ""
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+@contextlib.contextmanager
+def _environment_variable(name: str, value: str):
+    """Set an environment variable for the kernels started inside (they inherit the runner's environment)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _new_record(prof, run_name, command, resolved, listed, existing, selected, previous, device) -> dict:
     entries = []
     for nb in listed:
         if nb in selected:
@@ -263,6 +402,11 @@ def _entry(nb, status, note=None) -> dict:
         "report": None,
         "summary": None,
         "error": None,
+        "finished_at": None,
+        "reason": None,  # why it ran: "no earlier run", "parameters changed (max_steps)", ...
+        "reused": False,  # True: unchanged since it last succeeded, not run again
+        "fingerprint": None,  # {"digest", "parts"}: see fingerprints.py
+        "outputs_digest": None,
     }
 
 

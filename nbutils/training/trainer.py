@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
+from .. import progress
 from ..config import StageConfig, param
 from ..data.datasets import normalize_pixel_values
 from ..files import read_json, write_json
@@ -153,12 +155,52 @@ def _drop_stale_checkpoints(
     return found
 
 
+class ProgressReportCallback(TrainerCallback):
+    """Steps, latest loss and epoch to the runner's terminal line (`nbutils.progress.report`), main process only."""
+
+    def __init__(self):
+        self.loss = None
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = None  # set at the first step: the time to start (and resume) is not training speed
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.started is None:
+            self.started = (time.time(), state.global_step)
+        progress.report(
+            "training",
+            state.global_step,
+            state.max_steps,
+            unit="steps",
+            loss=self.loss,
+            epoch=state.epoch,
+            started=self.started[0],
+            start_n=self.started[1],
+            force=state.global_step >= state.max_steps,
+        )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero and metrics and "eval_loss" in metrics:
+            progress.report(
+                "evaluating", state.global_step, state.max_steps, unit="steps", eval_loss=metrics["eval_loss"]
+            )
+
+
 class ImageBatchTrainer(Trainer):
     """A Trainer for batches of uint8 images: `normalized_pixels` makes the model's input on the device."""
 
     def __init__(self, *args, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), **kwargs):
         super().__init__(*args, **kwargs)
         self.pixel_mean, self.pixel_std = mean, std
+        if progress.enabled():
+            self.add_callback(ProgressReportCallback())
 
     def normalized_pixels(self, model, inputs) -> torch.Tensor:
         """The batch's uint8 `pixel_values` normalised where they are, in the model's dtype (bf16 under bf16)."""
