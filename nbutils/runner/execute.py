@@ -211,7 +211,7 @@ def run_pipeline(
         _collect(run_dir, entry)
         if entry["status"] == "ok":
             entry["outputs_digest"] = fingerprints.record_outputs(run_dir, nb, fingerprint["digest"])
-        print(f"      {entry['status']} in {_minutes(entry['seconds'])}", flush=True)
+        print(f"  {entry['status']} in {_minutes(entry['seconds'])}", flush=True)
 
         if entry["status"] == "failed":
             for later in selected[i:]:
@@ -319,7 +319,7 @@ def _outputs_digest(run_dir: Path, entry: dict | None) -> str | None:
 def _remove_outputs(run_dir: Path, nb: str) -> None:
     folder = run_dir / nb
     if folder.is_dir():
-        print(f"      removing {folder} (fresh run)", flush=True)
+        print(f"  removing {folder} (fresh run)", flush=True)
         shutil.rmtree(folder)
     for path in (run_dir / f"{nb}.ipynb", run_dir / f"{nb}.html"):
         if path.is_file():

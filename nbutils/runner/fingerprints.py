@@ -225,7 +225,9 @@ def outputs_changed(run_dir: str | os.PathLike, nb: str, fingerprint: str) -> st
     return None
 
 
-def what_changed(old: Mapping | None, new: Mapping, old_parameters: Mapping | None, parameters: Mapping) -> str:
+def what_changed(
+    old: Mapping | None, new: Mapping, old_parameters: Mapping | None, parameters: Mapping
+) -> str:
     """A short reason for rerunning: which parts of the fingerprint differ from the last successful run."""
     if not old or "parts" not in old:
         return "no earlier run"

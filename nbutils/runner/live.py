@@ -1,7 +1,7 @@
 """The terminal line that shows what a running notebook is doing.
 
     [4/8] train_clip: running (no earlier run)
-          cell 5/12 · training 120/440 steps · loss 2.310 · 0:58 elapsed · ETA 2:31
+      cell 5/12 · training 120/440 steps · loss 2.31 · 0:58 elapsed · ETA 2:31
 
 The cell comes from papermill's executor (nbclient's `on_cell_start` hook); the progress bar comes from the
 kernel through a small file (`nbutils.progress`: the Trainer callback and nbutils' tqdm loops write it). On a
@@ -50,7 +50,7 @@ def code_cell_ordinals(notebook: str | os.PathLike, parameters_injected: bool = 
 
 
 def progress_text(state: dict | None, now: float | None = None) -> str:
-    """`training 120/440 steps · loss 2.310 · 0:58 elapsed · ETA 2:31` from a `nbutils.progress` state."""
+    """`training 120/440 steps · loss 2.31 · 0:58 elapsed · ETA 2:31` from a `nbutils.progress` state."""
     if not state:
         return ""
     n, total, unit = state.get("n"), state.get("total"), state.get("unit") or "it"
@@ -61,7 +61,7 @@ def progress_text(state: dict | None, now: float | None = None) -> str:
     ]
     for key in ("loss", "eval_loss"):
         if isinstance(state.get(key), (int, float)):
-            parts.append(f"{key.replace('_', ' ')} {state[key]:.3f}")
+            parts.append(f"{key.replace('_', ' ')} {state[key]:.4g}")
     started, start_n = state.get("started"), state.get("start_n") or 0
     last = state.get("time")
     if isinstance(started, (int, float)) and isinstance(last, (int, float)):
@@ -95,9 +95,9 @@ class LiveProgress:
     def line(self, now: float | None = None) -> str:
         now = now or time.time()
         if self.cell is None:
-            return "      starting the kernel"
+            return "  starting the kernel"
         ordinal, first, started = self.cell
-        text = f"      cell {ordinal or '?'}/{self.n_code}"
+        text = f"  cell {ordinal or '?'}/{self.n_code}"
         state = progress.read(self.progress_file)
         if state and state.get("time", 0) >= started:  # a bar of an earlier cell is over
             text += " · " + progress_text(state, now)

@@ -32,8 +32,7 @@ def test_progress_text_elapsed_and_eta():
              "start_n": 0, "time": 160.0}  # fmt: skip
     # 60 s for 120 steps: 0.5 s a step, 320 steps left -> 160 s
     assert (
-        live.progress_text(state, now=160.0)
-        == "training 120/440 steps · loss 2.310 · 1:00 elapsed · ETA 2:40"
+        live.progress_text(state, now=160.0) == "training 120/440 steps · loss 2.31 · 1:00 elapsed · ETA 2:40"
     )
     resumed = {**state, "start_n": 100}  # resumed at step 100: 20 steps in 60 s -> 3 s a step
     assert live.progress_text(resumed, now=160.0).endswith("ETA 16:00")
@@ -48,11 +47,11 @@ def test_terminal_line_is_redrawn_in_place(tmp_path):
     bar = live.LiveProgress(FIXTURES / "echo.ipynb", tmp_path / "p.json", stream=stream, live=True)
     bar.on_cell_start({"source": "\n  run = train(config)\n"}, cell_index=3)
     bar._draw()
-    assert stream.getvalue() == "\r\x1b[K      cell 3/5 · run = train(config)"
+    assert stream.getvalue() == "\r\x1b[K  cell 3/5 · run = train(config)"
     (tmp_path / "p.json").write_text(json.dumps({"desc": "training", "n": 4, "total": 8, "unit": "steps",
                                                  "time": time.time() + 1}))  # fmt: skip
     bar._draw()
-    assert stream.getvalue().endswith("\r\x1b[K      cell 3/5 · training 4/8 steps")
+    assert stream.getvalue().endswith("\r\x1b[K  cell 3/5 · training 4/8 steps")
     # a bar written before this cell started belongs to an earlier cell: not shown
     (tmp_path / "p.json").write_text(json.dumps({"desc": "old", "n": 1, "total": 2, "time": 0}))
     bar._draw()
@@ -75,7 +74,7 @@ def test_log_shows_the_cell_and_the_kernels_progress_bar(tmp_path, capsys, monke
     lines = capsys.readouterr().out.splitlines()
     counting = [line for line in lines if "counting" in line]
     assert counting, lines
-    assert all(line.startswith("      cell 4/4 · counting ") and "/30 items" in line for line in counting)
+    assert all(line.startswith("  cell 4/4 · counting ") and "/30 items" in line for line in counting)
     assert any("elapsed" in line for line in counting)
 
 
