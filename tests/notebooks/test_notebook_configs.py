@@ -17,6 +17,7 @@ import importlib
 import io
 import json
 import re
+import shutil
 import tokenize
 from pathlib import Path
 
@@ -228,13 +229,15 @@ def test_notebook_agrees_with_its_config(path):
 
 
 def test_each_notebook_builds_its_own_stage_config():
+    from nbutils.analyze_loss import AnalyzeLossConfig
     from nbutils.data.download import DownloadConfig
     from nbutils.data.prepare import PrepareConfig
     from nbutils.data.validate import ValidationConfig
     from nbutils.training.clip import TrainClipConfig
 
     expected = {"processdata_01": DownloadConfig, "processdata_02": ValidationConfig,
-                "processdata_03": PrepareConfig, "train_clip": TrainClipConfig}
+                "processdata_03": PrepareConfig, "train_clip": TrainClipConfig,
+                "analyze_loss": AnalyzeLossConfig}
     assert {nb: cls for nb, cls in notebook_configs().items() if nb in expected} == expected
 
 
@@ -356,7 +359,8 @@ PROFILE_DRIFT = [
     ("notebooks:\n  train_clip:\n    # model_name: x\n", "the commented suggestion 'model_name'"),
     ("notebooks:\n  processdata_03:\n    image_size: '64'\n", "PrepareConfig.image_size must be int"),
     ("common:\n  batch_sze: 8\nnotebooks:\n  train_clip:\n", "common.batch_sze: no notebook"),
-    ("notebooks:\n  analyze_loss:\n    decoder: gpt2\n", "analyze_loss.ipynb does not exist"),
+    ("notebooks:\n  analyze_loss:\n    decoder: gpt2\n",
+     "analyze_loss.decoder: AnalyzeLossConfig has no field"),
 ]
 
 
@@ -366,6 +370,23 @@ def test_a_drifted_profile_is_caught(tmp_path, text, expected):
     path.write_text("description: drift\n" + text, encoding="utf-8")
     assert any(expected in p for p in profile_problems(path, notebook_configs())), profile_problems(
         path, notebook_configs())
+
+
+def test_a_profile_setting_parameters_of_a_missing_notebook_is_caught(tmp_path):
+    """Parameters for a notebook that does not exist (here: a notebooks folder with train_clip only)."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(runner.NOTEBOOKS_DIR / "train_clip.ipynb", notebooks)
+    path = tmp_path / "drifted.yaml"
+    path.write_text("description: drift\nnotebooks:\n  train_clip:\n  analyze_loss:\n    decoder: gpt2\n",
+                    encoding="utf-8")
+    configs = notebook_configs(notebooks)
+    assert set(configs) == {"train_clip"}
+    problems = profile_problems(path, configs)
+    assert any("analyze_loss.ipynb does not exist" in p for p in problems), problems
+    # an entry without parameters for a missing notebook is fine (the runner skips it with a note)
+    path.write_text("description: fine\nnotebooks:\n  train_clip:\n  analyze_loss:\n", encoding="utf-8")
+    assert profile_problems(path, configs) == []
 
 
 def test_commented_suggestions_are_read_under_their_notebook():
