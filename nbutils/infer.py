@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import stages
 from .config import StageConfig, command_line_main, param
@@ -40,6 +39,8 @@ from .evaluation.caption_scores import score_test_captions
 from .files import write_json, write_table
 from .models.captioners import load_any_captioner
 from .models.decoding import decoding_request, resolve_decoding
+from .progress import tqdm
+from .reporting.tables import count, formatted, number
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 THROUGHPUT_DECODINGS = ("greedy", "beam")
@@ -251,6 +252,56 @@ class InferRun:
         columns = [c for c in ("clipscore", "refclipscore") if c in self.per_image]
         return self.per_image.groupby("model", sort=False)[columns].mean()
 
+    def metrics_table(self):
+        """The models side by side (`metrics`) for reading: CIDEr / BLEU-4 / ROUGE-L with three decimals,
+        accuracies as "98.6 %"; None without references."""
+        if self.metrics is None:
+            return None
+        table = self.metrics.rename(columns={c: c.replace(" (%)", "") for c in self.metrics.columns})
+        scores = [c for c in table.columns if "CIDEr" in c or c in ("BLEU-4", "ROUGE-L", "METEOR")]
+        return formatted(
+            table,
+            column_decimals=dict.fromkeys(scores, 3),
+            percent_columns=[c for c in table.columns if c not in scores],
+        )
+
+    def clipscore_table(self):
+        """Mean CLIPScore / RefCLIPScore per model (`scores_table()`), three decimals; None without a CLIP."""
+        scores = self.scores_table()
+        if scores is None:
+            return None
+        return formatted(
+            scores.rename(columns={"clipscore": "CLIPScore", "refclipscore": "RefCLIPScore"}), decimals=3
+        )
+
+    def throughput_table(self):
+        """Images per second of each captioner (one decimal), None when not measured."""
+        return None if self.throughput is None else formatted(self.throughput)
+
+    def rejected_table(self):
+        """The files that were not usable images, with their reason (None when there are none)."""
+        rejected = self.images.rejected
+        return formatted(rejected, hide_index=True) if len(rejected) else None
+
+    def example_queries(self, n: int = 3) -> list[str]:
+        """The first reference of `n` evenly spaced images: text queries for `search_html` ([] without references)."""
+        references = self.images.references or []
+        return [refs[0] for refs in references[:: max(1, len(references) // n)] if refs][:n]
+
+    def image_to_text_table(self, n_images: int = 3, k: int = 3):
+        """Image -> text search for the first `n_images` images among all these images' references: image,
+        reference found, cosine; None without a CLIP or references."""
+        if self.clip is None or not self.images.references:
+            return None
+        references = [r for refs in self.images.references for r in refs]
+        rows = [
+            (Path(r["image_path"]).name, text, score)
+            for r in self.image_to_text(self.images.paths[:n_images], references, k=k)
+            for text, score in zip(r["texts"], r["scores"])
+        ]
+        table = pd.DataFrame(rows, columns=["image", "reference found", "cosine"])
+        return formatted(table, decimals=3, hide_index=True)
+
     def gallery_html(self, n: int = 12, sort_by: str = "", ncols: int = 4) -> str:
         """A static gallery (renders without a kernel): images with each model's caption and scores and two
         references; `sort_by` a per-image score column ("cider", "clipscore") puts the worst first."""
@@ -365,6 +416,7 @@ def infer(config: InferConfig) -> InferRun:
         "rejected": images.rejected.to_dict(orient="records"),
         **clip_summary,
     }
+    summary = {"headline": headline(summary), **summary}
     output_dir.mkdir(parents=True, exist_ok=True)
     write_table(predictions, output_dir / "predictions.csv")
     write_table(per_image, output_dir / "per_image.csv")
@@ -382,6 +434,30 @@ def infer(config: InferConfig) -> InferRun:
         {c.name: c for c in captioners},
         clip,
     )
+
+
+def headline(summary: dict) -> str:
+    """One sentence of what infer did, from its summary: "Captioned 267 images with 2 models (beam decoding):
+    CIDEr train_clipcap 2.011, train_encoder_decoder 1.646 (constant caption 0.203); CLIPScore train_clipcap
+    0.712, train_encoder_decoder 0.650."."""
+    models = summary["models"]
+    n_models = f"{count(len(models))} model{'s' if len(models) != 1 else ''}"
+    given = str(summary["decoding"]["given"])
+    decoding = "custom" if given.strip().startswith("{") else given  # explicit JSON settings
+    text = f"Captioned {count(summary['n_images'])} images with {n_models} ({decoding} decoding)"
+    scored = {name: m for name, m in models.items() if m.get("metrics")}
+    if scored:
+        text += ": CIDEr " + ", ".join(
+            f"{name} {number(m['metrics']['cider'], 3)}" for name, m in scored.items()
+        )
+        text += f" (constant caption {number(next(iter(scored.values()))['baseline_cider'], 3)})"
+    else:
+        text += "; no references, so no caption metrics"
+    if summary.get("clipscore"):
+        text += "; CLIPScore " + ", ".join(f"{m} {number(v, 3)}" for m, v in summary["clipscore"].items())
+    if summary.get("rejected_images"):
+        text += f"; {count(summary['rejected_images'])} files rejected"
+    return text + "."
 
 
 def _metrics_row(name: str, summary: dict) -> dict:

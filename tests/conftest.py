@@ -7,6 +7,7 @@ The tests mirror the package (`tests/data/` tests `nbutils/data/`, ...); noteboo
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -145,3 +146,44 @@ def copy_prepared_run(prepared_run, tmp_path):
         return target
 
     return copy
+
+
+# The whole pipeline, tiny: every notebook once per test run (tests/fixtures/profiles/tiny.yaml, ~2.5 min on 2 cores).
+TINY_PROFILE = Path(__file__).parent / "fixtures" / "profiles" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(tmp_path_factory) -> dict:
+    """The tiny profile through the runner: {outputs, run_dir, record, failure, run(*params, **kwargs)}.
+
+    `run` invokes the same run again (same run folder and data_dir) with extra `-p` parameters and returns the
+    run.json record; tests that rerun stages must leave it in a state the report tests can still read.
+    """
+    import time
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    outputs = tmp / "outputs"
+
+    def run(*params, **kwargs) -> dict:
+        return runner.run_pipeline(
+            TINY_PROFILE,
+            params=[f"data_dir={tmp / 'data'}", *params],
+            outputs_dir=outputs,
+            command=["pytest"],
+            **kwargs,
+        )
+
+    start, failure = time.perf_counter(), None
+    try:
+        run()
+    except runner.RunFailed as e:
+        failure = str(e)
+    print(f"tiny run: {time.perf_counter() - start:.1f} s")  # not asserted: a shared machine's timing
+    run_dir = outputs / "tiny"
+    return {
+        "outputs": outputs,
+        "run_dir": run_dir,
+        "record": json.loads((run_dir / "run.json").read_text()),
+        "failure": failure,
+        "run": run,
+    }

@@ -62,6 +62,14 @@ def test_every_captioner_on_the_test_split_side_by_side(trained_run, tmp_path):
     assert len(predictions) == 24 and set(predictions["rank"]) == {0}
     assert list(run.metrics.index) == ["train_encoder_decoder", "train_clipcap"]
     assert list(run.throughput.columns) == ["greedy, images/s", "beam, images/s"]
+    assert list(summary)[0] == "headline" and summary["headline"] == infer_stage.headline(summary)
+    assert summary["headline"].startswith("Captioned 12 images with 2 models (")
+    assert "CIDEr train_encoder_decoder " in summary["headline"] and "; CLIPScore " in summary["headline"]
+    assert " %<" in run.metrics_table().to_html() and ">CLIPScore<" in run.clipscore_table().to_html()
+    assert run.throughput_table() is not None and run.rejected_table() is None
+    assert len(run.example_queries(3)) == 3
+    found = run.image_to_text_table(n_images=2, k=2).data
+    assert list(found.columns) == ["image", "reference found", "cosine"] and len(found) == 4
 
     # CLIPScore of one model against a direct computation with the same CLIP
     clip = stages.load_clip(trained_run).bundle
@@ -172,3 +180,23 @@ def test_a_saved_captioner_folder_loads_and_bad_sources_are_named(trained_run, t
     (empty / "a.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match="no usable image"):
         infer_stage.infer(_config(trained_run, tmp_path / "y", images=str(empty)))
+
+
+def test_headline_says_what_happened_in_one_sentence():
+    models = {
+        "train_clipcap": {"metrics": {"cider": 2.0112}, "baseline_cider": 0.2031},
+        "train_encoder_decoder": {"metrics": {"cider": 1.6461}, "baseline_cider": 0.2031},
+    }
+    summary = {"n_images": 267, "decoding": {"given": "beam"}, "models": models, "rejected_images": 0,
+               "clipscore": {"train_clipcap": 0.7123, "train_encoder_decoder": 0.65}}  # fmt: skip
+    assert infer_stage.headline(summary) == (
+        "Captioned 267 images with 2 models (beam decoding): CIDEr train_clipcap 2.011, train_encoder_decoder "
+        "1.646 (constant caption 0.203); CLIPScore train_clipcap 0.712, train_encoder_decoder 0.650."
+    )
+    custom = {**summary, "decoding": {"given": '{"num_beams": 2}'}}
+    assert infer_stage.headline(custom).startswith("Captioned 267 images with 2 models (custom decoding): ")
+    bare = {"n_images": 5, "decoding": {"given": "greedy"}, "models": {"x": {"kind": "hub"}}, "clipscore": None,
+            "rejected_images": 2}  # fmt: skip
+    assert infer_stage.headline(bare) == (
+        "Captioned 5 images with 1 model (greedy decoding); no references, so no caption metrics; 2 files rejected."
+    )

@@ -39,12 +39,22 @@ from urllib.parse import urlsplit
 import pandas as pd
 import requests
 import urllib3
-from tqdm.auto import tqdm
 
 from .. import files
 from ..config import StageConfig, param
 from ..errors import DataError, check_int, short_error
 from ..files import atomic_path, write_table
+from ..progress import tqdm
+from ..reporting.tables import (
+    breakdown,
+    count,
+    counts_table,
+    duration,
+    facts_table,
+    number,
+    share,
+    size_in_bytes,
+)
 from . import importers
 from .images import SIGNATURE_BYTES, image_format, to_rgb
 from .importers import read_table, string_column, wukong_filename
@@ -868,7 +878,62 @@ def download_images(
         "seconds": round(seconds, 3),
         "status_path": str(status_path),
     }
+    summary = {"headline": headline(summary), **summary}
     return DownloadResult(status=status, summary=summary, table=table)
+
+
+# What the failure kinds are called in sentences (the tables keep the kinds, as in status.parquet).
+KIND_LABELS = {
+    "http_404": "not found",
+    "http_403": "forbidden",
+    "http_4xx": "other client error",
+    "http_5xx": "server error",
+    "http_429": "rate limited",
+}
+
+
+def kind_label(kind: str) -> str:
+    """A failure kind in words: "http_404" -> "not found", "bad_content_type" -> "bad content type"."""
+    return KIND_LABELS.get(kind, kind.replace("_", " "))
+
+
+def headline(summary: dict) -> str:
+    """One sentence of what the download did, from its summary:
+    "2,810 of 3,000 images downloaded; 190 failed (not found 81, bad content type 51, too large 18, others 40)."
+    """
+    images, ok, failed = summary["images"], summary["ok"], summary["failed"]
+    text = (
+        f"All {count(images)} images downloaded"
+        if not failed
+        else f"{count(ok)} of {count(images)} images downloaded"
+    )
+    if failed:
+        kinds = breakdown(summary.get("failed_by_kind") or {}, limit=3, label=kind_label)
+        text += f"; {count(failed)} failed" + (f" ({kinds})" if kinds else "")
+    if summary.get("skipped"):
+        text += f"; {count(summary['skipped'])} settled by an earlier run"
+    return text + "."
+
+
+def summary_table(summary: dict):
+    """The download's numbers as a small two-column table (for the notebook; the kinds go in `failures_table`)."""
+    return facts_table(
+        {
+            "caption rows in the manifest": count(summary["rows"]),
+            "distinct images": count(summary["images"]),
+            "downloaded": f"{count(summary['ok'])} ({share(summary['ok'], summary['images'])})",
+            "failed": f"{count(summary['failed'])} ({share(summary['failed'], summary['images'])})",
+            "settled by an earlier run": count(summary.get("skipped", 0)),
+            "bytes kept": size_in_bytes(summary.get("bytes")),
+            "time": duration(summary.get("seconds")),
+            "urls per second": number(summary.get("rows_per_second")),
+        }
+    )
+
+
+def failures_table(summary: dict):
+    """Failed urls by kind: kind, urls, share of all distinct images."""
+    return counts_table(summary.get("failed_by_kind") or {}, "kind", "urls", total=summary["images"])
 
 
 def _run(downloader: _Downloader, items: list[_Item], tasks: list, workers: int):
@@ -902,9 +967,12 @@ __all__ = [
     "ERROR_KINDS",
     "UnsafeFilenameError",
     "download_images",
+    "failures_table",
+    "headline",
     "load_manifest",
     "read_manifest",
     "retry_delay",
     "safe_relative_path",
     "shrink_image",
+    "summary_table",
 ]

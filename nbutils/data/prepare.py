@@ -23,6 +23,7 @@ from ..config import StageConfig, param
 from ..demo import scenes
 from ..errors import DataError
 from ..models.image_processors import load_image_processor
+from ..reporting.tables import breakdown, count, counts_table, formatted
 from . import cache as image_cache
 from . import importers, splits
 
@@ -129,3 +130,51 @@ def prepare_dataset(
     tables["test_small"] = splits.image_subset(tables["test"], config.small_test_images, config.seed)
     prepared = stages.PreparedDataset(tables, dropped, cache, processor, dataset_name, origin)
     return stages.save_prepared(output_dir, prepared)
+
+
+def summarise(prepared: stages.PreparedDataset) -> dict:
+    """summary.json of processdata_03: `prepared.summary()` with its one-sentence `headline` first."""
+    summary = prepared.summary()
+    return {"headline": headline(summary), **summary}
+
+
+def headline(summary: dict) -> str:
+    """One sentence of what processdata_03 made, from its summary: "2,670 images (13,515 captions) split into
+    2,269 train / 134 val / 267 test; image cache of 2,670 images at 64 px."."""
+    images = {s: summary[f"{s}_images"] for s in splits.SPLITS}
+    rows = sum(summary[f"{s}_rows"] for s in splits.SPLITS)
+    total = sum(images.values())
+    text = (
+        f"{count(total)} images ({count(rows)} captions) split into "
+        + " / ".join(f"{count(n)} {s}" for s, n in images.items())
+        + f"; image cache of {count(total)} images at {summary['image_size']} px"
+    )
+    if summary.get("dropped_rows"):
+        reasons = breakdown(reason_categories(summary.get("dropped_by_reason") or {}), limit=3)
+        text += f"; {count(summary['dropped_rows'])} caption rows dropped" + (
+            f" ({reasons})" if reasons else ""
+        )
+    return text + "."
+
+
+def reason_categories(by_reason: dict) -> dict:
+    """Counts by reason merged by category, the text before a reason's first ":" ("unreadable image: ..." ->
+    "unreadable image")."""
+    merged: dict[str, int] = {}
+    for reason, n in by_reason.items():
+        category = str(reason).split(":", 1)[0]
+        merged[category] = merged.get(category, 0) + int(n)
+    return merged
+
+
+def splits_table(prepared: stages.PreparedDataset):
+    """Images, caption rows and captions per image of each split, formatted for reading."""
+    return formatted(prepared.counts, column_decimals={"captions_per_image": 2}, readable_headers=True)
+
+
+def dropped_table(prepared: stages.PreparedDataset):
+    """Dropped caption rows by reason (merged by category, `reason_categories`): reason, rows, share of all rows
+    read."""
+    reasons = reason_categories(prepared.dropped["reason"].value_counts().to_dict())
+    kept = sum(len(prepared.tables[s]) for s in splits.SPLITS)
+    return counts_table(reasons, "reason", "rows", total=kept + len(prepared.dropped))

@@ -38,6 +38,7 @@ from ..config import StageConfig, param
 from ..errors import DataError, is_int, short_error
 from ..files import atomic_path, write_table
 from ..parallel import map_chunks, process_pool, split_into_chunks
+from ..reporting.tables import breakdown, count, counts_table, duration, facts_table, number, share
 from ..stages import DataOrigin
 from .images import image_format, load_rgb, to_rgb
 from .importers import read_table
@@ -453,11 +454,55 @@ def validate_images(
         "seconds": round(seconds, 3),
         "images_per_s": round(len(distinct) / seconds, 1) if seconds > 0 else None,
     }
+    summary = {"headline": headline(summary), **summary}
     # clean.csv last: processdata_03 takes its presence to mean this stage finished.
     write_table(checks_df, out_dir / "checks.csv")
     write_table(rejects, out_dir / "rejects.csv")
     write_table(clean, out_dir / "clean.csv")
     return ValidationResult(clean=clean, rejects=rejects, checks=checks_df, summary=summary)
+
+
+def headline(summary: dict) -> str:
+    """One sentence of what validation found, from its summary: "2,670 of 2,810 images are valid (87 normalised
+    to RGB); 107 rejected (placeholder 53, too large 18, too small 18, truncated or corrupt 18); 33 duplicates
+    merged."."""
+    checked, clean, rejected = summary["checked"], summary["clean"], summary["rejected"]
+    duplicates, normalised = summary.get("duplicates", 0), summary.get("normalised", 0)
+    text = (
+        f"All {count(checked)} images are valid"
+        if clean == checked
+        else (f"{count(clean)} of {count(checked)} images are valid")
+    )
+    if normalised:
+        text += f" ({count(normalised)} normalised to RGB)"
+    if rejected:
+        reasons = breakdown(summary.get("rejected_by_reason") or {}, limit=4)
+        text += f"; {count(rejected)} rejected" + (f" ({reasons})" if reasons else "")
+    if duplicates:
+        text += f"; {count(duplicates)} duplicate{'s' if duplicates != 1 else ''} merged"
+    return text + "."
+
+
+def summary_table(summary: dict):
+    """Validation's numbers as a small two-column table (reasons go in `reasons_table`)."""
+    checked = summary["checked"]
+    return facts_table(
+        {
+            "images checked": count(checked),
+            "valid": f"{count(summary['clean'])} ({share(summary['clean'], checked)})",
+            "rejected": f"{count(summary['rejected'])} ({share(summary['rejected'], checked)})",
+            "duplicates merged": count(summary.get("duplicates", 0)),
+            "normalised to RGB JPEG": count(summary.get("normalised", 0)),
+            "caption rows kept": f"{count(summary.get('rows_clean'))} of {count(summary.get('rows_in'))}",
+            "time": duration(summary.get("seconds")),
+            "images per second": number(summary.get("images_per_s")),
+        }
+    )
+
+
+def reasons_table(summary: dict, key: str = "rejected_by_reason"):
+    """Images by reason (`rejected_by_reason`, or `normalised_by_reason`): reason, images, share of all checked."""
+    return counts_table(summary.get(key) or {}, "reason", "images", total=summary["checked"])
 
 
 def _check_table(table: pd.DataFrame) -> pd.DataFrame:

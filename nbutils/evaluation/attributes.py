@@ -35,6 +35,7 @@ import pandas as pd
 
 from ..demo import scenes
 from ..errors import DataError
+from ..reporting.tables import formatted
 
 ATTRIBUTES = ("colour", "shape", "size", "position", "count")
 
@@ -169,6 +170,25 @@ def attribute_table(result: dict) -> pd.DataFrame:
         }
     )
     return pd.DataFrame(rows)
+
+
+ATTRIBUTE_TABLE_HEADERS = {
+    "n": "images",
+    "accuracy": "accuracy",
+    "n_single_object": "single-object images",
+    "single_object_accuracy": "single-object accuracy",
+    "chance_single_object": "single-object chance",
+}
+
+
+def formatted_attribute_table(result: dict):
+    """`attribute_table(result)` for reading: counts with separators, accuracies and chance as "98.6 %"."""
+    table = attribute_table(result).set_index("attribute").rename(columns=ATTRIBUTE_TABLE_HEADERS)
+    return formatted(
+        table,
+        percent_columns=["accuracy", "single-object accuracy", "single-object chance"],
+        count_columns=["images", "single-object images"],
+    )
 
 
 def attribute_errors(

@@ -31,6 +31,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import DataError, short_error
+from ..reporting.tables import formatted
 
 TOKENIZATIONS = {"zh": ("jieba", "char"), "en": ("words",)}
 DEFAULT_TOKENIZATION = {"zh": "jieba", "en": "words"}
@@ -252,3 +253,23 @@ def metrics_table(model: dict, baseline: dict) -> pd.DataFrame:
         ratio = got / base if got is not None and base else None
         rows.append({"metric": key, "model": got, "baseline": base, "ratio": ratio})
     return pd.DataFrame(rows).set_index("metric")
+
+
+METRIC_NAMES = {
+    "bleu1": "BLEU-1",
+    "bleu2": "BLEU-2",
+    "bleu3": "BLEU-3",
+    "bleu4": "BLEU-4",
+    "meteor": "METEOR",
+    "rouge_l": "ROUGE-L",
+    "cider": "CIDEr",
+}
+
+
+def formatted_metrics_table(model: dict, baseline: dict):
+    """`metrics_table(model, baseline)` for reading: metric names as published (BLEU-4, CIDEr), scores with three
+    decimals, the ratio to the constant caption as "8.1×", a missing METEOR as "–"."""
+    table = metrics_table(model, baseline).rename(index=METRIC_NAMES)
+    table = table.rename(columns={"baseline": "constant caption", "ratio": "model / constant"})
+    styler = formatted(table, decimals=3)
+    return styler.format(lambda v: f"{v:,.1f}×", subset=["model / constant"], na_rep="–")

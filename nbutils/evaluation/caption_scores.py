@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..demo import scenes
+from ..reporting.tables import count, duration, number, percent
 from .attributes import attribute_accuracy
 from .caption_metrics import METRIC_KEYS as SCORE_KEYS
 from .caption_metrics import caption_metrics, constant_baseline
@@ -92,3 +93,22 @@ def score_test_captions(
         }
     )
     return CaptionScores(summary, predictions, metrics, baseline, attributes, baseline_caption)
+
+
+def caption_headline(summary: dict, model: str) -> str:
+    """One sentence of what a captioning stage achieved, from its summary (`model` names what was trained):
+    "Trained a ViT → GPT-2 captioner for 1,300 steps in 2.5 min: CIDEr 1.646 on 267 test images, 8.1× the
+    constant caption's 0.203; single-object colour 98.6 %, shape 75.7 %"."""
+    took = f" in {duration(summary['train_seconds'])}" if summary.get("train_seconds") else ""
+    text = (
+        f"Trained {model} for {count(summary['steps'])} steps{took}: CIDEr {number(summary['cider'], 3)} "
+        f"on {count(summary['n_test_images'])} test images"
+    )
+    base = (summary.get("baseline") or {}).get("cider")
+    if base:
+        text += f", {summary['cider'] / base:,.1f}× the constant caption's {number(base, 3)}"
+    attributes = summary.get("attribute_accuracy")
+    if attributes:
+        single = attributes["single_object"]
+        text += "; single-object " + ", ".join(f"{a} {percent(single[a])}" for a in ("colour", "shape"))
+    return text

@@ -2,10 +2,13 @@
 
     browser = CaptionBrowser.from_infer(run, captioners)   # an infer run (nbutils.infer) and its captioners
     browser.widget()                                        # ipywidgets: buttons, slider, preset, sort, filter
+    browser                                                 # the same widget, with a note for static reports
 
 The logic (`CaptionBrowser`: the order of images, the current one, what it shows, re-captioning) is plain Python
-and is tested without a kernel; `widget()` only wires ipywidgets to it. Widgets are frozen in exported HTML, so
-reports also carry infer's static gallery.
+and is tested without a kernel; `widget()` only wires ipywidgets to it. Widgets cannot run in an exported HTML
+report, so reports also carry infer's static gallery, and displaying the browser itself (the notebook's last
+expression) gives the widget view together with a `text/html` note (`STATIC_NOTE`): a kernel shows the widget, a
+report that drops widget views shows the note instead of a repr.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ import pandas as pd
 from ..models.decoding import PRESETS
 
 SORTS = ("order", "cider", "clipscore")  # "cider" and "clipscore": the worst first, over the models shown
+STATIC_NOTE = (
+    "Interactive caption browser: open this notebook in JupyterLab or Voilà to step through the images; "
+    "the static gallery in this report shows the same captions."
+)
 
 
 @dataclass
@@ -165,6 +172,14 @@ class CaptionBrowser:
         return "\n".join(lines)
 
     # -- the widget ------------------------------------------------------------------------------------------
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """What a notebook shows for the browser: the widget view (a running kernel renders it) beside a
+        `text/html` and `text/plain` note saying where it runs, which static HTML reports show instead."""
+        bundle = dict(self.widget()._repr_mimebundle_(include=include, exclude=exclude) or {})
+        bundle["text/html"] = f'<p class="caption-browser-note"><i>{html.escape(STATIC_NOTE)}</i></p>'
+        bundle["text/plain"] = STATIC_NOTE
+        return bundle
 
     def widget(self, thumb_px: int = 256):
         """ipywidgets around this browser: ◀ / ▶ buttons, a slider, preset, sort and filter controls."""

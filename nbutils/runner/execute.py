@@ -68,7 +68,7 @@ from pathlib import Path
 
 from .. import __version__, progress
 from ..files import read_json, write_json
-from ..reporting.index_page import render_report, write_index
+from ..reporting.index_page import render_report, summary_headline, write_index, write_runs_index
 from . import fingerprints
 from .live import LiveProgress
 from .parameters import notebook_parameters, resolve_parameters
@@ -438,7 +438,7 @@ def _collect(run_dir: Path, entry: dict) -> None:
     entry["executed_notebook"] = executed.name if executed.is_file() else None
     if executed.is_file():
         try:
-            render_report(executed, run_dir / f"{nb}.html")
+            render_report(executed, run_dir / f"{nb}.html", headline=summary_headline(run_dir, nb))
             entry["report"] = f"{nb}.html"
         except Exception as e:  # a report problem must not hide the notebook's own result
             print(f"warning: could not render {executed} to HTML ({type(e).__name__}: {e})", file=sys.stderr)
@@ -465,6 +465,10 @@ def _finish(run_dir: Path, record: dict) -> None:
 
 def _save(run_dir: Path, record: dict) -> None:
     write_json(run_dir / "run.json", record)
+    try:  # the page of every run first, so this run's page gets its "all runs" link
+        write_runs_index(run_dir.parent)
+    except OSError as e:
+        print(f"warning: could not write {run_dir.parent / 'index.html'} ({e})", file=sys.stderr)
     write_index(run_dir)
 
 

@@ -37,11 +37,12 @@ from ..data.cache import processor_mean_std
 from ..data.datasets import CaptionCollator, ImageEmbeddingDataset
 from ..data.image_embeddings import cached_image_embeddings
 from ..evaluation.caption_metrics import check_tokenization
-from ..evaluation.caption_scores import score_test_captions
+from ..evaluation.caption_scores import caption_headline, score_test_captions
 from ..models import clip as clip_models
 from ..models import clipcap
 from ..models.decoding import decoding_request, generate_captions, resolve_decoding
 from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
+from ..reporting.tables import duration, formatted, number
 from .encoder_decoder import CaptionRun, CaptionTrainer
 from .trainer import TrainingConfig, resume_checkpoint, training_arguments
 
@@ -251,6 +252,19 @@ class ClipCapRun(CaptionRun):
             rows.append(row)
         return pd.DataFrame(rows).set_index("mapping")
 
+    def comparison_table(self):
+        """`comparison()` for reading: scores with three decimals, accuracies as "98.6 %", times as "2.5 min"."""
+        table = self.comparison()
+        table = table.rename(columns={c: c.replace(" (%)", "") for c in table.columns})
+        table["training time"] = table.pop("training seconds").map(duration)
+        scores = {c: 3 for c in ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR")}
+        return formatted(
+            table,
+            column_decimals=scores,
+            percent_columns=[c for c in table.columns if "single-object" in c],
+            count_columns=["trainable parameters"],
+        )
+
 
 def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapRun:
     """Train one ClipCap per mapping type listed on `config.run_dir`'s splits; caption and score the test split."""
@@ -285,6 +299,8 @@ def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapRun:
     first.summary["comparison"] = (
         comparison.reset_index().to_dict(orient="records") if len(runs) > 1 else None
     )
+    for run in runs.values():
+        run.summary = {"headline": headline(run.summary), **run.summary}
     if (
         int(os.environ.get("RANK", "0")) == 0
     ):  # the main process writes (as the Trainer's is_world_process_zero)
@@ -364,6 +380,19 @@ def _train_one(config, prepared, embeddings, language: str, tokenization: str, c
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     return ClipCapRun.from_scores(bundle, summary, trainer.state.log_history, scores, test)
+
+
+def headline(summary: dict) -> str:
+    """One sentence of what training achieved, from train_clipcap's summary: "Trained ClipCap (mlp mapping) for
+    1,300 steps in 2.5 min: CIDEr 2.011 on 267 test images, 9.9× the constant caption's 0.203; single-object
+    colour 98.6 %, shape 95.9 % (transformer mapping: CIDEr 1.802)."."""
+    text = caption_headline(summary, f"ClipCap ({summary['mapping']} mapping)")
+    others = [r for r in summary.get("comparison") or [] if r["mapping"] != summary["mapping"]]
+    if others:
+        text += (
+            " (" + "; ".join(f"{r['mapping']} mapping: CIDEr {number(r['CIDEr'], 3)}" for r in others) + ")"
+        )
+    return text + "."
 
 
 def main(argv=None) -> int:

@@ -34,11 +34,13 @@ from .. import stages
 from ..config import command_line_main, param
 from ..data.cache import ImageGeometry
 from ..data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
-from ..evaluation.caption_metrics import check_tokenization
-from ..evaluation.caption_scores import score_test_captions
+from ..evaluation.attributes import formatted_attribute_table
+from ..evaluation.caption_metrics import check_tokenization, formatted_metrics_table
+from ..evaluation.caption_scores import caption_headline, score_test_captions
 from ..models import captioner as captioners
 from ..models.decoding import decoding_request, generate_captions, resolve_decoding
 from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
+from ..reporting.tables import count, duration, facts_table, number
 from .trainer import ImageBatchTrainer, TrainingConfig, resume_checkpoint, training_arguments
 
 # -----------------------------------------------------------------------------
@@ -359,6 +361,36 @@ class CaptionRun:
             **extra,
         )
 
+    def overview(self):
+        """The run in one small table, formatted for reading: model, steps, time, loss, settings."""
+        s = self.summary
+        params, preset = s["trainable_parameters"], s["decoding"]["preset"]
+        facts = {"decoder": s["decoder"]} if "decoder" in s else {"mapping": s["mapping"]}
+        facts.update(
+            {
+                "mode": s["mode"],
+                "training steps": count(s["steps"]),
+                "training time": duration(s.get("train_seconds")),
+                "final training loss": number(s["final_train_loss"], 3),
+                "learning rate": f"{s['learning_rate']:g}",
+                "batch size": count(s["batch_size"]),
+                "trainable parameters": f"{count(params['trainable'])} of {count(params['total'])}",
+                "test captions decoded with": (
+                    "custom settings" if str(preset).strip().startswith("{") else preset
+                ),
+                "metrics tokenisation": s["tokenization"],
+            }
+        )
+        return facts_table(facts)
+
+    def metrics_table(self):
+        """Caption metrics of the model beside the constant caption's, formatted for reading."""
+        return formatted_metrics_table(self.metrics, self.baseline)
+
+    def attribute_table(self):
+        """Attribute accuracy (the demo set), formatted for reading; None without ground truth."""
+        return formatted_attribute_table(self.attributes) if self.attributes else None
+
 
 def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> CaptionRun:
     """Train a captioner on `config.run_dir`'s processdata_03 splits; caption and score the test split."""
@@ -433,10 +465,22 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
             "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
         }
     )
+    summary = {"headline": headline(summary), **summary}
     if trainer.is_world_process_zero():
         stages.save_captioner_run(output_dir, bundle, summary, scores.predictions)
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     return CaptionRun.from_scores(bundle, summary, trainer.state.log_history, scores, test)
+
+
+DECODER_NAMES = {"gpt2": "GPT-2", "bert": "BERT"}
+
+
+def headline(summary: dict) -> str:
+    """One sentence of what training achieved, from train_encoder_decoder's summary: "Trained a ViT → GPT-2
+    captioner for 1,300 steps in 2.5 min: CIDEr 1.646 on 267 test images, 8.1× the constant caption's 0.203;
+    single-object colour 98.6 %, shape 75.7 %."."""
+    decoder = DECODER_NAMES.get(summary["decoder"], summary["decoder"])
+    return caption_headline(summary, f"a ViT → {decoder} captioner") + "."
 
 
 def main(argv=None) -> int:

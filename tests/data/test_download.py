@@ -691,3 +691,18 @@ def test_importers_with_urls_feed_the_downloader(tmp_path, make_jpeg_bytes):
             assert result.summary["failed"] == 0 and len(result.table) == rows, fmt
             for p in result.table["image_path"]:
                 assert Image.open(p).size == (40, 30)
+
+
+def test_headline_says_what_happened_in_one_sentence():
+    from nbutils.data import download
+
+    summary = {"rows": 15000, "images": 3000, "ok": 2810, "failed": 190, "skipped": 0,
+               "failed_by_kind": {"http_404": 81, "bad_content_type": 51, "too_large": 18,
+                                  "too_many_redirects": 18, "truncated": 18, "timeout": 4}}  # fmt: skip
+    assert download.headline(summary) == (
+        "2,810 of 3,000 images downloaded; 190 failed (not found 81, bad content type 51, too large 18, others 40)."
+    )
+    rerun = {**summary, "ok": 3000, "failed": 0, "failed_by_kind": {}, "skipped": 3000}
+    assert download.headline(rerun) == "All 3,000 images downloaded; 3,000 settled by an earlier run."
+    html = download.failures_table(summary).to_html()
+    assert "http_404" in html and "2.7 %" in html and "{" not in html.split("<tbody>")[1]

@@ -53,6 +53,18 @@ def test_prepare_dataset_writes_clean_splits_and_a_matching_cache(tmp_path, make
         r for r in s["dropped_by_reason"] if r.startswith("unreadable image")
     }
     assert any(r.startswith("unreadable image") for r in s["dropped_by_reason"])
+    # summary.json's form: the headline first; the tables the notebook shows, formatted for reading
+    from nbutils.data import prepare
+
+    summary = prepare.summarise(data)
+    assert list(summary)[0] == "headline" and {k: v for k, v in summary.items() if k != "headline"} == s
+    assert summary["headline"].startswith("12 images (36 captions) split into 8 train / 2 val / 2 test; ")
+    assert summary["headline"].endswith(
+        " at 16 px; 3 caption rows dropped (empty caption 1, image file not found 1, unreadable image 1)."
+    )
+    dropped = prepare.dropped_table(data).to_html()
+    assert ">reason<" in dropped and "empty caption" in dropped and "2.6 %" in dropped  # 1 of 39 rows
+    assert "captions per image" in prepare.splits_table(data).to_html()
     # captions normalised, small subsets are subsets, every file on disk
     assert data.tables["train"]["text"].str.contains(" ").sum() == 0
     assert set(data.tables["train_small"]["image_path"]) <= set(data.tables["train"]["image_path"])
@@ -101,3 +113,19 @@ def test_load_source_errors_name_the_missing_input(tmp_path):
         load_source(dataclasses.replace(config, source=str(tmp_path / "missing.csv")))
     with pytest.raises(DataError, match="run processdata_03 for this run first"):
         stages.load_prepared(tmp_path)
+
+
+def test_headline_says_what_happened_in_one_sentence():
+    from nbutils.data import prepare
+
+    summary = {"train_images": 2269, "train_rows": 11500, "val_images": 134, "val_rows": 670,
+               "test_images": 267, "test_rows": 1345, "dropped_rows": 0, "dropped_by_reason": {},
+               "image_size": 64}  # fmt: skip
+    assert prepare.headline(summary) == (
+        "2,670 images (13,515 captions) split into 2,269 train / 134 val / 267 test; "
+        "image cache of 2,670 images at 64 px."
+    )
+    dropped = {**summary, "dropped_rows": 7, "dropped_by_reason": {"too long": 2, "empty caption": 5}}
+    assert prepare.headline(dropped).endswith(
+        "at 64 px; 7 caption rows dropped (empty caption 5, too long 2)."
+    )

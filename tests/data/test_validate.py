@@ -515,3 +515,23 @@ def test_bad_arguments_are_named():
         validate_images(pd.DataFrame({"image_path": ["a.jpg"]}), "unused")
     with pytest.raises(DataError, match="no rows"):
         validate_images(pd.DataFrame({"image_path": [], "text": []}), "unused")
+
+
+def test_headline_says_what_happened_in_one_sentence():
+    from nbutils.data import validate
+
+    summary = {"checked": 2810, "clean": 2670, "rejected": 107, "duplicates": 33, "normalised": 87,
+               "rejected_by_reason": {"placeholder": 53, "too large": 18, "too small": 18,
+                                      "truncated or corrupt": 18}}  # fmt: skip
+    assert validate.headline(summary) == (
+        "2,670 of 2,810 images are valid (87 normalised to RGB); 107 rejected (placeholder 53, too large 18, "
+        "too small 18, truncated or corrupt 18); 33 duplicates merged."
+    )
+    few = {"checked": 2810, "clean": 2790, "rejected": 20, "duplicates": 0, "normalised": 0,
+           "rejected_by_reason": {"truncated or corrupt": 12, "not an image": 8}}  # fmt: skip
+    assert validate.headline(few) == (
+        "2,790 of 2,810 images are valid; 20 rejected (truncated or corrupt 12, not an image 8)."
+    )
+    assert validate.headline({**few, "clean": 2810, "rejected": 0, "rejected_by_reason": {}}) == (
+        "All 2,810 images are valid."
+    )

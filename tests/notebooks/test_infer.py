@@ -8,7 +8,9 @@ import pandas as pd
 from nbutils import runner
 
 
-def test_infer_notebook_writes_predictions_summary_and_a_report_with_tables_and_a_gallery(copy_prepared_run):
+def test_infer_notebook_writes_predictions_summary_and_a_report_with_tables_and_a_gallery(
+    copy_prepared_run, readable_report
+):
     run_dir = copy_prepared_run("infer")
     params = [
         "train_clip.max_steps=2", "train_clip.batch_size=8", "train_clip.projection_dim=16",
@@ -33,3 +35,8 @@ def test_infer_notebook_writes_predictions_summary_and_a_report_with_tables_and_
     html = (run_dir / "infer.html").read_text(encoding="utf-8")
     assert "CLIPScore" in html and "images/s" in html and "Worst CIDEr first" in html
     assert html.count("✎ train_clipcap") >= 8  # the static gallery, twice
+    headline = readable_report(run_dir, "infer")
+    assert headline.startswith("Captioned 12 images with 1 model (beam decoding): CIDEr train_clipcap ")
+    assert "; CLIPScore train_clipcap " in headline
+    # The caption browser cannot run in a static report: its display carries a note that says where it runs.
+    assert "JupyterLab or Voilà" in html and "VBox(" not in html

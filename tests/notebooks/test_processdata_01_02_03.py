@@ -61,3 +61,19 @@ def test_splits_contain_only_images_that_decode(demo_run):
     for split in ("train", "val", "test"):
         table = pd.read_csv(run_dir / "processdata_03" / f"{split}.csv")
         assert set(table["image_path"]) <= set(cache.paths)
+
+
+def test_reports_open_with_a_headline_and_hold_no_raw_dumps(demo_run, readable_report):
+    _, run_dir = demo_run
+    s1, s2, s3 = (_summary(run_dir, nb) for nb in ("processdata_01", "processdata_02", "processdata_03"))
+    assert readable_report(run_dir, "processdata_01").startswith(
+        f"{s1['ok']:,} of {s1['images']:,} images downloaded; {s1['failed']:,} failed (")
+    assert readable_report(run_dir, "processdata_02").startswith(
+        f"{s2['clean']:,} of {s2['checked']:,} images are valid (")
+    assert readable_report(run_dir, "processdata_03").endswith(f"image cache of {s2['clean']:,} images at 32 px.")
+    # Failures and rejections by kind as small tables (kind, count, share), not as dicts or dotted keys.
+    page = (run_dir / "processdata_01.html").read_text(encoding="utf-8")
+    assert ">kind<" in page and ">urls<" in page and ">share<" in page and "failed_by_kind" not in page
+    page = (run_dir / "processdata_02.html").read_text(encoding="utf-8")
+    assert ">reason<" in page and ">images<" in page and "placeholder" in page and "rejected_by_reason" not in page
+

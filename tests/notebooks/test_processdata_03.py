@@ -16,7 +16,7 @@ SUMMARY_KEYS = {"train_images", "val_images", "test_images", "train_rows", "val_
                 "dropped_rows", "cache_format", "image_size"}
 
 
-def test_processdata_03_on_the_demo_set(prepared_run):
+def test_processdata_03_on_the_demo_set(prepared_run, readable_report):
     result, run_dir, params = prepared_run["result"], prepared_run["run_dir"], prepared_run["params"]
     out = run_dir / "processdata_03"
     n = params["n_images"]
@@ -28,6 +28,10 @@ def test_processdata_03_on_the_demo_set(prepared_run):
                                                                                         n_val, n_test)
     assert summary["train_rows"] + summary["val_rows"] + summary["test_rows"] == n * 5
     assert summary["dropped_rows"] == 0 and summary["image_size"] == params["image_size"] == 32
+    # One sentence first, in summary.json, the notebook and its report; tables, not dicts, below it.
+    assert readable_report(run_dir, "processdata_03") == summary["headline"] == (
+        f"{n} images ({n * 5} captions) split into {n - n_val - n_test} train / {n_val} val / {n_test} test; "
+        f"image cache of {n} images at 32 px.")
 
     tables = {s: pd.read_csv(out / f"{s}.csv") for s in ("train", "val", "test", "train_small", "test_small")}
     assert list(tables["train"].columns) == ["image_path", "text"]
@@ -74,3 +78,10 @@ def test_processdata_03_reports_a_bad_table_naming_file_and_column(tmp_path):
     message = str(err.value)
     assert "processdata_03" in message and "captions.csv" in message and "text" in message
     assert (tmp_path / "outputs" / "bad" / "processdata_03.ipynb").is_file()   # failed notebook kept
+
+
+def test_the_report_check_finds_raw_dumps_and_passes_tables(find_raw_dumps):
+    styler = "<pandas.io.formats.style.Styler at 0x7fb65c868bd0>"
+    assert find_raw_dumps(["{'rows': 15000}", "2,810 of 3,000", styler]) == ["{'rows': 15000}", styler]
+    assert find_raw_dumps(['<style>#T_1 td {\n color: red}</style><td id="T_1_row0">2,810</td>']) == []
+    assert find_raw_dumps(["Empty DataFrame\nColumns: []"]) and find_raw_dumps(['{"a": 1}'])

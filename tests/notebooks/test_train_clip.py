@@ -9,7 +9,8 @@ KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_reca
         "median_rank_t2i", "chance_r1", "n_test_images", "initial", "final_train_loss", "batch_size"}
 
 
-def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepared_run, prepared_run):
+def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepared_run, prepared_run,
+                                                                    readable_report):
     run_dir = copy_prepared_run("clip")
     params = ["train_clip.max_steps=3", "train_clip.batch_size=8", "train_clip.projection_dim=16",
               "train_clip.logging_steps=1", "train_clip.resume=",
@@ -33,7 +34,10 @@ def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepare
     assert (out / "figures" / "loss_curve.png").is_file()
     html = (run_dir / "train_clip.html").read_text(encoding="utf-8")
     assert "Text → image search" in html and "initial" in html
-    assert "Zero-shot attribute accuracy" in html and "Linear probe" in html and "prompts_per_class" in html
+    assert "Zero-shot attribute accuracy" in html and "Linear probe" in html and "prompts per class" in html
     assert "{&#x27;" not in html and "{'" not in html  # tables, not dict reprs
+    headline = readable_report(run_dir, "train_clip")
+    assert headline.startswith("Trained 3 steps in ") and "; zero-shot colour " in headline
+    assert f"(chance {summary['chance_r1']:.1f} %)" in headline
     # The shared run is untouched: train_clip wrote into the copy only.
     assert not (prepared_run["run_dir"] / "train_clip").exists()

@@ -15,7 +15,7 @@ KEYS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "token
 
 
 def test_train_clipcap_notebook_compares_mappings_and_writes_model_predictions_summary_and_report(
-    copy_prepared_run, prepared_run
+    copy_prepared_run, prepared_run, readable_report
 ):
     run_dir = copy_prepared_run("clipcap")
     params = [
@@ -58,4 +58,7 @@ def test_train_clipcap_notebook_compares_mappings_and_writes_model_predictions_s
     html = (run_dir / "train_clipcap.html").read_text(encoding="utf-8")
     assert "constant-caption baseline" in html and "Attribute accuracy" in html and "✎" in html
     assert "transformer" in html and "trainable parameters" in html
+    headline = readable_report(run_dir, "train_clipcap")
+    assert headline.startswith("Trained ClipCap (mlp mapping) for 3 steps in ")
+    assert "(transformer mapping: CIDEr " in headline
     assert not (prepared_run["run_dir"] / "train_clipcap").exists()

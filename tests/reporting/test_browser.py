@@ -110,3 +110,15 @@ def test_the_widget_buttons_slider_and_controls_drive_the_browser():
     assert b.order == ["c.jpg", "b.jpg"]
     c["previous"].click()
     assert c["slider"].value == 0
+
+
+def test_the_browser_displays_as_its_widget_with_a_note_for_static_reports():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from nbutils.reporting.browser import STATIC_NOTE
+
+    data, _ = InteractiveShell.instance().display_formatter.format(_browser())
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"]  # a kernel renders the widget
+    # What an exported report shows once the widget view is stripped: the note, not a repr of the widget.
+    assert "JupyterLab or Voilà" in data["text/html"] and "static gallery" in data["text/html"]
+    assert data["text/plain"] == STATIC_NOTE and "VBox" not in data["text/plain"]

@@ -56,47 +56,203 @@ def test_reports_hide_code_and_index_shows_headlines(good_run):
     ]:
         assert f'"{href}"' in index and (run_dir / href).is_file()
     assert '<img src="processdata_01/figures/curve.png"' in index
-    assert "<td>metrics.total</td><td>8</td>" in index and "<td>scaled_total</td><td>24</td>" in index
-    assert "<td>tag</td><td>007</td>" in index
+    assert '<caption>metrics</caption><tr><td>total</td><td class="n">8</td>' in index  # a nested group
+    assert (
+        '<td>scaled_total</td><td class="n">24</td>' in index
+        and '<td>tag</td><td class="n">007</td>' in index
+    )
+    assert index.index('<p class="headline">Run ok in ') < index.index("<h1>")  # the run's own sentence
     assert "fixture run &lt;b&gt;" in index  # the profile description, escaped
     assert re.search(r"train_clip <span class=\"status skipped\">", index)
     assert "http://" not in index and "https://" not in index  # self-contained: zip the folder and share
 
 
-def test_write_index_flattens_summaries_and_links_relatively(tmp_path):
-    run_dir = tmp_path / "r1"
-    (run_dir / "nb1" / "figures").mkdir(parents=True)
-    (run_dir / "nb1" / "figures" / "loss curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    (run_dir / "nb1" / "summary.json").write_text(
-        json.dumps(
-            {
-                "recall": {"i2t": {"r1": 0.123456}},
-                "n": 3000,
-                "big": 123456.0,
-                "tiny": 0.00001234,
-                "ids": [1, 2, 3],
-                "name": "<x>",
-            }
-        )
-    )
-    entry = {
-        "name": "nb1",
+def _entry(name, **kw):
+    return {
+        "name": name,
         "status": "ok",
         "seconds": 1.25,
-        "report": "nb1.html",
-        "executed_notebook": "nb1.ipynb",
-        "summary": "nb1/summary.json",
+        "report": f"{name}.html",
+        "executed_notebook": f"{name}.ipynb",
+        "summary": f"{name}/summary.json",
         "parameters": {"n": 1},
         "error": None,
         "note": None,
+        **kw,
     }
-    (run_dir / "run.json").write_text(json.dumps({"run": "r1", "status": "ok", "notebooks": [entry]}))
+
+
+def test_write_index_groups_and_formats_summaries_and_links_relatively(tmp_path):
+    run_dir = tmp_path / "r1"
+    (run_dir / "nb1" / "figures").mkdir(parents=True)
+    (run_dir / "nb1" / "figures" / "loss curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    summary = {
+        "headline": "2,810 of 3,000 images downloaded; 190 failed, by kind below.",
+        "n": 3000,
+        "big": 123456.0,
+        "tiny": 0.00001234,
+        "loss": 5.0704361,
+        "i2t_r1": 77.90262172284645,
+        "cider": 2.0112469982439642,
+        "ids": [1, 2, 3],
+        "name": "<x>",
+        "frozen": False,
+        "failed_by_kind": {"http_404": 81, "timeout": 4},
+        "zero_shot_accuracy": {"colour": 98.6486, "shape": 77.027},
+        "zero_shot_chance": {"colour": 12.5, "shape": 20.0},
+        "attribute_accuracy": {
+            "hallucination_rate": 49.06,
+            "per_attribute": {"colour": 94.38},
+            "n_images": 267,
+        },
+        "comparison": [{"mapping": "mlp", "CIDEr": 2.0112}, {"mapping": "transformer", "CIDEr": 1.5}],
+    }
+    (run_dir / "nb1" / "summary.json").write_text(json.dumps(summary))
+    record = {
+        "run": "r1",
+        "status": "ok",
+        "notebooks": [_entry("nb1"), _entry("nb2", summary="nb2/summary.json")],
+    }
+    (run_dir / "nb2").mkdir()
+    (run_dir / "nb2" / "summary.json").write_text("{not json")
+    (run_dir / "run.json").write_text(json.dumps(record))
     html = index_page.write_index(run_dir).read_text()
-    assert "<td>recall.i2t.r1</td><td>0.1235</td>" in html
-    assert "<td>n</td><td>3000</td>" in html and "<td>big</td><td>123,456.0</td>" in html
-    assert "<td>tiny</td><td>1.234e-05</td>" in html and "<td>name</td><td>&lt;x&gt;</td>" in html
-    assert "<td>ids</td>" not in html  # lists are not headline numbers
+
+    def row(key, value):
+        return f'<tr><td>{key}</td><td class="n">{value}</td></tr>'
+
+    assert '<p class="headline">2,810 of 3,000 images downloaded; 190 failed, by kind below.</p>' in html
+    assert "<td>headline</td>" not in html  # shown once, as the sentence
+    for key, value in [
+        ("n", "3,000"),
+        ("big", "123,456.0"),
+        ("tiny", "1.234e-05"),
+        ("loss", "5.07"),
+        ("i2t_r1", "77.9 %"),
+        ("cider", "2.011"),
+        ("name", "&lt;x&gt;"),
+        ("frozen", "no"),
+    ]:
+        assert row(key, value) in html, key
+    assert "<td>ids</td>" not in html  # lists of numbers are not headline figures
+    # nested groups: one small table each; alike groups share one table, a column per key
+    assert f"<caption>failed_by_kind</caption>{row('http_404', '81')}{row('timeout', '4')}</table>" in html
+    assert (
+        '<table class="summary"><tr><th></th><th>colour</th><th>shape</th></tr>'
+        '<tr><td>zero_shot_accuracy</td><td class="n">98.6 %</td><td class="n">77.0 %</td></tr>'
+        '<tr><td>zero_shot_chance</td><td class="n">12.5 %</td><td class="n">20.0 %</td></tr></table>'
+    ) in html
+    assert f"<caption>attribute_accuracy</caption>{row('hallucination_rate', '49.1 %')}" in html
+    assert f"<caption>attribute_accuracy › per_attribute</caption>{row('colour', '94.4 %')}" in html
+    assert row("n_images", "267") in html
+    assert (
+        "<caption>comparison</caption><tr><th>mapping</th><th>CIDEr</th></tr>"
+        '<tr><td class="n">mlp</td><td class="n">2.011</td></tr>'
+    ) in html
     assert '<img src="nb1/figures/loss%20curve.png"' in html and "1.2 s" in html
+    assert "summary.json unreadable" in html  # nb2's, without breaking the page
+    assert '<a href="../index.html">' not in html  # no runs page next to this run yet
+    assert html.index('<p class="headline">Run ok in 2 s: 2 of 2 notebooks ran ok.</p>') < html.index("<h1>")
+
+
+def test_format_value():
+    f = index_page.format_value
+    assert [f(None), f(True), f(1234567), f(0.0), f(float("nan"))] == ["–", "yes", "1,234,567", "0", "nan"]
+    assert f(87.29868, ("mean_recall",)) == "87.3 %" and f(0.3745, ("chance_r1",)) == "0.4 %"
+    assert (
+        f(98.6, ("linear_probe_accuracy", "colour")) == "98.6 %" and f(0.002, ("learning_rate",)) == "0.002"
+    )
+    assert (
+        f(1.69064, ("models", "m", "metrics", "cider")) == "1.691"
+        and f(1.7468, ("clipscore", "m")) == "1.747"
+    )
+    assert f(4.852030263919617, ("chance_loss",)) == "4.852"  # a loss, not a percentage
+    assert (
+        f(0.46022, ("comparison", "BLEU-4")) == "0.460"
+        and f(98.6486, ("x", "shape, single-object (%)")) == "98.6 %"
+    )
+
+
+def _run(outputs, name, started, status="ok", summaries=None, index=True):
+    run_dir = outputs / name
+    run_dir.mkdir(parents=True)
+    entries = []
+    for nb, summary in (summaries or {}).items():
+        (run_dir / nb).mkdir()
+        (run_dir / nb / "summary.json").write_text(json.dumps(summary))
+        entries.append(_entry(nb))
+    record = {
+        "run": name,
+        "profile": "demo",
+        "status": status,
+        "started_at": started,
+        "finished_at": None,
+        "description": "<d>",
+        "notebooks": entries,
+    }
+    (run_dir / "run.json").write_text(json.dumps(record))
+    if index:
+        index_page.write_index(run_dir)
+    return run_dir
+
+
+def test_write_runs_index_lists_every_run_with_its_headline_figures(tmp_path):
+    outputs = tmp_path / "outputs"
+    _run(
+        outputs,
+        "demo",
+        "2026-12-06T08:38:55+00:00",
+        summaries={
+            "processdata_01": {"ok": 2810, "failed": 190},
+            "processdata_03": {"train_images": 2269, "test_images": 267},
+            "train_clip": {
+                "i2t_r1": 77.90262,
+                "zero_shot_accuracy": {"colour": 98.0, "shape": 77.0, "size": 100.0},
+            },
+            "train_clipcap": {"cider": 2.0112469982},
+            "infer": {"clipscore": {"train_clipcap": 1.7468, "train_encoder_decoder": 1.5}},
+        },
+    )
+    _run(outputs, "older run", "2026-11-01T10:00:00+00:00", status="failed", index=False)
+    (outputs / "broken").mkdir()
+    (outputs / "broken" / "run.json").write_text("{not json")
+    (outputs / "not a run").mkdir()  # no run.json: not listed
+    html = index_page.write_runs_index(outputs).read_text()
+
+    assert html.index('<p class="headline">3 runs in this folder: ') < html.index("<h1>")
+    assert html.index(">demo<") < html.index(">older run<") < html.index(">broken<")  # newest first
+    assert "not a run" not in html and "http" not in html
+    assert '<a href="demo/index.html">demo</a>' in html and "older%20run" not in html  # it has no index.html
+    demo = re.search(r"<tr><td[^>]*><a href=\"demo/index.html\">.*?</tr>", html).group(0)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", demo)
+    columns = ["status", "started", "finished", "profile"] + [t for t, *_ in index_page.HEADLINE_FIGURES]
+    shown = dict(zip(columns, cells[1:]))
+    assert '<span class="status ok">ok</span>' in shown["status"]
+    assert shown["started"] == "2026-12-06 08:38" and shown["finished"] == "–" and shown["profile"] == "demo"
+    assert shown["images downloaded"] == "2,810" and shown["download failures"] == "190"
+    assert shown["clean images"] == "–" and shown["train / test images"] == "2,269 / 267"
+    assert shown["CLIP R@1 image→text"] == "77.9 %" and shown["CLIP zero-shot accuracy (mean)"] == "91.7 %"
+    assert shown["encoder-decoder CIDEr"] == "–" and shown["ClipCap CIDEr"] == "2.011"
+    assert shown["CLIPScore (best captioner)"] == "1.747"
+    broken = re.search(r"<tr><td[^>]*>broken</td>.*?</tr>", html).group(0)
+    assert '<span class="status unreadable">unreadable</span>' in broken and "run.json unreadable" in broken
+    assert '<span class="status failed">failed</span>' in html
+    # a run's own page links back to the runs page once there is one
+    assert '<a href="../index.html">all runs</a>' in index_page.write_index(outputs / "demo").read_text()
+
+
+def test_write_runs_index_of_an_empty_folder(tmp_path):
+    html = index_page.write_runs_index(tmp_path).read_text()
+    assert "0 runs in this folder." in html and "<th>run</th>" in html
+
+
+def test_summary_headline(tmp_path):
+    (tmp_path / "nb").mkdir()
+    assert index_page.summary_headline(tmp_path, "nb") is None
+    (tmp_path / "nb" / "summary.json").write_text(json.dumps({"headline": " All good. "}))
+    assert index_page.summary_headline(tmp_path, "nb") == "All good."
+    (tmp_path / "nb" / "summary.json").write_text("[1]")
+    assert index_page.summary_headline(tmp_path, "nb") is None
 
 
 def test_runner_exports_the_report_functions():

@@ -118,7 +118,12 @@ def test_summary_and_saved_model(trained):
     assert summary["train_seconds"] > 0
     assert run.linear_probe["n"].tolist() == run.zero_shot["n"].tolist()  # the same single-object test images
     assert type(run.bundle.model.text_model).__name__ == "CLIPTextModel"  # the demo's default text tower
-    assert run.headline().loc["training steps", "value"] == 4
+    assert run.overview().data.loc["training steps"].iloc[0] == "4"
+    assert summary["headline"].startswith("Trained 4 steps in ") and "image→text R@1 " in summary["headline"]
+    assert "zero-shot colour " in summary["headline"] and summary["headline"] == clip_training.headline(
+        summary
+    )
+    assert run.attribute_table("linear_probe").data.index.name == "attribute"
     assert summary["mode"] == "demo" and summary["learning_rate"] == DEFAULT_LEARNING_RATE["demo"]
     assert summary["steps"] == 4
 
@@ -624,3 +629,16 @@ def test_a_finished_run_run_again_is_not_trained_further(prepared_run, tmp_path,
     assert again.summary["i2t_r1"] == first.summary["i2t_r1"]
     rerun = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert rerun.keys() == weights.keys() and all(torch.equal(rerun[k], weights[k]) for k in weights)
+
+
+def test_headline_says_what_happened_in_one_sentence():
+    summary = {"steps": 440, "train_seconds": 209.4, "i2t_r1": 81.27, "t2i_r1": 68.6, "chance_r1": 100 / 267,
+               "zero_shot_accuracy": {"colour": 98.6, "shape": 94.59, "size": 98.6}}  # fmt: skip
+    assert clip_training.headline(summary) == (
+        "Trained 440 steps in 3.5 min: image→text R@1 81.3 %, text→image R@1 68.6 % (chance 0.4 %); "
+        "zero-shot colour 98.6 %, shape 94.6 %, size 98.6 %."
+    )
+    plain = {**summary, "train_seconds": None, "zero_shot_accuracy": None}
+    assert clip_training.headline(plain) == (
+        "Trained 440 steps: image→text R@1 81.3 %, text→image R@1 68.6 % (chance 0.4 %)."
+    )

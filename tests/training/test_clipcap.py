@@ -96,6 +96,13 @@ def test_several_mappings_are_trained_and_compared_and_embeddings_are_reused(cli
     assert list(table.index) == ["transformer", "bert", "mlp"]
     assert {"CIDEr", "trainable parameters", "training seconds"} <= set(table.columns)
     assert [r["mapping"] for r in run.summary["comparison"]] == ["transformer", "bert", "mlp"]
+    assert run.summary["headline"].startswith("Trained ClipCap (transformer mapping) for ")
+    assert (
+        "(bert mapping: CIDEr " in run.summary["headline"]
+        and "; mlp mapping: CIDEr " in run.summary["headline"]
+    )
+    shown = run.comparison_table().to_html()
+    assert ">training time<" in shown and "training seconds" not in shown
     assert (tmp_path / "b" / "comparison.csv").is_file()
     for mapping in ("bert", "mlp"):
         other = json.loads((tmp_path / "b" / "mappings" / mapping / "summary.json").read_text())
@@ -137,3 +144,17 @@ def test_a_clip_folder_gives_the_same_embeddings_as_this_runs_clip(clip_run, tmp
 def test_bad_parameters_are_named(clip_run, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         clipcap.train_clipcap(_config(clip_run, tmp_path / "x", tmp_path / "emb", **overrides))
+
+
+def test_headline_says_what_happened_in_one_sentence():
+    summary = {"mapping": "mlp", "steps": 1300, "train_seconds": 147.2, "cider": 2.0112, "n_test_images": 267,
+               "baseline": {"cider": 0.2031},
+               "attribute_accuracy": {"single_object": {"colour": 98.6, "shape": 95.9}},
+               "comparison": [{"mapping": "mlp", "CIDEr": 2.0112},
+                              {"mapping": "transformer", "CIDEr": 1.8021}]}  # fmt: skip
+    assert clipcap.headline(summary) == (
+        "Trained ClipCap (mlp mapping) for 1,300 steps in 2.5 min: CIDEr 2.011 on 267 test images, 9.9× the "
+        "constant caption's 0.203; single-object colour 98.6 %, shape 95.9 % (transformer mapping: CIDEr 1.802)."
+    )
+    alone = {**summary, "comparison": None, "attribute_accuracy": None}
+    assert clipcap.headline(alone).endswith("9.9× the constant caption's 0.203.")

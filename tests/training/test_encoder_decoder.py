@@ -123,6 +123,13 @@ def test_summary_predictions_and_files(trained):
 
     loaded = stages.load_captioner_run(out.parent)
     assert loaded.summary == json.loads(json.dumps(run.summary))
+    # what the notebook shows: the headline, then tables formatted for reading
+    assert list(summary)[0] == "headline" and summary["headline"] == ed.headline(summary)
+    assert summary["headline"].startswith("Trained a ViT → GPT-2 captioner for 4 steps in ")
+    assert "{" not in run.overview().to_html().split("<tbody>")[1]
+    metrics = run.metrics_table().to_html()
+    assert ">CIDEr<" in metrics and ">constant caption<" in metrics and "×<" in metrics
+    assert "single-object accuracy" in run.attribute_table().to_html()
     assert loaded.predictions["prediction"].tolist() == table["prediction"].tolist()
 
 
@@ -342,3 +349,18 @@ def test_command_line_options_are_the_config_fields_and_it_runs(prepared_run, tm
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["n_test_images"] == N_TEST and summary["meteor"] is None
+
+
+def test_headline_says_what_happened_in_one_sentence():
+    summary = {"decoder": "gpt2", "steps": 1300, "train_seconds": 147.2, "cider": 1.6461, "n_test_images": 267,
+               "baseline": {"cider": 0.2031},
+               "attribute_accuracy": {"single_object": {"colour": 98.6, "shape": 75.68}}}  # fmt: skip
+    assert ed.headline(summary) == (
+        "Trained a ViT → GPT-2 captioner for 1,300 steps in 2.5 min: CIDEr 1.646 on 267 test images, "
+        "8.1× the constant caption's 0.203; single-object colour 98.6 %, shape 75.7 %."
+    )
+    bert = {**summary, "decoder": "bert", "attribute_accuracy": None, "train_seconds": 42.0}
+    assert ed.headline(bert) == (
+        "Trained a ViT → BERT captioner for 1,300 steps in 42 s: CIDEr 1.646 on 267 test images, "
+        "8.1× the constant caption's 0.203."
+    )
