@@ -22,6 +22,7 @@ never as 0.
 
 from __future__ import annotations
 
+import atexit
 import re
 import shutil
 import threading
@@ -135,40 +136,66 @@ def _close_meteor(meteor) -> str:
     return stderr
 
 
+# One METEOR JVM per Python process, kept between calls: starting it (Java, then METEOR's English tables) costs
+# 5-10 s, more than scoring a test set, and a demo run scores ten sets or so. It is stopped at exit, or after a
+# failure (the next call starts a fresh one).
+_shared_meteor = []
+_meteor_lock = threading.Lock()
+
+
+def _meteor_scorer():
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    if _shared_meteor and _shared_meteor[0].meteor_p.poll() is not None:  # the JVM died since the last call
+        _close_meteor(_shared_meteor.pop())
+    if not _shared_meteor:
+        _shared_meteor.append(Meteor())
+    return _shared_meteor[0]
+
+
+@atexit.register
+def _stop_shared_meteor() -> None:
+    while _shared_meteor:
+        _close_meteor(_shared_meteor.pop())
+
+
 def _meteor(gts: dict, res: dict) -> tuple[float | None, str | None]:
     """METEOR over the set, or (None, reason) when Java is missing or the subprocess fails."""
     if shutil.which("java") is None:
         return None, "java not found on PATH: pycocoevalcap's METEOR runs meteor-1.5.jar in a Java subprocess"
-    from pycocoevalcap.meteor.meteor import Meteor
+    with _meteor_lock:
+        try:
+            meteor = _meteor_scorer()
+        except OSError as err:
+            return None, f"METEOR could not start java: {short_error(err)}"
+        timed_out = threading.Event()
 
-    try:
-        meteor = Meteor()
-    except OSError as err:
-        return None, f"METEOR could not start java: {short_error(err)}"
-    timed_out = threading.Event()
+        def kill():
+            timed_out.set()
+            meteor.meteor_p.kill()
 
-    def kill():
-        timed_out.set()
-        meteor.meteor_p.kill()
-
-    watchdog = threading.Timer(METEOR_TIMEOUT_S, kill)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        score, _ = meteor.compute_score(gts, res)
-        failure = None
-    except (OSError, ValueError) as err:  # a dead JVM: broken pipe, or an empty line where a number was due
-        score, failure = None, short_error(err)
-    finally:
-        watchdog.cancel()
-        watchdog.join()
+        watchdog = threading.Timer(METEOR_TIMEOUT_S, kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            score, _ = meteor.compute_score(gts, res)
+            failure = None
+        except (
+            OSError,
+            ValueError,
+        ) as err:  # a dead JVM: broken pipe, or an empty line where a number was due
+            score, failure = None, short_error(err)
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+        if failure is None:
+            return float(score), None
+        _shared_meteor.remove(meteor)
         stderr = _close_meteor(meteor)
-    if failure is not None:
-        if timed_out.is_set():
-            failure = f"killed after METEOR_TIMEOUT_S = {METEOR_TIMEOUT_S} s ({failure})"
-        detail = " ".join(stderr.split())[:300]
-        return None, f"METEOR subprocess failed: {failure}" + (f"; java said: {detail}" if detail else "")
-    return float(score), None
+    if timed_out.is_set():
+        failure = f"killed after METEOR_TIMEOUT_S = {METEOR_TIMEOUT_S} s ({failure})"
+    detail = " ".join(stderr.split())[:300]
+    return None, f"METEOR subprocess failed: {failure}" + (f"; java said: {detail}" if detail else "")
 
 
 def caption_metrics(

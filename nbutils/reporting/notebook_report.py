@@ -112,12 +112,20 @@ def _strip_widgets_preprocessor():
             state = nb.metadata.pop("widgets", None) or {}
             models = (state.get(WIDGET_STATE) or {}).get("state") or {}
             name = (resources.get("metadata") or {}).get("name") or "the notebook"
+            headline = (resources.get("headline") or "").strip()
             for cell in nb.cells:
                 if cell.get("cell_type") == "code":
-                    cell.outputs = [o for o in (strip_widget(o, models, name) for o in cell.outputs) if o]
+                    outputs = (strip_widget(o, models, name) for o in cell.outputs)
+                    # the notebook shows its headline where the stage finished; the report opens with it instead
+                    cell.outputs = [o for o in outputs if o and not (headline and _is_markdown(o, headline))]
             return nb, resources
 
     return StripWidgets
+
+
+def _is_markdown(output: dict, text: str) -> bool:
+    markdown = (output.get("data") or {}).get("text/markdown")
+    return markdown is not None and "".join(markdown).strip() == text
 
 
 def strip_widget(output: dict, models: dict | None = None, notebook: str = "the notebook") -> dict | None:

@@ -112,12 +112,20 @@ def full():
             )
             return score
 
+    cm._stop_shared_meteor()  # a JVM another test left running would answer instead of a recording one
     threads_before = set(threading.enumerate())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(meteor_module, "Meteor", RecordingMeteor)
         results = {lang: cm.caption_metrics(*SETS[lang], lang, per_image=True) for lang in SETS}
     threads_after = set(threading.enumerate())
-    return {"results": results, "instances": instances, "new_threads": threads_after - threads_before}
+    alive_after_use = [m.meteor_p.poll() is None for m in instances]
+    cm._stop_shared_meteor()
+    return {
+        "results": results,
+        "instances": instances,
+        "alive_after_use": alive_after_use,
+        "new_threads": threads_after - threads_before,
+    }
 
 
 @pytest.fixture
@@ -154,7 +162,7 @@ def test_metrics_equal_pycocoevalcap_on_the_same_tokens(full, language):
 def test_meteor_is_pycocoevalcaps_on_the_same_tokens(full, language):
     result = full["results"][language]
     index = list(SETS).index(language)
-    gts, res, (score, _) = full["instances"][index].calls[0]
+    gts, res, (score, _) = full["instances"][0].calls[index]
     assert (gts, res) == tokenised(language)
     assert result["meteor"] == pytest.approx(score, abs=1e-12)
     assert type(result["meteor"]) is float and 0 < result["meteor"] < 1
@@ -162,30 +170,38 @@ def test_meteor_is_pycocoevalcaps_on_the_same_tokens(full, language):
 
 
 @needs_java
-def test_meteor_subprocess_is_closed_after_use(full):
-    assert len(full["instances"]) == len(SETS)  # one JVM per call, each used once
-    for meteor in full["instances"]:
-        assert len(meteor.calls) == 1
-        assert meteor.meteor_p.poll() is not None
-        assert meteor.meteor_p.stdin.closed and meteor.meteor_p.stdout.closed
-        assert not meteor.lock.locked()
+def test_one_meteor_process_serves_every_call_and_is_closed_at_the_end(full):
+    assert len(full["instances"]) == 1  # one JVM for both sets (starting one costs 5-10 s)
+    (meteor,) = full["instances"]
+    assert len(meteor.calls) == len(SETS) and full["alive_after_use"] == [True]
+    # _stop_shared_meteor (registered with atexit) closed it
+    assert meteor.meteor_p.poll() is not None
+    assert meteor.meteor_p.stdin.closed and meteor.meteor_p.stdout.closed
+    assert not meteor.lock.locked()
     assert not [t for t in full["new_threads"] if t.is_alive()]  # the watchdog timer is gone
 
 
 @needs_java
 def test_a_failing_meteor_is_reported_missing_not_zero(monkeypatch):
     # java starts but cannot find the jar: the JVM exits at once and the pipe breaks
+    cm._stop_shared_meteor()
     monkeypatch.setattr(meteor_module, "METEOR_JAR", "no-such-meteor.jar")
     result = cm.caption_metrics(*SETS["en"], "en")
     assert result["meteor"] is None
     assert "METEOR subprocess failed" in result["meteor_missing_reason"]
     assert "no-such-meteor.jar" in result["meteor_missing_reason"]
     assert result["cider"] > 0
+    assert cm._shared_meteor == []  # a failed JVM is not kept: the next call starts a fresh one
+    monkeypatch.undo()
+    again = cm.caption_metrics(*SETS["en"], "en")
+    assert again["meteor_missing_reason"] is None and 0 < again["meteor"] < 1
+    cm._stop_shared_meteor()
 
 
 @needs_java
 def test_a_stuck_meteor_is_killed_by_the_watchdog(monkeypatch):
     # the JVM needs seconds to load its paraphrase table: killed long before it answers
+    cm._stop_shared_meteor()
     monkeypatch.setattr(cm, "METEOR_TIMEOUT_S", 0.3)
     threads_before = set(threading.enumerate())
     result = cm.caption_metrics(*SETS["en"], "en")

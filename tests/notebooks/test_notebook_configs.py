@@ -34,6 +34,7 @@ CONFIG_CALL = "config = <module>.<Class>.from_notebook(globals())"
 
 # ----------------------------------------------------------------------------- reading a notebook
 
+
 def _source(cell: dict) -> str:
     source = cell.get("source", "")
     return "".join(source) if isinstance(source, list) else source
@@ -62,14 +63,21 @@ def config_class(cell_source: str):
                     bound[alias.asname] = (alias.name, None)
                 else:
                     bound[alias.name.split(".")[0]] = (alias.name.split(".")[0], None)
-    calls = [node.value for node in tree.body
-             if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["config"]
-             and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute)
-             and node.value.func.attr == "from_notebook"
-             and [ast.unparse(a) for a in node.value.args] == ["globals()"] and not node.value.keywords]
+    calls = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [ast.unparse(t) for t in node.targets] == ["config"]
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Attribute)
+        and node.value.func.attr == "from_notebook"
+        and [ast.unparse(a) for a in node.value.args] == ["globals()"]
+        and not node.value.keywords
+    ]
     if len(calls) != 1:
-        raise LookupError(f"the cell after the parameters cell must hold one `{CONFIG_CALL}`; "
-                          f"found {len(calls)}")
+        raise LookupError(
+            f"the cell after the parameters cell must hold one `{CONFIG_CALL}`; found {len(calls)}"
+        )
     dotted = ast.unparse(calls[0].func.value).split(".")
     if dotted[0] not in bound:
         raise LookupError(f"{'.'.join(dotted)}: {dotted[0]!r} is not imported in that cell")
@@ -88,10 +96,19 @@ def config_class(cell_source: str):
 
 def _tokens(source: str) -> list[tuple[int, str]]:
     """The cell's Python tokens without comments, blank lines and spacing."""
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
-            tokenize.ENDMARKER}
-    return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(source.strip() + "\n").readline)
-            if t.type not in skip]
+    skip = {
+        tokenize.COMMENT,
+        tokenize.NL,
+        tokenize.INDENT,
+        tokenize.DEDENT,
+        tokenize.ENCODING,
+        tokenize.ENDMARKER,
+    }
+    return [
+        (t.type, t.string)
+        for t in tokenize.generate_tokens(io.StringIO(source.strip() + "\n").readline)
+        if t.type not in skip
+    ]
 
 
 def notebook_problems(path: Path) -> list[str]:
@@ -110,11 +127,15 @@ def notebook_problems(path: Path) -> list[str]:
         except SyntaxError as e:
             problems.append(f"code cell {i} is not valid Python: {e}")
             continue
-        defined = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                                    ast.ClassDef))]
+        defined = [
+            n.name
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        ]
         if defined:
-            problems.append(f"code cell {i} defines {', '.join(defined)}: code belongs in nbutils, "
-                            "not in notebooks")
+            problems.append(
+                f"code cell {i} defines {', '.join(defined)}: code belongs in nbutils, not in notebooks"
+            )
     tagged = [i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])]
     if tagged != [0]:
         return [*problems, f"the first code cell, and only it, must be tagged `parameters`; tagged: {tagged}"]
@@ -129,11 +150,12 @@ def notebook_problems(path: Path) -> list[str]:
     if cls.stage != Path(path).stem:
         problems.append(f"{cls.__name__}.stage is {cls.stage!r}, not the notebook's name {Path(path).stem!r}")
 
-    declared = runner.notebook_parameters(path)   # what the runner reads: {name: default as source}
+    declared = runner.notebook_parameters(path)  # what the runner reads: {name: default as source}
     fields = [f.name for f in dataclasses.fields(cls)]
     if list(declared) != fields:
-        problems.append(f"parameters {list(declared)} != {cls.__name__} fields {fields} "
-                        "(same names, same order)")
+        problems.append(
+            f"parameters {list(declared)} != {cls.__name__} fields {fields} (same names, same order)"
+        )
     types = config_module.field_types(cls)
     for f in dataclasses.fields(cls):
         if f.name not in declared:
@@ -144,14 +166,19 @@ def notebook_problems(path: Path) -> list[str]:
             problems.append(f"{f.name} = {declared[f.name]}: not a literal")
             continue
         if type(value) is not types[f.name]:
-            problems.append(f"{f.name} = {declared[f.name]}: a {type(value).__name__}, the field is "
-                            f"{types[f.name].__name__}")
+            problems.append(
+                f"{f.name} = {declared[f.name]}: a {type(value).__name__}, the field is "
+                f"{types[f.name].__name__}"
+            )
         elif value != f.default:
-            problems.append(f"{f.name} = {declared[f.name]}: default differs from "
-                            f"{cls.__name__}'s {f.default!r}")
+            problems.append(
+                f"{f.name} = {declared[f.name]}: default differs from {cls.__name__}'s {f.default!r}"
+            )
     if _tokens(_source(code[0])) != _tokens(config_module.parameters_cell(cls)):
-        problems.append(f"the parameters cell differs from nbutils.config.parameters_cell({cls.__name__}) "
-                        "beyond comments and spacing")
+        problems.append(
+            f"the parameters cell differs from nbutils.config.parameters_cell({cls.__name__}) "
+            "beyond comments and spacing"
+        )
     return problems
 
 
@@ -164,6 +191,7 @@ def notebook_configs(notebooks_dir: Path = runner.NOTEBOOKS_DIR) -> dict[str, ty
 
 
 # ----------------------------------------------------------------------------- reading a profile
+
 
 def commented_keys(profile_text: str) -> dict[str, list[str]]:
     """{notebook: names in its commented-out suggestions (`    # name: value`)} under `notebooks:`."""
@@ -201,24 +229,29 @@ def profile_problems(path: Path, configs: dict[str, type]) -> list[str]:
         for key in entry:
             if key not in fields[nb]:
                 problems.append(f"notebooks.{nb}.{key}: {configs[nb].__name__} has no field {key!r}")
-        values = {**{k: v for k, v in profile["common"].items() if k in fields[nb]},
-                  **{k: v for k, v in entry.items() if k in fields[nb]}}
+        values = {
+            **{k: v for k, v in profile["common"].items() if k in fields[nb]},
+            **{k: v for k, v in entry.items() if k in fields[nb]},
+        }
         try:
-            configs[nb](**values)   # the config's own type checks
+            configs[nb](**values)  # the config's own type checks
         except TypeError as e:
             problems.append(f"notebooks.{nb}: {e}")
     for nb, keys in commented_keys(Path(path).read_text(encoding="utf-8")).items():
         for key in keys:
             if nb in configs and key not in fields[nb]:
-                problems.append(f"notebooks.{nb}: the commented suggestion {key!r} is not a field of "
-                                f"{configs[nb].__name__} (declared: {', '.join(fields[nb])})")
+                problems.append(
+                    f"notebooks.{nb}: the commented suggestion {key!r} is not a field of "
+                    f"{configs[nb].__name__} (declared: {', '.join(fields[nb])})"
+                )
     return problems
 
 
 # ----------------------------------------------------------------------------- the shipped files
 
+
 def test_every_pipeline_notebook_is_checked():
-    assert {p.stem for p in NOTEBOOKS} <= set(runner.PIPELINE)   # no stray notebook escapes the checks
+    assert {p.stem for p in NOTEBOOKS} <= set(runner.PIPELINE)  # no stray notebook escapes the checks
     assert {p.stem for p in NOTEBOOKS} >= {"processdata_01", "processdata_02", "processdata_03", "train_clip"}
     assert {p.stem for p in PROFILES} == {"coco_en", "demo", "flickr30k_cn"}
 
@@ -235,9 +268,13 @@ def test_each_notebook_builds_its_own_stage_config():
     from nbutils.data.validate import ValidationConfig
     from nbutils.training.clip import TrainClipConfig
 
-    expected = {"processdata_01": DownloadConfig, "processdata_02": ValidationConfig,
-                "processdata_03": PrepareConfig, "train_clip": TrainClipConfig,
-                "analyze_loss": AnalyzeLossConfig}
+    expected = {
+        "processdata_01": DownloadConfig,
+        "processdata_02": ValidationConfig,
+        "processdata_03": PrepareConfig,
+        "train_clip": TrainClipConfig,
+        "analyze_loss": AnalyzeLossConfig,
+    }
     assert {nb: cls for nb, cls in notebook_configs().items() if nb in expected} == expected
 
 
@@ -247,6 +284,7 @@ def test_profiles_use_only_names_the_configs_declare(path):
 
 
 # ----------------------------------------------------------------------------- drift is caught
+
 
 def _with_parameters_cell(nb: dict, edit) -> dict:
     nb = copy.deepcopy(nb)
@@ -261,7 +299,7 @@ def _replace_line(name: str, new: str | None):
     def edit(source):
         lines = source.splitlines()
         (i,) = [i for i, line in enumerate(lines) if re.match(rf"{name}\s*=", line)]
-        lines[i:i + 1] = [] if new is None else [new]
+        lines[i : i + 1] = [] if new is None else [new]
         return "\n".join(lines)
 
     return edit
@@ -270,8 +308,9 @@ def _replace_line(name: str, new: str | None):
 def _swap(first: str, second: str):
     def edit(source):
         lines = source.splitlines()
-        (i,), (j,) = ([k for k, line in enumerate(lines) if re.match(rf"{n}\s*=", line)]
-                      for n in (first, second))
+        (i,), (j,) = (
+            [k for k, line in enumerate(lines) if re.match(rf"{n}\s*=", line)] for n in (first, second)
+        )
         lines[i], lines[j] = lines[j], lines[i]
         return "\n".join(lines)
 
@@ -283,10 +322,16 @@ PARAMETER_DRIFT = [
     ("removed", _replace_line("cache_dir", None), ["!= PrepareConfig fields"]),
     ("added", lambda s: s + "\nextra = 1", ["!= PrepareConfig fields"]),
     ("reordered", _swap("val_fraction", "test_fraction"), ["same order"]),
-    ("default changed", _replace_line("val_fraction", "val_fraction = 0.25"),
-     ["val_fraction = 0.25: default differs"]),
-    ("type changed", _replace_line("n_images", "n_images = 3000.0"),
-     ["n_images = 3000.0: a float, the field is int"]),
+    (
+        "default changed",
+        _replace_line("val_fraction", "val_fraction = 0.25"),
+        ["val_fraction = 0.25: default differs"],
+    ),
+    (
+        "type changed",
+        _replace_line("n_images", "n_images = 3000.0"),
+        ["n_images = 3000.0: a float, the field is int"],
+    ),
     ("bool for int", _replace_line("num_workers", "num_workers = False"), ["a bool, the field is int"]),
     ("not a literal", _replace_line("seed", "seed = int('0')"), ["seed = int('0'): not a literal"]),
     ("spelt differently", _replace_line("n_images", "n_images = 3_000"), ["parameters_cell(PrepareConfig)"]),
@@ -306,6 +351,7 @@ def test_a_drifted_parameters_cell_is_caught(tmp_path, what, edit, expected):
 
 def test_comments_and_spacing_of_the_parameters_cell_are_free(tmp_path):
     original = json.loads((runner.NOTEBOOKS_DIR / "processdata_03.ipynb").read_text(encoding="utf-8"))
+
     def edit(source):
         return "# tweak these\n\n" + source.replace("seed = 0 ", "seed=0     ").replace("# seeds", "# a = b,")
 
@@ -328,8 +374,11 @@ def _structure_drift():
 
     def other_config(nb):
         cell = _code_cells(nb)[1]
-        cell["source"] = (_source(cell).replace("prepare.PrepareConfig", "validate.ValidationConfig")
-                          .replace("import captions, prepare", "import captions, prepare, validate"))
+        cell["source"] = (
+            _source(cell)
+            .replace("prepare.PrepareConfig", "validate.ValidationConfig")
+            .replace("import captions, prepare", "import captions, prepare, validate")
+        )
 
     def no_config(nb):
         cell = _code_cells(nb)[1]
@@ -338,10 +387,15 @@ def _structure_drift():
     def untagged(nb):
         _code_cells(nb)[0]["metadata"]["tags"] = []
 
-    return [(outputs, "has outputs"), (no_kernelspec, "kernelspec"), (helper, "defines helper"),
-            (other_config, "ValidationConfig.stage is 'processdata_02'"),
-            (other_config, "!= ValidationConfig fields"),
-            (no_config, "config class not found"), (untagged, "must be tagged `parameters`")]
+    return [
+        (outputs, "has outputs"),
+        (no_kernelspec, "kernelspec"),
+        (helper, "defines helper"),
+        (other_config, "ValidationConfig.stage is 'processdata_02'"),
+        (other_config, "!= ValidationConfig fields"),
+        (no_config, "config class not found"),
+        (untagged, "must be tagged `parameters`"),
+    ]
 
 
 @pytest.mark.parametrize("change, expected", _structure_drift(), ids=lambda x: getattr(x, "__name__", None))
@@ -359,8 +413,10 @@ PROFILE_DRIFT = [
     ("notebooks:\n  train_clip:\n    # model_name: x\n", "the commented suggestion 'model_name'"),
     ("notebooks:\n  processdata_03:\n    image_size: '64'\n", "PrepareConfig.image_size must be int"),
     ("common:\n  batch_sze: 8\nnotebooks:\n  train_clip:\n", "common.batch_sze: no notebook"),
-    ("notebooks:\n  analyze_loss:\n    decoder: gpt2\n",
-     "analyze_loss.decoder: AnalyzeLossConfig has no field"),
+    (
+        "notebooks:\n  analyze_loss:\n    decoder: gpt2\n",
+        "analyze_loss.decoder: AnalyzeLossConfig has no field",
+    ),
 ]
 
 
@@ -369,7 +425,8 @@ def test_a_drifted_profile_is_caught(tmp_path, text, expected):
     path = tmp_path / "drifted.yaml"
     path.write_text("description: drift\n" + text, encoding="utf-8")
     assert any(expected in p for p in profile_problems(path, notebook_configs())), profile_problems(
-        path, notebook_configs())
+        path, notebook_configs()
+    )
 
 
 def test_a_profile_setting_parameters_of_a_missing_notebook_is_caught(tmp_path):
@@ -378,8 +435,10 @@ def test_a_profile_setting_parameters_of_a_missing_notebook_is_caught(tmp_path):
     notebooks.mkdir()
     shutil.copy(runner.NOTEBOOKS_DIR / "train_clip.ipynb", notebooks)
     path = tmp_path / "drifted.yaml"
-    path.write_text("description: drift\nnotebooks:\n  train_clip:\n  analyze_loss:\n    decoder: gpt2\n",
-                    encoding="utf-8")
+    path.write_text(
+        "description: drift\nnotebooks:\n  train_clip:\n  analyze_loss:\n    decoder: gpt2\n",
+        encoding="utf-8",
+    )
     configs = notebook_configs(notebooks)
     assert set(configs) == {"train_clip"}
     problems = profile_problems(path, configs)
@@ -390,10 +449,15 @@ def test_a_profile_setting_parameters_of_a_missing_notebook_is_caught(tmp_path):
 
 
 def test_commented_suggestions_are_read_under_their_notebook():
-    text = ("# header\n#   CLIP: openai/clip\nnotebooks:\n  processdata_03:\n    source: x   # a: b\n"
-            "    # cache_dir: /fast  # EDIT\n  train_clip:\n    # model: openai/clip\n"
-            "  train_clipcap:\n    # planned notebook; suggested names:\n    # decoder: gpt2\n")
-    assert commented_keys(text) == {"processdata_03": ["cache_dir"], "train_clip": ["model"],
-                                    "train_clipcap": ["decoder"]}
+    text = (
+        "# header\n#   CLIP: openai/clip\nnotebooks:\n  processdata_03:\n    source: x   # a: b\n"
+        "    # cache_dir: /fast  # EDIT\n  train_clip:\n    # model: openai/clip\n"
+        "  train_clipcap:\n    # planned notebook; suggested names:\n    # decoder: gpt2\n"
+    )
+    assert commented_keys(text) == {
+        "processdata_03": ["cache_dir"],
+        "train_clip": ["model"],
+        "train_clipcap": ["decoder"],
+    }
     fine = yaml.safe_load(text)["notebooks"]
     assert fine["train_clip"] is None and fine["processdata_03"] == {"source": "x"}

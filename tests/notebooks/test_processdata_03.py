@@ -12,8 +12,17 @@ from transformers import ViTImageProcessorPil
 
 from nbutils import runner, stages
 
-SUMMARY_KEYS = {"train_images", "val_images", "test_images", "train_rows", "val_rows", "test_rows",
-                "dropped_rows", "cache_format", "image_size"}
+SUMMARY_KEYS = {
+    "train_images",
+    "val_images",
+    "test_images",
+    "train_rows",
+    "val_rows",
+    "test_rows",
+    "dropped_rows",
+    "cache_format",
+    "image_size",
+}
 
 
 def test_processdata_03_on_the_demo_set(prepared_run, readable_report):
@@ -24,20 +33,31 @@ def test_processdata_03_on_the_demo_set(prepared_run, readable_report):
     n_val, n_test = max(1, round(n * params["val_fraction"])), max(1, round(n * params["test_fraction"]))
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
-    assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (n - n_val - n_test,
-                                                                                        n_val, n_test)
+    assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (
+        n - n_val - n_test,
+        n_val,
+        n_test,
+    )
     assert summary["train_rows"] + summary["val_rows"] + summary["test_rows"] == n * 5
     assert summary["dropped_rows"] == 0 and summary["image_size"] == params["image_size"] == 32
     # One sentence first, in summary.json, the notebook and its report; tables, not dicts, below it.
-    assert readable_report(run_dir, "processdata_03") == summary["headline"] == (
-        f"{n} images ({n * 5} captions) split into {n - n_val - n_test} train / {n_val} val / {n_test} test; "
-        f"image cache of {n} images at 32 px.")
+    assert (
+        readable_report(run_dir, "processdata_03")
+        == summary["headline"]
+        == (
+            f"{n} images ({n * 5} captions) split into {n - n_val - n_test} train / {n_val} val / {n_test} test; "
+            f"image cache of {n} images at 32 px."
+        )
+    )
 
     tables = {s: pd.read_csv(out / f"{s}.csv") for s in ("train", "val", "test", "train_small", "test_small")}
     assert list(tables["train"].columns) == ["image_path", "text"]
     images = {s: set(t["image_path"]) for s, t in tables.items()}
-    assert not (images["train"] & images["val"]) and not (images["train"] & images["test"]) \
+    assert (
+        not (images["train"] & images["val"])
+        and not (images["train"] & images["test"])
         and not (images["val"] & images["test"])
+    )
     assert len(images["train_small"]) == params["small_train_images"] == 5
     assert len(images["test_small"]) == params["small_test_images"] and images["test_small"] <= images["test"]
 
@@ -46,8 +66,9 @@ def test_processdata_03_on_the_demo_set(prepared_run, readable_report):
     cache = prepared.cache
     assert {s: set(t["image_path"]) for s, t in prepared.tables.items()} == images
     path = sorted(images["test"])[0]
-    want = ViTImageProcessorPil(size={"height": 32, "width": 32})(Image.open(path).convert("RGB"),
-                                                                   return_tensors="np").pixel_values
+    want = ViTImageProcessorPil(size={"height": 32, "width": 32})(
+        Image.open(path).convert("RGB"), return_tensors="np"
+    ).pixel_values
     got = cache.pixel_values(cache.index_of([path]), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert prepared.mean_std == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -66,18 +87,26 @@ def test_processdata_03_on_the_demo_set(prepared_run, readable_report):
     assert entries["processdata_03"]["parameters"]["n_images"] == n == 60
     assert (run_dir / "processdata_03.html").is_file() and (run_dir / "index.html").is_file()
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
-        "cache_samples.png", "caption_lengths.png", "split_counts.png"]
+        "cache_samples.png",
+        "caption_lengths.png",
+        "split_counts.png",
+    ]
 
 
 def test_processdata_03_reports_a_bad_table_naming_file_and_column(tmp_path):
     bad = tmp_path / "captions.csv"
     bad.write_text("image_path,caption\na.jpg,一只猫\n", encoding="utf-8")
     with pytest.raises(runner.RunFailed) as err:
-        runner.run_pipeline("demo", only=["processdata_03"], run_name="bad", outputs_dir=tmp_path / "outputs",
-                            params=[f"source={bad}", "input_format=text_image_csv", f"data_dir={tmp_path}"])
+        runner.run_pipeline(
+            "demo",
+            only=["processdata_03"],
+            run_name="bad",
+            outputs_dir=tmp_path / "outputs",
+            params=[f"source={bad}", "input_format=text_image_csv", f"data_dir={tmp_path}"],
+        )
     message = str(err.value)
     assert "processdata_03" in message and "captions.csv" in message and "text" in message
-    assert (tmp_path / "outputs" / "bad" / "processdata_03.ipynb").is_file()   # failed notebook kept
+    assert (tmp_path / "outputs" / "bad" / "processdata_03.ipynb").is_file()  # failed notebook kept
 
 
 def test_the_report_check_finds_raw_dumps_and_passes_tables(find_raw_dumps):

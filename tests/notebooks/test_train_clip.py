@@ -5,18 +5,39 @@ import json
 
 from nbutils import runner
 
-KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall", "median_rank_i2t",
-        "median_rank_t2i", "chance_r1", "n_test_images", "initial", "final_train_loss", "batch_size"}
+KEYS = {
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "mean_recall",
+    "median_rank_i2t",
+    "median_rank_t2i",
+    "chance_r1",
+    "n_test_images",
+    "initial",
+    "final_train_loss",
+    "batch_size",
+}
 
 
-def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepared_run, prepared_run,
-                                                                    readable_report):
+def test_train_clip_notebook_writes_model_state_summary_and_figures(
+    copy_prepared_run, prepared_run, readable_report
+):
     run_dir = copy_prepared_run("clip")
-    params = ["train_clip.max_steps=3", "train_clip.batch_size=8", "train_clip.projection_dim=16",
-              "train_clip.logging_steps=1", "train_clip.resume=",
-              "train_clip.hard_negative_similarity=0.6"]  # the profile's hard negatives, on 195 captions
-    result = runner.run_pipeline("demo", only=["train_clip"], params=params, run_name=run_dir.name,
-                                 outputs_dir=run_dir.parent)
+    params = [
+        "train_clip.max_steps=3",
+        "train_clip.batch_size=8",
+        "train_clip.projection_dim=16",
+        "train_clip.logging_steps=1",
+        "train_clip.resume=",
+        "train_clip.hard_negative_similarity=0.6",
+    ]  # the profile's hard negatives, on 195 captions
+    result = runner.run_pipeline(
+        "demo", only=["train_clip"], params=params, run_name=run_dir.name, outputs_dir=run_dir.parent
+    )
     # processdata_03's entry is carried over from the shared run's run.json.
     statuses = [nb["status"] for nb in result["notebooks"] if nb["name"] in ("processdata_03", "train_clip")]
     assert statuses == ["ok"] * 2
@@ -25,9 +46,13 @@ def test_train_clip_notebook_writes_model_state_summary_and_figures(copy_prepare
     summary = json.loads((out / "summary.json").read_text())
     assert KEYS <= set(summary) and summary["steps"] == 3 and summary["batch_size"] == 8
     assert summary["hard_negatives"]["replaceable_words"] > 0
-    assert set(summary["zero_shot_accuracy"]) == set(summary["linear_probe_accuracy"]) == {"colour", "shape", "size"}
+    assert (
+        set(summary["zero_shot_accuracy"])
+        == set(summary["linear_probe_accuracy"])
+        == {"colour", "shape", "size"}
+    )
     p = prepared_run["params"]
-    n_test = max(1, round(p["n_images"] * p["test_fraction"]))   # nbutils.data.splits' rule: 12
+    n_test = max(1, round(p["n_images"] * p["test_fraction"]))  # nbutils.data.splits' rule: 12
     assert summary["n_test_images"] == n_test == 12 and abs(summary["chance_r1"] - 100 / n_test) < 1e-9
     assert (out / "model" / "config.json").is_file() and (out / "model" / "tokenizer.json").is_file()
     assert (out / "model" / "preprocessor_config.json").is_file() and (out / "trainer_state.json").is_file()

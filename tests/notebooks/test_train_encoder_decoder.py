@@ -62,6 +62,9 @@ def test_train_encoder_decoder_notebook_writes_model_predictions_summary_and_rep
     html = (run_dir / "train_encoder_decoder.html").read_text(encoding="utf-8")
     assert "constant-caption baseline" in html and "Attribute accuracy" in html and "✎" in html
     headline = readable_report(run_dir, "train_encoder_decoder")
-    assert headline.startswith("Trained a ViT → GPT-2 captioner for 4 steps in ") and " on 12 test images" in headline
+    assert (
+        headline.startswith("Trained a ViT → GPT-2 captioner for 4 steps in ")
+        and " on 12 test images" in headline
+    )
     assert "single-object colour " in headline and ">BLEU-4<" in html and ">single-object accuracy<" in html
     assert not (prepared_run["run_dir"] / "train_encoder_decoder").exists()

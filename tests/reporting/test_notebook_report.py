@@ -129,3 +129,22 @@ def test_strip_widget_keeps_fallbacks_and_drops_progress_bars():
 
 def test_the_runner_and_index_page_export_render_report():
     assert runner.render_report is notebook_report.render_report is index_page.render_report
+
+
+def test_the_notebooks_own_copy_of_the_headline_moves_to_the_top(tmp_path):
+    import nbformat
+    from nbformat import v4
+
+    headline = "3 of 4 images downloaded; 1 failed (timeout 1)."
+    shown = v4.new_output("display_data", data={"text/markdown": headline, "text/plain": headline})
+    other = v4.new_output("display_data", data={"text/markdown": "**a table below**", "text/plain": "x"})
+    nb = v4.new_notebook(
+        cells=[v4.new_markdown_cell("# Title"), v4.new_code_cell("x", outputs=[shown, other])]
+    )
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    notebook_report.render_report(tmp_path / "nb.ipynb", tmp_path / "with.html", headline=headline)
+    page = (tmp_path / "with.html").read_text(encoding="utf-8")
+    assert page.count(headline) == 1 and page.index(headline) < page.index(">Title<")
+    assert "a table below" in page
+    notebook_report.render_report(tmp_path / "nb.ipynb", tmp_path / "without.html")
+    assert (tmp_path / "without.html").read_text(encoding="utf-8").count(headline) == 1  # kept where it was

@@ -32,7 +32,9 @@ def test_a_rerun_with_nothing_changed_reuses_every_stage(tiny_pipeline_run, caps
     assert out.count(": reused: unchanged since") == len(runner.PIPELINE) and "running" not in out
 
 
-def test_a_changed_train_clipcap_parameter_reruns_train_clipcap_infer_and_analyze_loss_only(tiny_pipeline_run):
+def test_a_changed_train_clipcap_parameter_reruns_train_clipcap_infer_and_analyze_loss_only(
+    tiny_pipeline_run,
+):
     run_dir = tiny_pipeline_run["run_dir"]
     before = _executed_mtimes(run_dir)
     record = tiny_pipeline_run["run"]("train_clipcap.max_steps=4")
