@@ -43,6 +43,7 @@ import pandas as pd
 
 from . import stages
 from .config import StageConfig, command_line_main, param
+from .evaluation.caption_metrics import METRIC_NAMES as CAPTION_METRIC_NAMES
 from .files import read_json, write_json, write_table
 from .reporting import figures as figure_helpers
 from .runner.profiles import NOTEBOOKS_DIR, PIPELINE
@@ -526,13 +527,7 @@ METRIC_NAMES = {
     "final_train_loss": "final training loss",
     "chance_loss": "chance loss",
     "train_seconds": "training seconds",
-    "bleu1": "BLEU-1",
-    "bleu2": "BLEU-2",
-    "bleu3": "BLEU-3",
-    "bleu4": "BLEU-4",
-    "meteor": "METEOR",
-    "rouge_l": "ROUGE-L",
-    "cider": "CIDEr",
+    **CAPTION_METRIC_NAMES,
     "word_loss_weight": "caption-word loss weight",
     "prefix_len": "prefix length",
     "constant_len": "constant tokens",

@@ -296,10 +296,11 @@ def _index_section(run_dir: Path, entry: dict) -> str:
                 + "</div>"
             )
     if entry.get("parameters"):
-        out.append(
-            "<details><summary>parameters</summary><pre>"
-            f"{e(json.dumps(entry['parameters'], ensure_ascii=False, indent=1))}</pre></details>"
+        rows = "".join(
+            f"<tr><td>{e(str(k))}</td><td>{e(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</td></tr>"
+            for k, v in entry["parameters"].items()
         )
+        out.append(f'<details><summary>parameters</summary><table class="summary">{rows}</table></details>')
     out.append("</section>")
     return "\n".join(out)
 
