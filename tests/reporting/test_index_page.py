@@ -151,7 +151,9 @@ def test_write_index_groups_and_formats_summaries_and_links_relatively(tmp_path)
     ) in html
     assert '<img src="nb1/figures/loss%20curve.png"' in html and "1.2 s" in html
     assert "summary.json unreadable" in html  # nb2's, without breaking the page
-    assert '<details><summary>parameters</summary><table class="summary"><tr><td>n</td><td>1</td></tr>' in html
+    assert (
+        '<details><summary>parameters</summary><table class="summary"><tr><td>n</td><td>1</td></tr>' in html
+    )
     assert '<a href="../index.html">' not in html  # no runs page next to this run yet
     assert html.index('<p class="headline">Run ok in 2 s: 2 of 2 notebooks ran ok.</p>') < html.index("<h1>")
 
