@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from ..files import read_json, write_text
 from .notebook_report import render_report
+from .tables import MISSING, count, number, percent
 
 __all__ = ["HEADLINE_FIGURES", "render_report", "summary_headline", "write_index", "write_runs_index"]
 
@@ -50,7 +51,6 @@ table.runs td.when{white-space:nowrap} body.runs{max-width:none}
 pre.error{background:#fdecea;padding:.5em;white-space:pre-wrap} details{font-size:.85em;color:#555}
 """
 
-MISSING = "–"
 
 # --------------------------------------------------------------------------------------------- formatting
 
@@ -68,14 +68,14 @@ def format_value(value, path: tuple[str, ...] = ()) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
-        return f"{value:,}"
+        return count(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
         if any(_PERCENT.search(k) for k in path):
-            return f"{value:.1f} %"
+            return percent(value)
         if any(_METRIC.match(k) for k in path):
-            return f"{value:.3f}"
+            return number(value, 3)
         if value == 0 or 1e-3 <= abs(value) < 1e4:
             return f"{value:.4g}"
         return f"{value:,.1f}" if abs(value) >= 1e4 else f"{value:.3e}"
@@ -365,10 +365,10 @@ def _figure(value, kind: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return MISSING
     if kind == "count":
-        return f"{value:,.0f}"
+        return count(value)
     if kind == "percent":
-        return f"{value:.1f} %"
-    return f"{value:.3f}"
+        return percent(value)
+    return number(value, 3)
 
 
 def _run_row(run_dir: Path) -> dict:

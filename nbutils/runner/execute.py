@@ -148,8 +148,7 @@ def run_pipeline(
             entry.update(previous[nb], reused=True, carried_over=False, reason=None)
             _ensure_report(run_dir, entry)
             print(f"[{i}/{len(selected)}] {nb}: reused: unchanged since {_when(entry)}", flush=True)
-            _save(run_dir, record)
-            continue
+            continue  # saved with the next notebook that runs, or at the end
 
         entry.update(
             status="running",
