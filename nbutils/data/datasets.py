@@ -201,10 +201,15 @@ class CaptionCollator:
     the loss does not depend on the model's own label shifting, and label smoothing under the Trainer (which
     pops `labels`) still finds decoder inputs. `max_length` counts prompt, caption and end token.
     Ids come from `nbutils.models.tokenizer.caption_special_ids(tokenizer)`.
+
+    `start_token_id=None` is a prefix captioner that feeds no start token (the reference ClipCap): then
+    `decoder_input_ids = ids[:-1]`, one column narrower than `labels`, and the last prefix position predicts
+    the first label. A caption whose text already ends with the end token (the reference's stop token ".")
+    gets no second one.
     """
 
     tokenizer: object
-    start_token_id: int
+    start_token_id: int | None
     end_token_id: int
     pad_token_id: int
     max_length: int = 32
@@ -222,15 +227,21 @@ class CaptionCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         captions = self.tokenizer([item["text"] for item in items], add_special_tokens=False)["input_ids"]
-        rows = [(self.prompt_ids + ids)[: self.max_length - 1] + [self.end_token_id] for ids in captions]
+        end, rows = self.end_token_id, []
+        for ids in captions:
+            if ids[-1:] == [end]:  # the text already ends with the stop token (the reference ClipCap's ".")
+                ids = ids[:-1]
+            rows.append((self.prompt_ids + ids)[: self.max_length - 1] + [end])
         width = max(len(ids) for ids in rows)
-        decoder_input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        start = [] if self.start_token_id is None else [self.start_token_id]
+        fed = width - 1 + len(start)  # the inputs: [start] + ids[:-1], or ids[:-1] after a prefix alone
+        decoder_input_ids = torch.full((len(rows), fed), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), fed), dtype=torch.long)
         for b, ids in enumerate(rows):
-            n = len(ids)
-            decoder_input_ids[b, :n] = torch.tensor([self.start_token_id, *ids[:-1]])
-            labels[b, len(self.prompt_ids) : n] = torch.tensor(ids[len(self.prompt_ids) :])
+            n = len(ids) - 1 + len(start)
+            decoder_input_ids[b, :n] = torch.tensor([*start, *ids[:-1]], dtype=torch.long)
+            labels[b, len(self.prompt_ids) : len(ids)] = torch.tensor(ids[len(self.prompt_ids) :])
             mask[b, :n] = 1
         image_key = "pixel_values" if "pixel_values" in items[0] else "image_embeds"  # a prefix captioner's
         return {

@@ -7,16 +7,25 @@
 GPT-2 weights loading by their usual names. Mappers, chosen by `config.mapping`:
 
     "mlp"          the paper's: Linear(prefix_dim, n_embd·K/2) -> Tanh -> Linear(-, n_embd·K)
+    "linear"       one Linear(prefix_dim, n_embd·K): the reference predict.py's mapper when prefix_length > 10
     "transformer"  the paper's Transformer mapper: the embedding projected to K tokens, followed by
                    `constant_len` learned constant tokens, through `mapping_layers` pre-LayerNorm layers
                    (torch's own TransformerEncoderLayer); the output is the last K positions
     "bert"         the Chinese port's: the same sequence through a BERT encoder (transformers' BertModel)
 
-Token conventions are train_encoder_decoder's (`caption_special_ids`): a caption is fed as
-[prefix] [start] caption... and predicts caption... [end]; the loss covers the caption and its end token only.
-The prefix positions are never in the loss.
+Token conventions live in the config, so training, `generate_captions`, infer and the caption browser all
+read them from the model:
 
-The reference code's checkpoints (`clip_project.*`, `gpt.*`) import with `import_reference_state_dict`.
+    start_after_prefix  True: [prefix] [start] caption... (this project's models, the start token from
+                        `caption_special_ids`); False: [prefix] caption..., the last prefix position predicting
+                        the first word (the reference and the Chinese port)
+    eos_token_id        the stop token(s): the tokenizer's end token ([SEP], <|endoftext|>), or "." (id 13 in
+                        English GPT-2) for the reference, which never trained an end token
+    keep_stop_token     whether the stop token stays in the caption (the reference keeps its ".")
+
+Training predicts caption... [stop]; the loss covers the caption and its stop token only, never the prefix,
+the start token or padding. Checkpoints of the reference implementations import with
+`nbutils.models.clipcap_import`, which sets their conventions.
 A saved model is a standard folder (config.json + model.safetensors); plain `AutoModelForCausalLM` loads it
 after `import nbutils.models.clipcap`, and `GPT2LMHeadModel.from_pretrained` loads its language model alone.
 """
@@ -41,11 +50,13 @@ from transformers import (
 )
 from transformers import initialization as init
 
+from ..data.datasets import CaptionCollator
 from ..files import save_pretrained_folder
 from .tokenizer import caption_special_ids
 
 MODEL_TYPE = "nbutils_clipcap"
-MAPPINGS = ("mlp", "transformer", "bert")
+MAPPINGS = ("mlp", "linear", "transformer", "bert")
+SEQUENCE_MAPPINGS = ("transformer", "bert")  # the mappers with constant tokens, layers and heads
 
 
 class ClipCapConfig(GPT2Config):
@@ -53,7 +64,8 @@ class ClipCapConfig(GPT2Config):
     tokens GPT-2 sees), `mapping`, `constant_len`, `mapping_layers` and `mapping_heads` (transformer / bert),
     and `normalize_prefix` (L2-normalise the CLIP embedding first, the reference's --normalize_prefix).
     `clip_model`: the CLIP model (folder or hub id) that made the embeddings it was trained on, so that a saved
-    model can caption new images (nbutils.models.captioners)."""
+    model can caption new images (nbutils.models.captioners). `start_after_prefix` and `keep_stop_token`: the
+    token conventions (module docstring); the stop tokens are `eos_token_id`."""
 
     model_type = MODEL_TYPE
 
@@ -67,6 +79,8 @@ class ClipCapConfig(GPT2Config):
         mapping_heads: int = 8,
         normalize_prefix: bool = False,
         clip_model: str = "",
+        start_after_prefix: bool = True,
+        keep_stop_token: bool = False,
         **kwargs,
     ):
         if mapping not in MAPPINGS:
@@ -74,7 +88,7 @@ class ClipCapConfig(GPT2Config):
         for name, value in (("prefix_dim", prefix_dim), ("prefix_len", prefix_len)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if mapping != "mlp" and (constant_len < 0 or mapping_layers < 1 or mapping_heads < 1):
+        if mapping in SEQUENCE_MAPPINGS and (constant_len < 0 or mapping_layers < 1 or mapping_heads < 1):
             raise ValueError(
                 f"mapping={mapping!r} needs constant_len >= 0, mapping_layers >= 1 and mapping_heads >= 1"
             )
@@ -86,8 +100,9 @@ class ClipCapConfig(GPT2Config):
         )
         self.normalize_prefix = normalize_prefix
         self.clip_model = clip_model  # the CLIP (folder or hub id) whose image embeddings this model reads
+        self.start_after_prefix, self.keep_stop_token = start_after_prefix, keep_stop_token
         super().__init__(**kwargs)
-        if mapping != "mlp" and self.n_embd % mapping_heads:
+        if mapping in SEQUENCE_MAPPINGS and self.n_embd % mapping_heads:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of mapping_heads={mapping_heads}")
 
 
@@ -153,9 +168,12 @@ class ClipCapModel(GPT2LMHeadModel):
 
     def __init__(self, config: ClipCapConfig):
         super().__init__(config)
-        self.mapper = (
-            MlpMapper(config) if config.mapping == "mlp" else TransformerMapper(config, config.mapping)
-        )
+        if config.mapping == "mlp":
+            self.mapper = MlpMapper(config)
+        elif config.mapping == "linear":  # one layer: (B, prefix_dim) -> (B, K · n_embd)
+            self.mapper = nn.Linear(config.prefix_dim, config.n_embd * config.prefix_len)
+        else:
+            self.mapper = TransformerMapper(config, config.mapping)
         self.post_init()
 
     @torch.no_grad()
@@ -235,6 +253,15 @@ def set_caption_token_ids(model, tokenizer) -> dict[str, int]:
     return ids
 
 
+def caption_collator(bundle: ClipCapBundle, max_length: int) -> CaptionCollator:
+    """The training collator for this model's token conventions: a start token after the prefix or none, and
+    its first stop token as every caption's last label."""
+    config = bundle.model.config
+    stop = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    start = config.bos_token_id if config.start_after_prefix else None
+    return CaptionCollator(bundle.tokenizer, start, stop, config.pad_token_id, max_length)
+
+
 def mapper_settings(
     prefix_dim: int,
     prefix_len: int = 10,
@@ -254,7 +281,8 @@ def mapper_settings(
         mapping_heads=mapping_heads,
         normalize_prefix=normalize_prefix,
     )
-    ClipCapConfig(**settings, n_embd=mapping_heads * 8 if mapping != "mlp" else 8)  # raises on bad values
+    n_embd = mapping_heads * 8 if mapping in SEQUENCE_MAPPINGS else 8
+    ClipCapConfig(**settings, n_embd=n_embd)  # raises on bad values
     return settings
 
 
@@ -299,10 +327,13 @@ def load_clipcap_language_model(language_model: str | os.PathLike, mapper: dict)
     """A pretrained GPT-2 (hub id or folder, with its tokenizer) under a fresh mapper (`mapper_settings`)."""
     from transformers import AutoTokenizer
 
+    from .model_names import resolve_model_name
+
     language_model = os.fspath(language_model)
+    name = resolve_model_name(language_model, "language_model")
     try:
-        gpt2 = GPT2LMHeadModel.from_pretrained(language_model)
-        tokenizer = AutoTokenizer.from_pretrained(language_model)
+        gpt2 = GPT2LMHeadModel.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ValueError(f"could not load language_model={language_model!r} as GPT-2: {e}") from e
     gpt2_config = gpt2.config.to_dict()
@@ -330,82 +361,3 @@ def load_saved_clipcap(path: str | os.PathLike) -> ClipCapBundle:
         raise ValueError(f"{path!r} is not a saved model folder (no config.json)")
     model = ClipCapModel.from_pretrained(path)
     return ClipCapBundle(model, AutoTokenizer.from_pretrained(path))
-
-
-# -----------------------------------------------------------------------------
-# the reference implementation's checkpoints
-
-
-def import_reference_state_dict(state_dict: dict, config: ClipCapConfig) -> ClipCapModel:
-    """A ClipCapModel holding the weights of a rmokady/CLIP_prefix_caption checkpoint.
-
-    `state_dict` as `torch.load(path, weights_only=True)` returns it: `clip_project.*` (the MLP's
-    `model.0` / `model.2`, or the Transformer mapper's `linear`, `prefix_const` and
-    `transformer.layers.N.{norm1, attn.to_queries, attn.to_keys_values, attn.project, norm2, mlp.fc1, mlp.fc2}`)
-    and `gpt.*` (GPT2LMHeadModel). `config` must describe the same shapes (mapping, prefix_len, n_embd, ...);
-    the reference's Transformer mapper must project to as many tokens as it outputs (clip_length ==
-    prefix_length, as in its published settings). The mapper's heads come from `config.mapping_heads`
-    (the reference uses 8).
-    """
-    model = ClipCapModel(config)
-    mapper = {k[len("clip_project.") :]: v for k, v in state_dict.items() if k.startswith("clip_project.")}
-    gpt = {k[len("gpt.") :]: v for k, v in state_dict.items() if k.startswith("gpt.")}
-    if not mapper or not gpt:
-        raise ValueError("not a ClipCap reference checkpoint: expected clip_project.* and gpt.* keys")
-    if config.mapping == "mlp":
-        converted = {name.replace("model.", "", 1): value for name, value in mapper.items()}
-    elif config.mapping == "transformer":
-        converted = _convert_reference_transformer(mapper, config)
-    else:
-        raise ValueError(
-            "the reference implementation has no BERT mapper (mapping must be mlp or transformer)"
-        )
-    converted = {f"mapper.{k}": v for k, v in converted.items()}
-    weights = {**gpt, **converted}
-    weights.setdefault("lm_head.weight", gpt["transformer.wte.weight"])  # tied in the reference too
-    expected = model.state_dict()
-    wrong = [k for k in weights if k in expected and weights[k].shape != expected[k].shape]
-    if wrong:
-        shapes = ", ".join(f"{k}: {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3])
-        raise ValueError(f"the checkpoint does not fit config ({shapes})")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # GPT-2's attention buffers (masked_bias, bias) may be in old checkpoints; nothing else may be left over
-    unexpected = [k for k in unexpected if not k.endswith((".attn.bias", ".attn.masked_bias"))]
-    if missing or unexpected:
-        raise ValueError(
-            f"the checkpoint does not fit config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    return model
-
-
-def _convert_reference_transformer(mapper: dict, config: ClipCapConfig) -> dict:
-    """The reference's TransformerMapper weights under TransformerMapper's names (torch's encoder layers)."""
-    dim = config.n_embd
-    clip_length = mapper["linear.weight"].shape[0] // dim
-    constants = mapper["prefix_const"].shape[0]
-    if clip_length != config.prefix_len or constants != config.constant_len:
-        raise ValueError(
-            f"the reference mapper projects to {clip_length} tokens and has {constants} constant tokens; "
-            f"this model has prefix_len={config.prefix_len}, constant_len={config.constant_len} "
-            "(they must match, and the reference's clip_length must equal its prefix_length)"
-        )
-    out = {"linear.weight": mapper["linear.weight"], "linear.bias": mapper["linear.bias"]}
-    out["constants"] = mapper["prefix_const"]
-    for i in range(config.mapping_layers):
-        layer = f"transformer.layers.{i}."  # the same prefix in both layouts
-        queries = mapper[layer + "attn.to_queries.weight"]
-        keys_values = mapper[layer + "attn.to_keys_values.weight"]  # rows: keys then values
-        out[layer + "self_attn.in_proj_weight"] = torch.cat([queries, keys_values])
-        # the reference's query / key / value projections have no bias
-        out[layer + "self_attn.in_proj_bias"] = queries.new_zeros(3 * dim)
-        out[layer + "self_attn.out_proj.weight"] = mapper[layer + "attn.project.weight"]
-        out[layer + "self_attn.out_proj.bias"] = mapper[layer + "attn.project.bias"]
-        for ours, theirs in (
-            ("norm1", "norm1"),
-            ("norm2", "norm2"),
-            ("linear1", "mlp.fc1"),
-            ("linear2", "mlp.fc2"),
-        ):
-            out[layer + f"{ours}.weight"] = mapper[layer + f"{theirs}.weight"]
-            out[layer + f"{ours}.bias"] = mapper[layer + f"{theirs}.bias"]
-    return out

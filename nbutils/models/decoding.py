@@ -13,6 +13,13 @@ Facts this module relies on (see shared/FIELD_NOTES.md, captioning):
   explicitly (neutral values where the decoding does not set one).
 - `no_repeat_ngram_size` is never on by default: for Chinese characters it forbids a second "一个".
 - A BertTokenizer decodes Chinese with spaces between the characters; `clean_caption` removes them.
+- A barely trained captioner puts most of its probability on tokens it has only ever been fed: the start token
+  ([CLS] repeated) and padding, which decoding would strip to an empty caption. Every preset therefore
+  suppresses the start token (where it is fed) and the pad token, unless one of them is a stop token, plus the
+  generation config's own `suppress_tokens`.
+- A prefix captioner's conventions come from its config (nbutils.models.clipcap): whether a start token
+  follows the prefix (`start_after_prefix`) and whether the stop token stays in the caption (`keep_stop_token`,
+  the reference ClipCap's ".").
 """
 
 from __future__ import annotations
@@ -244,6 +251,15 @@ def _generation_ids(model) -> tuple[int, int, list[int]]:
     return start, pad, eos
 
 
+def _suppressed(model, start: int, pad: int, eos: list[int], start_fed: bool) -> list[int]:
+    """The tokens a caption may never hold: the start token where it is fed, the pad token, and
+    `generation_config.suppress_tokens`, less the stop tokens (GPT-2's one token is start, end and pad)."""
+    tokens = {pad, *(model.generation_config.suppress_tokens or ())}
+    if start_fed:
+        tokens.add(start)
+    return sorted(tokens - set(eos))
+
+
 def _generate_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Every generate() setting explicit, without the ones the decoding mode ignores (which warn)."""
     kwargs = {**NEUTRAL, **settings}
@@ -273,11 +289,13 @@ def generate_captions(
 
     `pixel_values`: (B, 3, H, W) floats, already normalised by the image processor, for an encoder-decoder;
     or `image_embeds` (B, D) for a prefix captioner (a model with `prefix_inputs_embeds`, e.g. ClipCap),
-    which generates from the prefix and the start token's embedding. Each dict has
+    which generates from the prefix, followed by the start token's embedding where its config says
+    `start_after_prefix` (the default). Each dict has
     "caption" (decoded, special tokens skipped, cleaned by `clean_caption`), "score" (beam search: the
     beam's `sequences_scores`, i.e. summed log-probability / length ** length_penalty, after the logits
     processors; greedy and sampling: the mean log-probability the model gives the generated tokens,
-    EOS included, from its raw logits) and "token_ids" (the caption's tokens: no prompt, no EOS, no padding).
+    EOS included, from its raw logits) and "token_ids" (the caption's tokens: no prompt, no padding, no EOS
+    unless the config says `keep_stop_token`).
 
     With a `prompt` (BLIP style, "a picture of "), its tokens follow the start token in
     `decoder_input_ids` and are cut from the results; min/max_new_tokens count the tokens after it.
@@ -286,7 +304,7 @@ def generate_captions(
     import torch
 
     settings = resolve_decoding(decoding)
-    start, _pad, eos = _generation_ids(model)
+    start, pad, eos = _generation_ids(model)
     prefix = image_embeds is not None
     images = image_embeds if prefix else pixel_values
     dims, expected = (2, "(B, D)") if prefix else (4, "(B, 3, H, W)")
@@ -303,7 +321,9 @@ def generate_captions(
     images = images.to(device=parameter.device, dtype=parameter.dtype)
 
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-    start_ids = torch.tensor([[start, *prompt_ids]] * batch, dtype=torch.long, device=parameter.device)
+    start_fed = not prefix or getattr(model.config, "start_after_prefix", True)
+    first = [start] if start_fed else []
+    start_ids = torch.tensor([[*first, *prompt_ids]] * batch, dtype=torch.long, device=parameter.device)
     if "max_length" in settings and settings["max_length"] <= start_ids.shape[1]:
         raise ValueError(
             f"max_length {settings['max_length']} leaves no room after the start token and the "
@@ -311,6 +331,7 @@ def generate_captions(
         )
 
     kwargs = _generate_kwargs(settings)
+    kwargs["suppress_tokens"] = _suppressed(model, start, pad, eos, start_fed) or None
     devices = [parameter.device] if parameter.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
@@ -351,7 +372,8 @@ def generate_captions(
         steps = model.compute_transition_scores(sequences, output.logits, normalize_logits=True)
         total = torch.where(before_eos, steps, torch.zeros_like(steps)).sum(dim=1)
         scores = total / before_eos.sum(dim=1).clamp(min=1)
-    token_ids = [row[keep & ~row_eos].tolist() for row, keep, row_eos in zip(generated, before_eos, is_eos)]
+    kept = before_eos if getattr(model.config, "keep_stop_token", False) else before_eos & ~is_eos
+    token_ids = [row[keep].tolist() for row, keep in zip(generated, kept)]
     texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
 
     per_image = len(token_ids) // batch

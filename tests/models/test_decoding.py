@@ -19,7 +19,9 @@ CLS, SEP, PAD = 2, 3, 0
 CJK_SPACE = re.compile(r"[\u4e00-\u9fff] [\u4e00-\u9fff]")
 
 
-def make_captioner(tokenizer, eos_bias: float = 0.0, seed: int = 0) -> VisionEncoderDecoderModel:
+def make_captioner(tokenizer, eos_bias: float = 0.0, seed: int = 0, lean=None) -> VisionEncoderDecoderModel:
+    """A tiny random captioner; `eos_bias` (or `lean`, token -> bias) pushes its final norm's bias along tokens'
+    embeddings (tied to the LM head), making them likelier at every step."""
     torch.manual_seed(seed)
     encoder = ViTConfig(
         hidden_size=32,
@@ -48,9 +50,9 @@ def make_captioner(tokenizer, eos_bias: float = 0.0, seed: int = 0) -> VisionEnc
     for config in (model.config, model.generation_config):
         config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = CLS, SEP, PAD
     model.generation_config.bos_token_id = CLS
-    if eos_bias:
-        with torch.no_grad():
-            model.decoder.transformer.ln_f.bias.add_(eos_bias * model.decoder.lm_head.weight[SEP])
+    with torch.no_grad():
+        for token, bias in {SEP: eos_bias, **(lean or {})}.items():
+            model.decoder.transformer.ln_f.bias.add_(bias * model.decoder.lm_head.weight[token])
     return model.eval()
 
 
@@ -172,6 +174,34 @@ def test_min_new_tokens_is_honoured(stopping_model, tokenizer, images):
     assert [len(c["token_ids"]) for image in nucleus for c in image] == [5, 5]
     eight = generate_captions(stopping_model, tokenizer, images, resolve_decoding("greedy", min_new_tokens=8))
     assert [len(c["token_ids"]) for image in eight for c in image] == [8, 8]
+
+
+@pytest.fixture(scope="module")
+def start_and_pad_model(tokenizer):
+    """A barely trained captioner's habit: the start token and padding, the tokens it has been fed most, are
+    its likeliest outputs."""
+    return make_captioner(tokenizer, lean={CLS: 3.0, PAD: 2.0})
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_no_preset_generates_the_start_or_the_pad_token(start_and_pad_model, tokenizer, images, preset):
+    plain = start_and_pad_model.generate(
+        pixel_values=images, max_new_tokens=10, do_sample=False, num_beams=1, suppress_tokens=None
+    )
+    assert {CLS, PAD} & set(plain[:, 1:].flatten().tolist())  # what generate() alone would write
+    results = generate_captions(start_and_pad_model, tokenizer, images, preset, seed=0)
+    tokens = [token for image in results for c in image for token in c["token_ids"]]
+    assert CLS not in tokens and PAD not in tokens
+    assert all(c["caption"] for image in results for c in image)  # not stripped to nothing
+
+
+def test_a_stop_token_that_is_also_the_start_or_pad_token_is_not_suppressed(tokenizer, images):
+    """GPT-2's one special token is start, end and pad: suppressing it would forbid stopping."""
+    model = make_captioner(tokenizer, eos_bias=5.0)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = config.pad_token_id = SEP
+    results = generate_captions(model, tokenizer, images, "greedy")
+    assert ids(results) == [[[]], [[]]]  # it stops at once, as it is most likely to
 
 
 def test_sampling_is_reproducible_with_a_seed_and_varies_across_seeds(model, tokenizer, images):
