@@ -533,11 +533,15 @@ METRIC_NAMES = {
     "constant_len": "constant tokens",
     "initial": "untrained",
     "baseline": "constant caption",
-    "attribute_accuracy": "attributes",
+    "true_captions": "true captions",
+    "empty_captions": "empty captions",
+    "attribute_scores": "attributes",
     "per_attribute": "all images",
     "single_object": "single-object",
-    "all_correct": "all attributes right",
-    "single_object_all_correct": "all attributes right, single-object",
+    "no_false_statement": "no false statement",
+    "single_object_no_false_statement": "no false statement, single-object",
+    "hallucination_rate": "hallucination",
+    "single_object_hallucination_rate": "hallucination, single-object",
     "n_images": "images",
     "n_single_object": "single-object images",
     "zero_shot_accuracy": "zero-shot",
@@ -547,13 +551,19 @@ METRIC_NAMES = {
 }
 FULL_NAMES = {"caption_words.n_words": "caption-word loss: words", "trainable_parameters.total": "parameters"}
 PERCENT_LEAVES = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall", "chance_r1"}
-PERCENT_TREES = ("attribute_accuracy.", "zero_shot_accuracy.", "zero_shot_chance.", "linear_probe_accuracy.")
+PERCENT_TREES = (
+    "attribute_scores.",
+    "true_captions.attribute_scores.",
+    "zero_shot_accuracy.",
+    "zero_shot_chance.",
+    "linear_probe_accuracy.",
+)
 CAPTION_METRICS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
 
 
 def flatten_metrics(summary: dict | None) -> dict[str, int | float]:
-    """The numeric scalars of a summary by dotted key ("attribute_accuracy.per_attribute.colour"); lists, strings,
-    booleans and settings (decoding, clip_embeddings, comparison) are left out."""
+    """The numeric scalars of a summary by dotted key ("attribute_scores.per_attribute.colour.precision"); lists,
+    strings, booleans and settings (decoding, clip_embeddings, comparison) are left out."""
     out: dict[str, int | float] = {}
 
     def walk(obj: dict, prefix: str) -> None:
@@ -577,7 +587,7 @@ def is_percent(key: str) -> bool:
 
 
 def metric_name(key: str) -> str:
-    """A readable name for a dotted summary key: "attributes, single-object: colour (%)"."""
+    """A readable name for a dotted summary key: "attributes, single-object, colour: precision (%)"."""
     if key in FULL_NAMES:
         return FULL_NAMES[key]
     parts = [METRIC_NAMES.get(p, p.replace("_", " ")) for p in key.split(".")]

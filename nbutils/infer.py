@@ -10,8 +10,10 @@
    (the captioner's processor, the CLIP's) under output_dir/cache/.
 2. Every captioner (a stage of this run, a saved folder or a hub id: nbutils.models.captioners) captions them in
    batches with the shared decoding presets; a predictions table (image, model, decoding, rank, caption, score).
-3. With references: the caption metrics of each model beside the constant-caption baseline, and attribute accuracy
-   on the demo set. With a CLIP (this run's train_clip by default): CLIPScore and RefCLIPScore per model.
+3. With references: the caption metrics of each model beside the constant-caption baseline and the true captions
+   (the first reference of each image, held out), and on the demo set what the captions state about
+   the images (attribute precision and coverage, hallucination), the true captions' beside them. With a CLIP
+   (this run's train_clip by default): CLIPScore and RefCLIPScore per model.
 4. Throughput: images/s of each captioner at batch `batch_size`, greedy and beam.
 """
 
@@ -33,7 +35,7 @@ from .config import StageConfig, command_line_main, param
 from .data.cache import ImageCache, ImageGeometry, build_image_cache
 from .data.validate import check_image
 from .demo import scenes
-from .evaluation.attributes import attribute_errors
+from .evaluation.attributes import TRUE_CAPTIONS, attribute_errors, formatted_attribute_table
 from .evaluation.caption_metrics import check_tokenization
 from .evaluation.caption_scores import score_test_captions
 from .files import write_json, write_table
@@ -44,6 +46,8 @@ from .reporting.tables import count, formatted, number
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 THROUGHPUT_DECODINGS = ("greedy", "beam")
+# The caption metrics in summary.json's `models` and the metrics table: summary key -> column
+SCORE_COLUMNS = {"cider": "CIDEr", "bleu4": "BLEU-4", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class InferRun:
     summary: dict
     predictions: pd.DataFrame
     images: ImageSet
-    metrics: pd.DataFrame | None = None  # one row per model: metrics, attribute accuracy, baseline CIDEr
+    metrics: pd.DataFrame | None = None  # a row per model, the true captions and the constant caption
     throughput: pd.DataFrame | None = None
     per_image: pd.DataFrame | None = None  # image_path, model, caption, cider, clipscore, refclipscore
     caches: dict = field(default_factory=dict)
@@ -197,6 +201,8 @@ class InferRun:
         default_factory=dict
     )  # name -> LoadedCaptioner (the browser re-captions with them)
     clip: tuple | None = None  # (ClipBundle, image embeddings in images.paths order) for search
+    attributes: dict = field(default_factory=dict)  # model -> attribute_scores (demo)
+    true_caption_attributes: dict | None = None  # attribute_scores of the first reference of each image
 
     def search(self, queries: list[str], k: int = 5) -> list[dict]:
         """Text -> image search over these images with the CLIP: per query {"query", "images", "scores"}, best first."""
@@ -253,17 +259,23 @@ class InferRun:
         return self.per_image.groupby("model", sort=False)[columns].mean()
 
     def metrics_table(self):
-        """The models side by side (`metrics`) for reading: CIDEr / BLEU-4 / ROUGE-L with three decimals,
-        accuracies as "98.6 %"; None without references."""
+        """The models side by side (`metrics`), with the true captions and the constant caption, for reading:
+        CIDEr / BLEU-4 / ROUGE-L / METEOR with three decimals, empty captions as a count; None without
+        references."""
         if self.metrics is None:
             return None
-        table = self.metrics.rename(columns={c: c.replace(" (%)", "") for c in self.metrics.columns})
-        scores = [c for c in table.columns if "CIDEr" in c or c in ("BLEU-4", "ROUGE-L", "METEOR")]
         return formatted(
-            table,
-            column_decimals=dict.fromkeys(scores, 3),
-            percent_columns=[c for c in table.columns if c not in scores],
+            self.metrics,
+            column_decimals=dict.fromkeys(SCORE_COLUMNS.values(), 3),
+            count_columns=["empty captions"],
         )
+
+    def attribute_table(self):
+        """What each model's captions state about the demo images beside the true captions'
+        (`formatted_attribute_table`); None without ground truth."""
+        if not self.attributes:
+            return None
+        return formatted_attribute_table(self.attributes, self.true_caption_attributes)
 
     def clipscore_table(self):
         """Mean CLIPScore / RefCLIPScore per model (`scores_table()`), three decimals; None without a CLIP."""
@@ -344,7 +356,7 @@ def infer(config: InferConfig) -> InferRun:
         ):
             print(f"note: {name} has no saved model in {config.run_dir}; skipped")
             continue
-        captioners.append(load_any_captioner(name, config.run_dir))
+        captioners.append(load_any_captioner(name, config.run_dir, parameter="captioners"))
     if not captioners:
         raise ValueError(f"captioners={config.captioners!r}: none could be loaded")
 
@@ -355,6 +367,7 @@ def infer(config: InferConfig) -> InferRun:
         baseline_pool = images.train_captions or [r for refs in images.references for r in refs]
         truth = scenes.load_ground_truth(Path(images.ground_truth).parent) if images.ground_truth else None
     caches, rows, metrics_rows, throughput_rows, per_model, per_image = {}, [], [], [], {}, []
+    attributes, scores = {}, None
     for captioner in captioners:
         cache = image_cache(images, captioner.image_processor, output_dir / "cache")
         caches[captioner.name] = cache
@@ -375,15 +388,15 @@ def infer(config: InferConfig) -> InferRun:
                 tokenization,
                 images.ground_truth,
             )
-            entry["metrics"] = {k: scores.summary[k] for k in ("bleu4", "meteor", "rouge_l", "cider")}
-            entry["attribute_accuracy"] = scores.summary["attribute_accuracy"]
+            entry["metrics"] = {k: scores.summary[k] for k in SCORE_COLUMNS}
+            entry["attribute_scores"] = scores.summary["attribute_scores"]
             entry["baseline_cider"] = scores.summary["baseline"]["cider"]
+            entry["empty_captions"] = scores.summary["empty_captions"]
             metrics_rows.append(_metrics_row(captioner.name, scores.summary))
             shown["cider"] = scores.predictions["cider"].to_numpy()
-            if truth is not None:  # the demo: which attributes each caption gets wrong, for the browser
-                wrong = attribute_errors(
-                    dict(zip(images.paths, best)), truth, language, ("colour", "shape", "size")
-                )
+            if truth is not None:  # the demo: what each caption states wrongly, for the browser
+                attributes[captioner.name] = scores.attributes
+                wrong = attribute_errors(dict(zip(images.paths, best)), truth, language)
                 shown["attribute_errors"] = [", ".join(wrong[p]) for p in images.paths]
         if config.throughput:
             entry["images_per_second"] = {
@@ -407,11 +420,15 @@ def infer(config: InferConfig) -> InferRun:
     if clipscore_table is not None:
         scores_only = clipscore_table.drop(columns=["reference_similarity"], errors="ignore")
         per_image = per_image.merge(scores_only, on=["image_path", "model"], how="left")
+    if scores is not None:  # the true captions and the constant caption are the same for every model
+        metrics_rows.append(_metrics_row(TRUE_CAPTIONS, scores.summary["true_captions"]))
+        metrics_rows.append(_metrics_row("constant caption", scores.summary["baseline"]))
     summary = {
         "n_images": len(images.paths),
         "images": config.images,
         "decoding": {**settings, "given": config.decoding},
         "models": per_model,
+        "true_captions": scores.summary["true_captions"] if scores is not None else None,
         "rejected_images": len(images.rejected),
         "rejected": images.rejected.to_dict(orient="records"),
         **clip_summary,
@@ -433,13 +450,16 @@ def infer(config: InferConfig) -> InferRun:
         caches,
         {c.name: c for c in captioners},
         clip,
+        attributes,
+        scores.true_caption_attributes if scores is not None else None,
     )
 
 
 def headline(summary: dict) -> str:
     """One sentence of what infer did, from its summary: "Captioned 267 images with 2 models (beam decoding):
-    CIDEr train_clipcap 2.011, train_encoder_decoder 1.646 (constant caption 0.203); CLIPScore train_clipcap
-    0.712, train_encoder_decoder 0.650."."""
+    CIDEr train_clipcap 2.011, train_encoder_decoder 1.646 (true captions 2.541, constant caption 0.203);
+    CLIPScore train_clipcap 0.712, train_encoder_decoder 0.650." Empty captions are named where there are
+    some ("; empty captions: train_clipcap 3")."""
     models = summary["models"]
     n_models = f"{count(len(models))} model{'s' if len(models) != 1 else ''}"
     given = str(summary["decoding"]["given"])
@@ -450,9 +470,14 @@ def headline(summary: dict) -> str:
         text += ": CIDEr " + ", ".join(
             f"{name} {number(m['metrics']['cider'], 3)}" for name, m in scored.items()
         )
-        text += f" (constant caption {number(next(iter(scored.values()))['baseline_cider'], 3)})"
+        ceiling = (summary.get("true_captions") or {}).get("cider")
+        ceiling = f"true captions {number(ceiling, 3)}, " if ceiling is not None else ""
+        text += f" ({ceiling}constant caption {number(next(iter(scored.values()))['baseline_cider'], 3)})"
     else:
         text += "; no references, so no caption metrics"
+    empty = {name: m["empty_captions"] for name, m in scored.items() if m.get("empty_captions")}
+    if empty:
+        text += "; empty captions: " + ", ".join(f"{name} {count(n)}" for name, n in empty.items())
     if summary.get("clipscore"):
         text += "; CLIPScore " + ", ".join(f"{m} {number(v, 3)}" for m, v in summary["clipscore"].items())
     if summary.get("rejected_images"):
@@ -460,27 +485,11 @@ def headline(summary: dict) -> str:
     return text + "."
 
 
-def _metrics_row(name: str, summary: dict) -> dict:
-    row = {
-        "model": name,
-        "CIDEr": summary["cider"],
-        "BLEU-4": summary["bleu4"],
-        "ROUGE-L": summary["rouge_l"],
-    }
-    attributes = summary["attribute_accuracy"]
-    if attributes:
-        single = attributes["single_object"]
-        row.update(
-            {"colour, single-object (%)": single["colour"], "shape, single-object (%)": single["shape"]}
-        )
-        row.update(
-            {
-                f"{a}, all images (%)": v
-                for a, v in attributes["per_attribute"].items()
-                if a in ("colour", "shape")
-            }
-        )
-    row["constant caption CIDEr"] = summary["baseline"]["cider"]
+def _metrics_row(name: str, scored: dict) -> dict:
+    """A row of the metrics table from a summary holding the caption metrics (a model's, or its `true_captions`
+    or `baseline`); empty captions only where counted (a model's)."""
+    row = {"model": name, **{column: scored[key] for key, column in SCORE_COLUMNS.items()}}
+    row["empty captions"] = scored.get("empty_captions")
     return row
 
 
@@ -495,7 +504,7 @@ def _clipscores(config: InferConfig, images: ImageSet, predictions: pd.DataFrame
     if config.clip_model == "none":
         return None, {"clipscore_model": None}, None
     if config.clip_model:
-        bundle, clip_name = load_clip_model(config.clip_model), config.clip_model
+        bundle, clip_name = load_clip_model(config.clip_model, parameter="clip_model"), config.clip_model
     else:
         try:
             bundle, clip_name = stages.load_clip(config.run_dir).bundle, "train_clip of this run"

@@ -84,7 +84,13 @@ CAPTION_SUMMARY = {
     "cider": 2.0112469982439642,
     "bleu4": 0.46022773954584695,
     "baseline": {"cider": 0.20317716879908623, "caption": "小的白色三角形"},
-    "attribute_accuracy": {"single_object": {"colour": 98.64864864864865}, "n_images": 267},
+    "attribute_scores": {
+        "single_object": {"colour": {"precision": 98.64864864864865, "coverage": 100.0}},
+        "hallucination_rate": 43.44569288389513,
+        "n_images": 267,
+    },
+    "true_captions": {"cider": 2.5413, "attribute_scores": {"hallucination_rate": 0.0}},
+    "empty_captions": 2,
     "decoding": {"num_beams": 4, "preset": "beam"},
     "comparison": [{"mapping": "mlp", "CIDEr": 2.0}],
     "steps": 15,
@@ -208,9 +214,20 @@ def test_trainings_are_found_loaded_and_compared_and_bad_folders_are_named_with_
     assert metrics.loc["cider", "alpha/train_clipcap/transformer"] == pytest.approx(1.9467180875188632)
     assert metrics.loc["i2t_r1", "alpha/train_clip"] == pytest.approx(77.90262172284645)
     assert math.isnan(metrics.loc["i2t_r1", "beta/train_encoder_decoder"])
+    names = metrics["name"]
     assert (
-        metrics.loc["attribute_accuracy.single_object.colour", "name"]
-        == "attributes, single-object: colour (%)"
+        names["attribute_scores.single_object.colour.precision"]
+        == "attributes, single-object, colour: precision (%)"
+    )
+    assert names["attribute_scores.hallucination_rate"] == "attributes: hallucination (%)"
+    assert names["true_captions.cider"] == "true captions: CIDEr"
+    assert (
+        names["true_captions.attribute_scores.hallucination_rate"]
+        == "true captions, attributes: hallucination (%)"
+    )
+    assert (
+        names["empty_captions"] == "empty captions"
+        and names["attribute_scores.n_images"] == "attributes: images"
     )
     # strings, booleans, settings and lists are not metrics
     assert not {"headline", "mode", "baseline.caption", "decoding.num_beams", "comparison"} & set(
@@ -371,6 +388,7 @@ def test_tables_are_formatted_for_reading(outputs):
     assert "1,120,512" in html and "1,267" in html and "721,409" in html  # counts: thousands separators
     assert "2.011" in html and "1.0e-03" in html  # caption metrics three decimals, learning rates e-notation
     assert "image→text R@1 (%)" in html and "constant caption: CIDEr" in html
+    assert ">43.4<" in html and ">2.541<" in html  # hallucination one decimal, the true captions' CIDEr three
     values = result.metrics().drop(columns="name").to_numpy().ravel()
     assert all(type(v) in (int, float) for v in values)  # numbers only: no dict or list dumps
     trainings = result.trainings_table()

@@ -14,7 +14,10 @@ from nbutils.models.captioners import load_any_captioner
 from nbutils.training import clip as clip_training
 from nbutils.training import clipcap, encoder_decoder
 
-KEYS = {"n_images", "models", "clipscore", "refclipscore", "clipscore_model", "rejected_images", "decoding"}
+KEYS = {
+    "n_images", "models", "true_captions", "clipscore", "refclipscore", "clipscore_model", "rejected_images",
+    "decoding",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +56,37 @@ def test_every_captioner_on_the_test_split_side_by_side(trained_run, tmp_path):
     assert KEYS <= set(summary) and summary["n_images"] == 12 and summary["rejected_images"] == 0
     assert list(summary["models"]) == ["train_encoder_decoder", "train_clipcap"]
     for entry in summary["models"].values():
-        assert {"bleu4", "cider"} <= set(entry["metrics"]) and entry["attribute_accuracy"]["n_images"] == 12
+        assert {"bleu4", "cider"} <= set(entry["metrics"]) and entry["attribute_scores"]["n_images"] == 12
+        assert entry["empty_captions"] == 0 or "empty captions: " in summary["headline"]
         assert set(entry["images_per_second"]) == {"greedy", "beam"}
         assert all(v > 0 for v in entry["images_per_second"].values())
     assert summary["clipscore_model"] == "train_clip of this run"
     assert set(summary["clipscore"]) == set(summary["refclipscore"]) == set(summary["models"])
     predictions = pd.read_csv(tmp_path / "infer" / "predictions.csv", keep_default_na=False)
     assert len(predictions) == 24 and set(predictions["rank"]) == {0}
-    assert list(run.metrics.index) == ["train_encoder_decoder", "train_clipcap"]
+    assert list(run.metrics.index) == [
+        "train_encoder_decoder",
+        "train_clipcap",
+        "true captions",
+        "constant caption",
+    ]
+    ceiling = summary["true_captions"]
+    assert ceiling["n_images"] == 12 and run.metrics.loc["true captions", "CIDEr"] == ceiling["cider"]
+    assert ceiling["attribute_scores"]["hallucination_rate"] == 0.0
+    assert (
+        run.metrics.loc["constant caption", "CIDEr"] == summary["models"]["train_clipcap"]["baseline_cider"]
+    )
+    assert f"(true captions {ceiling['cider']:.3f}, constant caption " in summary["headline"]
     assert list(run.throughput.columns) == ["greedy, images/s", "beam, images/s"]
     assert list(summary)[0] == "headline" and summary["headline"] == infer_stage.headline(summary)
     assert summary["headline"].startswith("Captioned 12 images with 2 models (")
     assert "CIDEr train_encoder_decoder " in summary["headline"] and "; CLIPScore " in summary["headline"]
-    assert " %<" in run.metrics_table().to_html() and ">CLIPScore<" in run.clipscore_table().to_html()
+    assert (
+        ">true captions<" in run.metrics_table().to_html()
+        and ">CLIPScore<" in run.clipscore_table().to_html()
+    )
+    attributes = run.attribute_table().to_html()
+    assert ">train_clipcap<" in attributes and ">true captions<" in attributes and " %<" in attributes
     assert run.throughput_table() is not None and run.rejected_table() is None
     assert len(run.example_queries(3)) == 3
     found = run.image_to_text_table(n_images=2, k=2).data
@@ -85,7 +106,12 @@ def test_every_captioner_on_the_test_split_side_by_side(trained_run, tmp_path):
     assert summary["refclipscore"]["train_clipcap"] == pytest.approx(direct["refclipscore"].mean(), abs=1e-5)
     html = run.gallery_html(n=3, sort_by="cider")
     assert html.count("<img") == 3 and "✎ train_clipcap" in html and "cider" in html
-    assert "attribute_errors" in run.per_image  # the demo's ground truth
+    # the demo's ground truth: what each caption states wrongly, for the browser; one per false statement
+    assert "attribute_errors" in run.per_image
+    for model, errors in run.per_image.groupby("model")["attribute_errors"]:
+        named = {e for listed in errors if listed for e in listed.split(", ")}
+        assert named <= {"colour", "shape", "size", "position", "count", "hallucination"}
+        assert (errors != "").sum() == 12 - run.attributes[model]["no_false_statement"]["count"]
 
     # search: text -> image and image -> text against cosines computed here
     from nbutils.evaluation.embeddings import embed_texts
@@ -184,15 +210,23 @@ def test_a_saved_captioner_folder_loads_and_bad_sources_are_named(trained_run, t
 
 def test_headline_says_what_happened_in_one_sentence():
     models = {
-        "train_clipcap": {"metrics": {"cider": 2.0112}, "baseline_cider": 0.2031},
-        "train_encoder_decoder": {"metrics": {"cider": 1.6461}, "baseline_cider": 0.2031},
+        "train_clipcap": {"metrics": {"cider": 2.0112}, "baseline_cider": 0.2031, "empty_captions": 3},
+        "train_encoder_decoder": {
+            "metrics": {"cider": 1.6461},
+            "baseline_cider": 0.2031,
+            "empty_captions": 0,
+        },
     }
     summary = {"n_images": 267, "decoding": {"given": "beam"}, "models": models, "rejected_images": 0,
+               "true_captions": {"cider": 2.5413},
                "clipscore": {"train_clipcap": 0.7123, "train_encoder_decoder": 0.65}}  # fmt: skip
     assert infer_stage.headline(summary) == (
         "Captioned 267 images with 2 models (beam decoding): CIDEr train_clipcap 2.011, train_encoder_decoder "
-        "1.646 (constant caption 0.203); CLIPScore train_clipcap 0.712, train_encoder_decoder 0.650."
+        "1.646 (true captions 2.541, constant caption 0.203); empty captions: train_clipcap 3; CLIPScore "
+        "train_clipcap 0.712, train_encoder_decoder 0.650."
     )
+    no_ceiling = {**summary, "true_captions": None}  # no image with two references
+    assert "(constant caption 0.203)" in infer_stage.headline(no_ceiling)
     custom = {**summary, "decoding": {"given": '{"num_beams": 2}'}}
     assert infer_stage.headline(custom).startswith("Captioned 267 images with 2 models (custom decoding): ")
     bare = {"n_images": 5, "decoding": {"given": "greedy"}, "models": {"x": {"kind": "hub"}}, "clipscore": None,

@@ -272,13 +272,17 @@ def constant_baseline(train_captions: Sequence[str], keys: Iterable[Hashable]) -
 METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
 
-def metrics_table(model: dict, baseline: dict) -> pd.DataFrame:
-    """The model's caption metrics beside the constant-caption baseline's: one row per metric, and their ratio."""
+def metrics_table(model: dict, baseline: dict, true_captions: dict | None = None) -> pd.DataFrame:
+    """The model's caption metrics beside the constant-caption baseline's: one row per metric, and their ratio;
+    with `true_captions` (the metrics of held-out references: human performance) a column for them too."""
     rows = []
     for key in METRIC_KEYS:
         got, base = model.get(key), baseline.get(key)
         ratio = got / base if got is not None and base else None
-        rows.append({"metric": key, "model": got, "baseline": base, "ratio": ratio})
+        row = {"metric": key, "model": got, "baseline": base, "ratio": ratio}
+        if true_captions is not None:
+            row["true_captions"] = true_captions.get(key)
+        rows.append(row)
     return pd.DataFrame(rows).set_index("metric")
 
 
@@ -293,10 +297,16 @@ METRIC_NAMES = {
 }
 
 
-def formatted_metrics_table(model: dict, baseline: dict):
-    """`metrics_table(model, baseline)` for reading: metric names as published (BLEU-4, CIDEr), scores with three
-    decimals, the ratio to the constant caption as "8.1×", a missing METEOR as "–"."""
-    table = metrics_table(model, baseline).rename(index=METRIC_NAMES)
-    table = table.rename(columns={"baseline": "constant caption", "ratio": "model / constant"})
+def formatted_metrics_table(model: dict, baseline: dict, true_captions: dict | None = None):
+    """`metrics_table(model, baseline, true_captions)` for reading: metric names as published (BLEU-4, CIDEr),
+    scores with three decimals, the ratio to the constant caption as "8.1×", a missing score as "–"."""
+    table = metrics_table(model, baseline, true_captions).rename(index=METRIC_NAMES)
+    table = table.rename(
+        columns={
+            "baseline": "constant caption",
+            "ratio": "model / constant",
+            "true_captions": "true captions",
+        }
+    )
     styler = formatted(table, decimals=3)
     return styler.format(lambda v: f"{v:,.1f}×", subset=["model / constant"], na_rep="–")

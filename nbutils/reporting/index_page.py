@@ -55,14 +55,17 @@ pre.error{background:#fdecea;padding:.5em;white-space:pre-wrap} details{font-siz
 # --------------------------------------------------------------------------------------------- formatting
 
 # A float is a percentage when a key on its path names one (the summaries store them as 0-100).
-_PERCENT = re.compile(r"(?:^|_)(?:r\d+|recall|accuracy|chance|hallucination_rate)$|\(%\)$")
+_PERCENT = re.compile(
+    r"(?:^|_)(?:r\d+|recall|accuracy|chance|precision|coverage|no_false_statement|hallucination_rate)$|\(%\)$"
+)
 # Caption metrics and CLIPScores: three decimals.
 _METRIC = re.compile(r"^(?:bleu-?\d|meteor|rouge[_-]l|cider(?:-d)?|baseline_cider|(?:ref)?clipscore)$", re.I)
 
 
 def format_value(value, path: tuple[str, ...] = ()) -> str:
     """A summary value for a person: counts with thousands separators, percentages (keys such as `i2t_r1`,
-    `*_accuracy`, `chance_r1`) to one decimal with " %", caption metrics and CLIPScores to three decimals."""
+    `*_accuracy`, `chance_r1`, `precision`, `hallucination_rate`) to one decimal with " %", caption metrics and
+    CLIPScores to three decimals."""
     if value is None:
         return MISSING
     if isinstance(value, bool):

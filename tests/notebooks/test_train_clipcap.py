@@ -10,8 +10,8 @@ from nbutils import runner, stages
 from nbutils.models.clipcap import ClipCapModel
 
 KEYS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "tokenization", "baseline",
-        "attribute_accuracy", "decoding", "mapping", "prefix_len", "gpt2_frozen", "trainable_parameters",
-        "clip_model", "n_test_images", "steps", "comparison"}  # fmt: skip
+        "attribute_scores", "decoding", "true_captions", "empty_captions", "mapping", "prefix_len", "gpt2_frozen",
+        "trainable_parameters", "clip_model", "n_test_images", "steps", "comparison"}  # fmt: skip
 
 
 def test_train_clipcap_notebook_compares_mappings_and_writes_model_predictions_summary_and_report(
@@ -41,7 +41,7 @@ def test_train_clipcap_notebook_compares_mappings_and_writes_model_predictions_s
     assert KEYS <= set(summary) and summary["steps"] == 3 and summary["mapping"] == "mlp"
     assert summary["n_test_images"] == 12 and summary["gpt2_frozen"] is False
     assert [row["mapping"] for row in summary["comparison"]] == ["mlp", "transformer"]
-    assert {"per_attribute", "single_object"} <= set(summary["attribute_accuracy"])
+    assert {"per_attribute", "single_object"} <= set(summary["attribute_scores"])
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert len(predictions) == 12 and {"image_path", "references", "prediction", "cider"} <= set(
         predictions.columns
@@ -56,7 +56,12 @@ def test_train_clipcap_notebook_compares_mappings_and_writes_model_predictions_s
     assert (out / "figures" / "loss_curve.png").is_file() and (out / "trainer_state.json").is_file()
     assert len(list((run_dir / "embeddings").glob("*.safetensors"))) == 1
     html = (run_dir / "train_clipcap.html").read_text(encoding="utf-8")
-    assert "constant-caption baseline" in html and "Attribute accuracy" in html and "✎" in html
+    assert (
+        "constant-caption baseline" in html
+        and "What the captions state about the image" in html
+        and "✎" in html
+    )
+    assert html.count(">true captions<") >= 3  # the comparison, the metrics and the attribute table
     assert "transformer" in html and "trainable parameters" in html
     headline = readable_report(run_dir, "train_clipcap")
     assert headline.startswith("Trained ClipCap (mlp mapping) for 3 steps in ")

@@ -100,11 +100,16 @@ def test_write_index_groups_and_formats_summaries_and_links_relatively(tmp_path)
         "failed_by_kind": {"http_404": 81, "timeout": 4},
         "zero_shot_accuracy": {"colour": 98.6486, "shape": 77.027},
         "zero_shot_chance": {"colour": 12.5, "shape": 20.0},
-        "attribute_accuracy": {
+        "attribute_scores": {
             "hallucination_rate": 49.06,
-            "per_attribute": {"colour": 94.38},
+            "single_object_no_false_statement": 61.04,
+            "per_attribute": {
+                "colour": {"precision": 94.38, "coverage": 100.0},
+                "count": {"precision": None, "coverage": 0.0},
+            },
             "n_images": 267,
         },
+        "true_captions": {"cider": 2.5413, "held_out": "the first reference of each image"},
         "comparison": [{"mapping": "mlp", "CIDEr": 2.0112}, {"mapping": "transformer", "CIDEr": 1.5}],
     }
     (run_dir / "nb1" / "summary.json").write_text(json.dumps(summary))
@@ -142,8 +147,16 @@ def test_write_index_groups_and_formats_summaries_and_links_relatively(tmp_path)
         '<tr><td>zero_shot_accuracy</td><td class="n">98.6 %</td><td class="n">77.0 %</td></tr>'
         '<tr><td>zero_shot_chance</td><td class="n">12.5 %</td><td class="n">20.0 %</td></tr></table>'
     ) in html
-    assert f"<caption>attribute_accuracy</caption>{row('hallucination_rate', '49.1 %')}" in html
-    assert f"<caption>attribute_accuracy › per_attribute</caption>{row('colour', '94.4 %')}" in html
+    assert (
+        f"<caption>attribute_scores</caption>{row('hallucination_rate', '49.1 %')}"
+        f"{row('single_object_no_false_statement', '61.0 %')}"
+    ) in html
+    assert (
+        "<caption>attribute_scores › per_attribute</caption><tr><th></th><th>precision</th><th>coverage</th></tr>"
+        '<tr><td>colour</td><td class="n">94.4 %</td><td class="n">100.0 %</td></tr>'
+        '<tr><td>count</td><td class="n">–</td><td class="n">0.0 %</td></tr>'
+    ) in html  # precision over no caption stating the count: null, shown as "–"
+    assert f"<caption>true_captions</caption>{row('cider', '2.541')}" in html
     assert row("n_images", "267") in html
     assert (
         "<caption>comparison</caption><tr><th>mapping</th><th>CIDEr</th></tr>"

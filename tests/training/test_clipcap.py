@@ -26,7 +26,8 @@ TINY = dict(
     resume="",
 )
 KEYS = {
-    "bleu1", "bleu4", "meteor", "rouge_l", "cider", "tokenization", "baseline", "attribute_accuracy", "decoding",
+    "bleu1", "bleu4", "meteor", "rouge_l", "cider", "tokenization", "baseline", "attribute_scores", "decoding",
+    "true_captions", "empty_captions",
     "mapping", "prefix_len", "gpt2_frozen", "trainable_parameters", "clip_model", "steps", "clip_embeddings",
 }  # fmt: skip
 
@@ -95,6 +96,14 @@ def test_several_mappings_are_trained_and_compared_and_embeddings_are_reused(cli
     table = run.comparison()
     assert list(table.index) == ["transformer", "bert", "mlp"]
     assert {"CIDEr", "trainable parameters", "training seconds"} <= set(table.columns)
+    assert {"colour precision, single-object (%)", "hallucination (%)"} <= set(table.columns)
+    assert table.loc["mlp", "CIDEr"] == run.runs["mlp"].summary["cider"]
+    # the reading copy ends with the true captions, scored the same way
+    ceiling = run.comparison(true_captions=True)
+    assert list(ceiling.index) == ["transformer", "bert", "mlp", "true captions"]
+    assert ceiling.loc["true captions", "CIDEr"] == run.summary["true_captions"]["cider"]
+    assert ceiling.loc["true captions", "hallucination (%)"] == 0.0
+    assert pd.isna(ceiling.loc["true captions", "trainable parameters"])
     assert [r["mapping"] for r in run.summary["comparison"]] == ["transformer", "bert", "mlp"]
     assert run.summary["headline"].startswith("Trained ClipCap (transformer mapping) for ")
     assert (
@@ -103,6 +112,7 @@ def test_several_mappings_are_trained_and_compared_and_embeddings_are_reused(cli
     )
     shown = run.comparison_table().to_html()
     assert ">training time<" in shown and "training seconds" not in shown
+    assert ">true captions<" in shown and ">hallucination<" in shown and " %<" in shown
     assert (tmp_path / "b" / "comparison.csv").is_file()
     for mapping in ("bert", "mlp"):
         other = json.loads((tmp_path / "b" / "mappings" / mapping / "summary.json").read_text())
@@ -148,13 +158,16 @@ def test_bad_parameters_are_named(clip_run, tmp_path, overrides, message):
 
 def test_headline_says_what_happened_in_one_sentence():
     summary = {"mapping": "mlp", "steps": 1300, "train_seconds": 147.2, "cider": 2.0112, "n_test_images": 267,
-               "baseline": {"cider": 0.2031},
-               "attribute_accuracy": {"single_object": {"colour": 98.6, "shape": 95.9}},
+               "baseline": {"cider": 0.2031}, "empty_captions": 0,
+               "true_captions": {"cider": 2.5413, "attribute_scores": {"hallucination_rate": 0.0}},
+               "attribute_scores": {"single_object": {"colour": {"precision": 98.6}, "shape": {"precision": 95.9}},
+                                    "hallucination_rate": 40.07},
                "comparison": [{"mapping": "mlp", "CIDEr": 2.0112},
                               {"mapping": "transformer", "CIDEr": 1.8021}]}  # fmt: skip
     assert clipcap.headline(summary) == (
-        "Trained ClipCap (mlp mapping) for 1,300 steps in 2.5 min: CIDEr 2.011 on 267 test images, 9.9× the "
-        "constant caption's 0.203; single-object colour 98.6 %, shape 95.9 % (transformer mapping: CIDEr 1.802)."
+        "Trained ClipCap (mlp mapping) for 1,300 steps in 2.5 min: CIDEr 2.011 on 267 test images (true captions "
+        "2.541), 9.9× the constant caption's 0.203; single-object precision colour 98.6 %, shape 95.9 %; "
+        "hallucinated objects in 40.1 % of captions (true captions 0.0 %) (transformer mapping: CIDEr 1.802)."
     )
-    alone = {**summary, "comparison": None, "attribute_accuracy": None}
+    alone = {**summary, "comparison": None, "attribute_scores": None, "true_captions": None}
     assert clipcap.headline(alone).endswith("9.9× the constant caption's 0.203.")

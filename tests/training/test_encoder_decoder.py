@@ -48,7 +48,9 @@ SUMMARY_KEYS = {
     "n_test_images",
     "decoding",
     "baseline",
-    "attribute_accuracy",
+    "true_captions",
+    "empty_captions",
+    "attribute_scores",
     "decoder",
     "trainable_parameters",
     "steps",
@@ -108,9 +110,17 @@ def test_summary_predictions_and_files(trained):
         summary["baseline"]["cider"] > 0
     )  # the most frequent train caption shares words with the references
     assert summary["trainable_parameters"]["frozen"] == 0 and summary["trainable_parameters"]["trainable"] > 0
-    attrs = summary["attribute_accuracy"]
+    attrs = summary["attribute_scores"]
     assert set(attrs["per_attribute"]) == {"colour", "shape", "size", "position", "count"}
-    assert {"single_object", "all_correct", "hallucination_rate"} <= set(attrs)
+    assert {"single_object", "no_false_statement", "hallucination_rate"} <= set(attrs)
+    assert summary["empty_captions"] == sum(not c.strip() for c in run.predictions["prediction"])
+    # the true captions: the test images' first references, scored the same way
+    ceiling = summary["true_captions"]
+    assert set(METRICS) <= set(ceiling) and ceiling["n_images"] == N_TEST and ceiling["cider"] > 0
+    truth = ceiling["attribute_scores"]
+    assert all(truth["per_attribute"][a]["precision"] in (100.0, None) for a in truth["per_attribute"])
+    assert truth["per_attribute"]["colour"]["precision"] == 100.0 and truth["hallucination_rate"] == 0.0
+    assert run.true_caption_attributes["n_images"] == N_TEST
     for name in ("model/config.json", "model/tokenizer.json", "model/preprocessor_config.json"):
         assert (out / name).is_file(), name
     assert (out / "trainer_state.json").is_file() and (out / "predictions.csv").is_file()
@@ -129,7 +139,9 @@ def test_summary_predictions_and_files(trained):
     assert "{" not in run.overview().to_html().split("<tbody>")[1]
     metrics = run.metrics_table().to_html()
     assert ">CIDEr<" in metrics and ">constant caption<" in metrics and "×<" in metrics
-    assert "single-object accuracy" in run.attribute_table().to_html()
+    assert ">true captions<" in metrics
+    attributes = run.attribute_table().to_html()
+    assert ">model<" in attributes and ">true captions<" in attributes and ">precision<" in attributes
     assert loaded.predictions["prediction"].tolist() == table["prediction"].tolist()
 
 
@@ -353,13 +365,22 @@ def test_command_line_options_are_the_config_fields_and_it_runs(prepared_run, tm
 
 def test_headline_says_what_happened_in_one_sentence():
     summary = {"decoder": "gpt2", "steps": 1300, "train_seconds": 147.2, "cider": 1.6461, "n_test_images": 267,
-               "baseline": {"cider": 0.2031},
-               "attribute_accuracy": {"single_object": {"colour": 98.6, "shape": 75.68}}}  # fmt: skip
+               "baseline": {"cider": 0.2031}, "empty_captions": 0,
+               "true_captions": {"cider": 2.5413, "attribute_scores": {"hallucination_rate": 0.0}},
+               "attribute_scores": {"single_object": {"colour": {"precision": 98.6}, "shape": {"precision": 75.68}},
+                                    "hallucination_rate": 43.45}}  # fmt: skip
     assert ed.headline(summary) == (
-        "Trained a ViT → GPT-2 captioner for 1,300 steps in 2.5 min: CIDEr 1.646 on 267 test images, "
-        "8.1× the constant caption's 0.203; single-object colour 98.6 %, shape 75.7 %."
+        "Trained a ViT → GPT-2 captioner for 1,300 steps in 2.5 min: CIDEr 1.646 on 267 test images "
+        "(true captions 2.541), 8.1× the constant caption's 0.203; single-object precision colour 98.6 %, "
+        "shape 75.7 %; hallucinated objects in 43.5 % of captions (true captions 0.0 %)."
     )
-    bert = {**summary, "decoder": "bert", "attribute_accuracy": None, "train_seconds": 42.0}
+    bert = {
+        **summary,
+        "decoder": "bert",
+        "attribute_scores": None,
+        "true_captions": None,
+        "train_seconds": 42.0,
+    }
     assert ed.headline(bert) == (
         "Trained a ViT → BERT captioner for 1,300 steps in 42 s: CIDEr 1.646 on 267 test images, "
         "8.1× the constant caption's 0.203."
