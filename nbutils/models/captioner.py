@@ -24,6 +24,7 @@ from typing import Any
 
 from ..files import save_pretrained_folder
 from .image_processors import load_image_processor
+from .model_names import resolve_model_name
 from .positions import init_sincos_positions
 from .tokenizer import caption_special_ids
 from .vision_towers import vit_config
@@ -96,9 +97,14 @@ def build_demo_captioner(
         image_size, patch_size, hidden_size, encoder_layers, num_heads, intermediate_size, initializer_range
     )
     init_std = encoder_config.initializer_range
+    ids = caption_special_ids(tokenizer)
     if decoder == "gpt2":
+        # the tokenizer's ids from the start: GPT2Config's defaults (50256) lie outside a small vocabulary
         decoder_config = GPT2Config(
             vocab_size=len(tokenizer),
+            bos_token_id=ids["start"],
+            eos_token_id=ids["end"],
+            pad_token_id=ids["pad"],
             n_positions=max_length,
             n_embd=hidden_size,
             n_layer=decoder_layers,
@@ -146,13 +152,16 @@ def load_captioner(
     from transformers import AutoConfig, AutoTokenizer, VisionEncoderDecoderModel
 
     _check_decoder(decoder)
-    encoder, decoder_model = os.fspath(encoder), os.fspath(decoder_model)
+    encoder = resolve_model_name(encoder, "encoder")
+    decoder_model = resolve_model_name(decoder_model, "decoder_model")
+    image_processor = load_image_processor(encoder, parameter="encoder")
     try:
         model_type = AutoConfig.from_pretrained(decoder_model).model_type
         tokenizer = AutoTokenizer.from_pretrained(decoder_model)
-        image_processor = load_image_processor(encoder)
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load encoder={encoder!r} / decoder_model={decoder_model!r}: {e}") from e
+        raise ValueError(
+            f"decoder_model={decoder_model!r}: could not load its config or tokenizer ({e})"
+        ) from e
     if model_type != MODEL_TYPES[decoder]:
         raise ValueError(
             f"decoder={decoder!r} but decoder_model={decoder_model!r} is a {model_type!r} checkpoint; "

@@ -24,6 +24,7 @@ import torch
 from ..data.cache import processor_mean_std
 from ..data.datasets import normalize_pixel_values
 from .decoding import generate_captions
+from .model_names import resolve_model_name
 
 STAGES = ("train_encoder_decoder", "train_clipcap")
 
@@ -58,9 +59,11 @@ class LoadedCaptioner:
 
 
 def load_any_captioner(
-    source: str | os.PathLike, run_dir: str | os.PathLike | None = None
+    source: str | os.PathLike, run_dir: str | os.PathLike | None = None, parameter: str = "captioner"
 ) -> LoadedCaptioner:
-    """A stage name of `run_dir` ("train_encoder_decoder", "train_clipcap"), a saved folder or a hub id."""
+    """A stage name of `run_dir` ("train_encoder_decoder", "train_clipcap"), a saved folder or a hub id.
+
+    Errors name `source` as the value of `parameter`."""
     from transformers import AutoConfig
 
     from . import clipcap  # noqa: F401  registers the ClipCap config type with AutoConfig
@@ -74,9 +77,7 @@ def load_any_captioner(
             raise ValueError(f"{path} holds no saved model: run {source} for this run first")
         name, location = source, str(path)
     else:
-        name, location = source, source
-        if (Path(source).is_absolute() or source.startswith(".")) and not Path(source).is_dir():
-            raise ValueError(f"captioner {source!r}: no such folder")
+        name, location = source, resolve_model_name(source, parameter)
     try:
         model_type = AutoConfig.from_pretrained(location).model_type
     except (OSError, ValueError) as e:
@@ -92,7 +93,12 @@ def load_any_captioner(
                 f"ClipCap model {source!r} does not name the CLIP that made its embeddings (config.clip_model); "
                 "set it in config.json to that CLIP's folder or hub id"
             )
-        clip = load_clip_model(clip_source)
+        try:
+            clip = load_clip_model(clip_source, parameter="clip_model")
+        except ValueError as e:
+            raise ValueError(
+                f"captioner {source!r}: the CLIP its config.json names cannot be loaded: {e}"
+            ) from e
         return LoadedCaptioner(name, "clipcap", bundle.model, bundle.tokenizer, clip.image_processor, clip)
     if model_type == "vision-encoder-decoder":
         from .captioner import load_saved_captioner

@@ -15,6 +15,7 @@ writes all three into one folder that `load_clip_model` and plain `AutoModel.fro
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 
 from ..files import save_pretrained_folder
 from .image_processors import load_image_processor, processor_output_size
+from .model_names import resolve_model_name
 from .positions import init_sincos_positions
 from .vision_towers import VISION_TOWERS, small_cnn_config, vit_config
 
@@ -46,6 +48,8 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
+# A text tower saved with these set (a BERT LM head, a captioner's decoder) is a decoder: causal mask.
+DECODER_FLAGS = ("is_decoder", "add_cross_attention")
 # RoBERTa-style position tables start after the padding index, so they hold 2 fewer tokens.
 OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
@@ -149,31 +153,35 @@ def build_demo_dual_encoder(
 # Loading and composing checkpoints
 
 
-def load_clip_model(model_name_or_path: str | os.PathLike) -> ClipBundle:
+def load_clip_model(
+    model_name_or_path: str | os.PathLike, parameter: str = "model_name_or_path"
+) -> ClipBundle:
     """Load a CLIPModel, ChineseCLIPModel or VisionTextDualEncoderModel with its tokenizer and image processor.
 
     `model_name_or_path` is a hub id (downloaded or cached) or a folder written by `save_clip` /
-    `save_pretrained`. The image processor is loaded with the PIL backend (see image_processors.py).
+    `save_pretrained`; errors name it as `parameter`. The image processor is loaded with the PIL backend
+    (see image_processors.py). A dual encoder whose text tower was saved as a decoder is loaded as an
+    encoder (`compose_dual_encoder` says why).
     """
     from transformers import ChineseCLIPModel, CLIPModel, VisionTextDualEncoderModel
 
     from . import small_cnn  # noqa: F401  (registers the demo's CNN tower with AutoConfig / AutoModel)
 
-    name = _check_exists(model_name_or_path, "model_name_or_path")
-    config = _load_config(name, "model_name_or_path")
+    name = resolve_model_name(model_name_or_path, parameter)
+    config = _load_config(name, parameter)
     kind = KINDS.get(config.model_type)
     if kind is None:
         raise ValueError(
-            f"model_name_or_path={name!r} is a {config.model_type!r} checkpoint, not a dual encoder "
+            f"{parameter}={name!r} is a {config.model_type!r} checkpoint, not a dual encoder "
             f"(expected model_type {', '.join(KINDS)}). To pair a vision and a text checkpoint, "
             f"use compose_dual_encoder(vision_model, text_model)."
         )
-    tokenizer = _load_tokenizer(name, "model_name_or_path")
+    tokenizer = _load_tokenizer(name, parameter)
     try:
-        image_processor = load_image_processor(name)
+        image_processor = load_image_processor(name, parameter=parameter)
     except ValueError as e:
         raise ValueError(
-            f"model_name_or_path={name!r}: the image processor (preprocessor_config.json) is "
+            f"{parameter}={name!r}: the image processor (preprocessor_config.json) is "
             f"missing or unreadable; save_clip writes it beside the model. ({e})"
         ) from e
     model_class = {
@@ -181,13 +189,15 @@ def load_clip_model(model_name_or_path: str | os.PathLike) -> ClipBundle:
         "chinese_clip": ChineseCLIPModel,
         "dual_encoder": VisionTextDualEncoderModel,
     }[kind]
+    if kind == "dual_encoder":
+        config.text_config = _as_encoder(config.text_config, parameter, name)
     try:
-        model = model_class.from_pretrained(name)
+        model = model_class.from_pretrained(name, config=config)
     except OSError as e:
-        raise ValueError(f"model_name_or_path={name!r}: could not load the weights ({e})") from e
+        raise ValueError(f"{parameter}={name!r}: could not load the weights ({e})") from e
 
-    _check_vocab(tokenizer, model.config.text_config, "model_name_or_path", name)
-    _check_processor_fits(image_processor, model.config.vision_config, "model_name_or_path", name)
+    _check_vocab(tokenizer, model.config.text_config, parameter, name)
+    _check_processor_fits(image_processor, model.config.vision_config, parameter, name)
     _cap_max_length(tokenizer, model.config.text_config)
     return ClipBundle(model=model, tokenizer=tokenizer, image_processor=image_processor, kind=kind)
 
@@ -198,18 +208,28 @@ def compose_dual_encoder(
     """Pair a pretrained vision tower and a pretrained text tower, as the HF contrastive-image-text example does.
 
     `vision_model`: a ViT-like checkpoint or a CLIP checkpoint (its vision tower is used);
-    `text_model`: a BERT / RoBERTa checkpoint such as hfl/chinese-roberta-wwm-ext. The towers keep
-    their pretrained weights, but `visual_projection` and `text_projection` are NEW and RANDOM (so
-    are BERT/ViT poolers missing from a checkpoint): the model means nothing until trained.
-    `logit_scale` is set to ln(1/0.07). Tokenizer from `text_model`, image processor from `vision_model`.
-    """
-    from transformers import VisionTextDualEncoderModel
+    `text_model`: a BERT / RoBERTa checkpoint such as hfl/chinese-roberta-wwm-ext, or a CLIP checkpoint
+    (its text tower is used). The towers keep their pretrained weights, but `visual_projection` and
+    `text_projection` are NEW and RANDOM: the model means nothing until trained. `logit_scale` is set to
+    ln(1/0.07). Tokenizer from `text_model`, image processor from `vision_model`.
 
-    vision_name = _check_exists(vision_model, "vision_model")
-    text_name = _check_exists(text_model, "text_model")
+    Towers that would embed nonsense are repaired, with a printed note, or refused:
+    - a text tower saved as a decoder (`is_decoder` / `add_cross_attention`: BertLMHeadModel checkpoints,
+      the BERT decoder of train_encoder_decoder) is loaded as an encoder. Kept as a decoder, its causal
+      mask lets [CLS] see only itself, so every caption gets the same embedding.
+    - a pooler the checkpoint lacks (classification checkpoints such as google/vit-base-patch16-224, LM-head
+      checkpoints) starts as the identity instead of at random: the tower pools its own first-token
+      features (ViT: exactly what its classifier saw), which a frozen tower (lock_image, LiT) keeps.
+    - a tower whose output has no pooled embedding (GPT-2, ELECTRA, ...), or other weights missing from
+      the checkpoint, is refused.
+    """
+    from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    vision_name = resolve_model_name(vision_model, "vision_model")
+    text_name = resolve_model_name(text_model, "text_model")
     vision_config = _load_config(vision_name, "vision_model")
     text_config = _load_config(text_name, "text_model")
-    # Whole dual encoders other than CLIP would be loaded as the "vision tower" whole and break later.
+    # Whole dual encoders other than CLIP would be loaded as the tower whole and break later.
     if vision_config.model_type != "clip" and (
         hasattr(vision_config, "text_config") or not hasattr(vision_config, "image_size")
     ):
@@ -217,32 +237,54 @@ def compose_dual_encoder(
             f"vision_model={vision_name!r} is a {vision_config.model_type!r} checkpoint, not a vision "
             f"encoder (ViT-like or CLIP). Load whole CLIP-style models with load_clip_model."
         )
-    if hasattr(text_config, "vision_config") or not hasattr(text_config, "vocab_size"):
+    if text_config.model_type != "clip" and (
+        hasattr(text_config, "vision_config") or not hasattr(text_config, "vocab_size")
+    ):
         raise ValueError(
-            f"text_model={text_name!r} is a {text_config.model_type!r} checkpoint, not a text "
-            f"encoder (BERT / RoBERTa-like)."
+            f"text_model={text_name!r} is a {text_config.model_type!r} checkpoint, not a text encoder: "
+            f"give a BERT / RoBERTa-like checkpoint or a CLIP checkpoint (its text tower is used), or "
+            f"load a whole dual encoder with load_clip_model."
         )
+    vision_tower_config = vision_config.vision_config if vision_config.model_type == "clip" else vision_config
+    text_tower_config = text_config.text_config if text_config.model_type == "clip" else text_config
 
     # Cheap checks first, so a missing tokenizer is reported before the weights are read.
     tokenizer = _load_tokenizer(text_name, "text_model")
-    _check_vocab(tokenizer, text_config, "text_model", text_name)
+    _check_vocab(tokenizer, text_tower_config, "text_model", text_name)
     try:
-        image_processor = load_image_processor(vision_name)
+        image_processor = load_image_processor(vision_name, parameter="vision_model")
     except ValueError as e:
         raise ValueError(
             f"vision_model={vision_name!r}: no usable image processor (preprocessor_config.json) "
             f"in this checkpoint. ({e})"
         ) from e
-    tower_config = vision_config.vision_config if vision_config.model_type == "clip" else vision_config
-    _check_processor_fits(image_processor, tower_config, "vision_model", vision_name)
-    try:
-        model = VisionTextDualEncoderModel.from_vision_text_pretrained(
-            vision_name, text_name, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT
-        )
-    except OSError as e:
-        raise ValueError(
-            f"could not load the weights of vision_model={vision_name!r} or text_model={text_name!r} ({e})"
-        ) from e
+    _check_processor_fits(image_processor, vision_tower_config, "vision_model", vision_name)
+
+    vision, vision_new_pooler = _load_tower(vision_name, "vision_model", vision_config, vision_tower_config)
+    text, text_new_pooler = _load_tower(text_name, "text_model", text_config, text_tower_config)
+    size = vision_tower_config.image_size
+    height, width = (size, size) if isinstance(size, int) else size[:2]
+    pixels = torch.zeros(1, getattr(vision_tower_config, "num_channels", 3), height, width)
+    _check_pools(
+        vision, dict(pixel_values=pixels), "vision_model", vision_name, "a ViT-like or CLIP checkpoint"
+    )
+    words = tokenizer(["a"], return_tensors="pt")
+    _check_pools(
+        text,
+        dict(input_ids=words.input_ids, attention_mask=words.attention_mask),
+        "text_model",
+        text_name,
+        "a BERT / RoBERTa-like checkpoint or a CLIP checkpoint",
+    )
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        vision.config, text.config, projection_dim=projection_dim, logit_scale_init_value=LOGIT_SCALE_INIT
+    )
+    model = VisionTextDualEncoderModel(config, vision_model=vision, text_model=text)
+    # After the wrapper is built: it re-points each tower's config at its own, which is what is saved.
+    if vision_new_pooler:
+        _pass_first_token_through(model.vision_model, "vision_model", vision_name)
+    if text_new_pooler:
+        _pass_first_token_through(model.text_model, "text_model", text_name)
     _reset_logit_scale(model)
     _cap_max_length(tokenizer, model.config.text_config)
     return ClipBundle(model=model, tokenizer=tokenizer, image_processor=image_processor, kind="dual_encoder")
@@ -339,24 +381,6 @@ def _reset_logit_scale(model) -> None:
         logit_scale_parameter(model).fill_(LOGIT_SCALE_INIT)
 
 
-def _check_exists(name_or_path, parameter: str) -> str:
-    """Fail at once on a path that does not exist, instead of trying it as a hub id over the network."""
-    name = os.fspath(name_or_path)
-    looks_like_path = (
-        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-    )
-    if looks_like_path and not os.path.isdir(os.path.expanduser(name)):
-        raise ValueError(
-            f"{parameter}={name!r}: no such folder. Give a folder written by save_pretrained / "
-            f"save_clip, or a hub id such as 'openai/clip-vit-base-patch32'."
-        )
-    return os.path.expanduser(name)
-
-
-def _where(name: str) -> str:
-    return "local folder" if os.path.isdir(name) else "hub id (is it spelled right and downloaded or cached?)"
-
-
 def _load_config(name: str, parameter: str):
     from transformers import AutoConfig
 
@@ -364,9 +388,90 @@ def _load_config(name: str, parameter: str):
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ValueError(
-            f"{parameter}={name!r}: could not load a model config from this {_where(name)} "
-            f"({type(e).__name__}: {e})"
+            f"{parameter}={name!r}: could not load a model config ({type(e).__name__}: {e})"
         ) from e
+
+
+def _as_encoder(config, parameter: str, name: str):
+    """`config` with the decoder settings a text tower must not have turned off (a printed note says so)."""
+    flags = [flag for flag in DECODER_FLAGS if getattr(config, flag, False)]
+    if not flags:
+        return config
+    config = copy.deepcopy(config)
+    for flag in flags:
+        setattr(config, flag, False)
+    unused = " (its cross-attention weights are left unused)" if "add_cross_attention" in flags else ""
+    print(
+        f"note: {parameter}={name!r} was saved as a decoder ({', '.join(f'{f}=True' for f in flags)}); "
+        f"it is loaded as an encoder{unused}. As a decoder its causal mask would let [CLS] see only "
+        f"itself, giving every caption the same embedding."
+    )
+    return config
+
+
+def _load_tower(name: str, parameter: str, config, tower_config):
+    """(the tower, whether its pooler is missing from the checkpoint); refuses other missing weights."""
+    from transformers import AutoModel, CLIPTextModel, CLIPVisionModel
+
+    model_class = AutoModel
+    if config.model_type == "clip":
+        model_class = CLIPVisionModel if parameter == "vision_model" else CLIPTextModel
+    if parameter == "text_model":
+        tower_config = _as_encoder(tower_config, parameter, name)
+    try:
+        tower, info = model_class.from_pretrained(name, config=tower_config, output_loading_info=True)
+    except OSError as e:
+        raise ValueError(f"{parameter}={name!r}: could not load the weights ({e})") from e
+    missing = sorted(info["missing_keys"])
+    new_pooler = [key for key in missing if key.startswith("pooler.")]
+    others = [key for key in missing if key not in new_pooler]
+    if others:
+        raise ValueError(
+            f"{parameter}={name!r}: {len(others)} weights of its {type(tower).__name__} are not in the "
+            f"checkpoint ({', '.join(others[:3])}, ...) and would start at random; the checkpoint holds "
+            f"another kind of model. Give a checkpoint of the tower itself."
+        )
+    return tower, bool(new_pooler)
+
+
+def _check_pools(tower, inputs: dict, parameter: str, name: str, instead: str) -> None:
+    """Refuse a tower whose output has no `pooler_output`, the one embedding VisionTextDualEncoderModel projects."""
+    was_training = tower.training
+    tower.eval()
+    with torch.no_grad():
+        output = tower(**inputs)
+    tower.train(was_training)
+    if getattr(output, "pooler_output", None) is None:
+        raise ValueError(
+            f"{parameter}={name!r}: a {tower.config.model_type!r} model gives no pooled embedding "
+            f"(pooler_output), which is what VisionTextDualEncoderModel projects. Use {instead}."
+        )
+
+
+def _pass_first_token_through(tower, parameter: str, name: str) -> None:
+    """Make a pooler the checkpoint lacked the identity on the first token, instead of a random projection."""
+    from transformers.activations import ACT2FN
+
+    dense = getattr(tower.pooler, "dense", None)
+    if not isinstance(dense, torch.nn.Linear) or dense.in_features != dense.out_features:
+        print(
+            f"note: {parameter}={name!r} has no pooler weights; its pooler starts at random, so train "
+            f"this tower rather than freeze it"
+        )
+        return
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.in_features))
+        if dense.bias is not None:
+            dense.bias.zero_()
+    linear = hasattr(tower.config, "pooler_act")  # ViT-like: pool exactly the features its classifier saw
+    if linear:
+        tower.config.pooler_act = "linear"
+        tower.pooler.activation = ACT2FN["linear"]
+    print(
+        f"note: {parameter}={name!r} has no pooler weights (a classification or language-model "
+        f"checkpoint); its pooler is set to pass the first token's features through"
+        f"{'' if linear else ' tanh'} instead of starting at random, so a frozen tower stays meaningful"
+    )
 
 
 def _load_tokenizer(name: str, parameter: str):

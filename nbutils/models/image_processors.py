@@ -7,45 +7,43 @@ PIL path bit for bit, so training, evaluation and the cache all go through `back
 
 from __future__ import annotations
 
-import os
+from .model_names import resolve_model_name
 
 PRESETS = ("vit", "clip")
 
 
-def load_image_processor(name_or_path: str, image_size: int = 0):
+def load_image_processor(name_or_path: str, image_size: int = 0, parameter: str = "image_processor"):
     """Return an image processor.
 
     `"vit"`: ViT-style (squash-resize to image_size², bilinear, mean = std = 0.5), for models built
     from small configs. `"clip"`: CLIP-style (shorter side to image_size, bicubic, centre crop,
     CLIP mean/std). Anything else is a hub id or a local folder loaded with `from_pretrained`;
-    then `image_size` must be 0 or equal to the checkpoint's own size.
+    then `image_size` must be 0 or equal to the checkpoint's own size. Errors name `parameter`.
     """
     from transformers import AutoImageProcessor, CLIPImageProcessorPil, ViTImageProcessorPil
 
     if name_or_path in PRESETS:
         if not image_size or image_size < 8:
-            raise ValueError(
-                f"image_size must be >= 8 with image_processor={name_or_path!r}, got {image_size}"
-            )
+            raise ValueError(f"image_size must be >= 8 with {parameter}={name_or_path!r}, got {image_size}")
         if name_or_path == "vit":
             return ViTImageProcessorPil(size={"height": image_size, "width": image_size})
         return CLIPImageProcessorPil(
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
         )
+    name = resolve_model_name(name_or_path, parameter)
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+        processor = AutoImageProcessor.from_pretrained(name, backend="pil")
     except (OSError, ValueError) as e:
-        where = "local folder" if os.path.isdir(name_or_path) else "hub id or path"
         raise ValueError(
-            f"image_processor={name_or_path!r}: could not load an image processor from this "
-            f"{where} ({type(e).__name__}: {e}). Use 'vit', 'clip', a checkpoint folder, "
-            f"or a hub id reachable from this machine."
+            f"{parameter}={name_or_path!r}: could not load an image processor from {name} "
+            f"({type(e).__name__}: {e}). Use 'vit', 'clip', a checkpoint folder with "
+            f"preprocessor_config.json, or a hub id."
         ) from e
     size = processor_output_size(processor)
     if image_size and image_size != size:
         raise ValueError(
             f"image_size={image_size} does not match the {size}px images that "
-            f"image_processor={name_or_path!r} produces; set image_size = 0 to use the checkpoint's size"
+            f"{parameter}={name_or_path!r} produces; set image_size = 0 to use the checkpoint's size"
         )
     return processor
 

@@ -331,7 +331,7 @@ def load_bundle(config: TrainClipConfig, prepared: stages.PreparedDataset):
         if not config.vision_model or not config.text_model:
             raise ValueError("model='compose' needs both vision_model and text_model (hub ids or folders)")
         return clip_models.compose_dual_encoder(config.vision_model, config.text_model), "compose"
-    return clip_models.load_clip_model(config.model), "pretrained"
+    return clip_models.load_clip_model(config.model, parameter="model"), "pretrained"
 
 
 def attach_word_head(model, n_words: int) -> None:

@@ -1,5 +1,7 @@
 """Captioners (ViT encoder + GPT-2 or BERT decoder): token conventions, save and reload, plain-transformers use."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +69,25 @@ def test_token_ids_come_from_the_tokenizer_into_both_configs(decoder, language):
     pixel_values = bundle.image_processor(_images(), return_tensors="pt").pixel_values
     out = bundle.model.generate(pixel_values, max_new_tokens=5, num_beams=1, do_sample=False)
     assert out.shape[0] == 2 and (out[:, 0] == ids["start"]).all() and int(out.max()) < len(tok)
+
+
+@pytest.mark.parametrize("decoder", ["gpt2", "bert"])
+def test_the_decoder_config_is_built_with_the_tokenizer_s_ids(decoder, caplog):
+    """No "bos_token_id must be None or an integer within the vocabulary, got 50256" warning from transformers."""
+    tok = _tokenizer("zh")
+    transformers_logger = logging.getLogger("transformers")  # it does not propagate to caplog's root handler
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="transformers"):
+            logging.Logger.warning_once.cache_clear()  # transformers warns once per message and process
+            GPT2Config(vocab_size=len(tok))  # GPT-2's own ids: the check sees the warning it is about
+            assert any("got 50256" in r.getMessage() for r in caplog.records)
+            logging.Logger.warning_once.cache_clear()
+            caplog.clear()
+            build_demo_captioner(tok, decoder=decoder, **TINY)
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 @pytest.mark.parametrize("decoder", ["gpt2", "bert"])

@@ -8,10 +8,12 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tokenizers import pre_tokenizers
 from transformers import (
     AutoModel,
     BertConfig,
+    BertLMHeadModel,
     BertModel,
     ChineseCLIPConfig,
     ChineseCLIPImageProcessorPil,
@@ -19,10 +21,14 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
+    CLIPTextModel,
     CLIPTokenizer,
     CLIPVisionModel,
+    GPT2Config,
+    GPT2Model,
     VisionTextDualEncoderModel,
     ViTConfig,
+    ViTForImageClassification,
     ViTImageProcessorPil,
     ViTModel,
 )
@@ -271,6 +277,153 @@ def test_compose_uses_the_vision_tower_of_a_clip_checkpoint(clip_dir, bert_dir):
 
 
 # -----------------------------------------------------------------------------
+# Towers that cannot work as they are: repaired with a note, or refused
+
+
+def _max_cosine_between_captions(model, tokenizer, captions):
+    enc = tokenizer(captions, padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        embeds = F.normalize(text_features(model, enc.input_ids, enc.attention_mask), dim=-1)
+    cosine = embeds @ embeds.T
+    return cosine[~torch.eye(len(captions), dtype=torch.bool)].max().item()
+
+
+@pytest.fixture(scope="module")
+def bert_lm_dir(tmp_path_factory, tokenizer):
+    """A BertLMHeadModel checkpoint as BLIP-style decoders are saved: is_decoder, cross-attention, no pooler."""
+    folder = tmp_path_factory.mktemp("bert_lm")
+    torch.manual_seed(5)
+    # A pretrained [CLS] attends to the caption; at the default init std (0.02) it barely does, so larger
+    # weights stand in for pretraining.
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=40,
+        is_decoder=True,
+        add_cross_attention=True,
+        initializer_range=0.5,
+        **TINY,
+    )
+    BertLMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_text_tower_saved_as_a_decoder_is_composed_as_an_encoder(
+    vit_dir, bert_lm_dir, tokenizer, captions, tmp_path, capsys
+):
+    captions = captions[:8]
+    # The trap: composed as saved, the causal mask lets [CLS] see only itself, so all captions embed alike.
+    as_saved = VisionTextDualEncoderModel.from_vision_text_pretrained(vit_dir, bert_lm_dir)
+    assert as_saved.config.text_config.is_decoder
+    assert _max_cosine_between_captions(as_saved, tokenizer, captions) > 0.9999
+
+    bundle = compose_dual_encoder(vit_dir, bert_lm_dir, projection_dim=16)
+    notes = capsys.readouterr().out
+    assert "text_model=" in notes and "is_decoder=True, add_cross_attention=True" in notes
+    assert "loaded as an encoder" in notes and "cross-attention weights are left unused" in notes
+    text_config = bundle.model.config.text_config
+    assert not text_config.is_decoder and not text_config.add_cross_attention
+    assert _max_cosine_between_captions(bundle.model, tokenizer, captions) < 0.99
+    # the encoder weights are the checkpoint's (only the cross-attention and the LM head are left out)
+    pretrained = BertLMHeadModel.from_pretrained(bert_lm_dir).bert.state_dict()
+    ours = bundle.model.text_model.state_dict()
+    assert ours.keys() - pretrained.keys() == {"pooler.dense.weight", "pooler.dense.bias"}
+    assert all(torch.equal(ours[k], pretrained[k]) for k in ours.keys() & pretrained.keys())
+
+    # A dual encoder saved before with its text tower as a decoder is loaded as an encoder too.
+    processor = load_image_processor(str(vit_dir))
+    save_clip(ClipBundle(as_saved, tokenizer, processor, "dual_encoder"), tmp_path / "as_saved")
+    reloaded = load_clip_model(tmp_path / "as_saved")
+    assert "loaded as an encoder" in capsys.readouterr().out
+    assert not reloaded.model.config.text_config.is_decoder
+    assert _max_cosine_between_captions(reloaded.model, tokenizer, captions) < 0.99
+
+
+@pytest.fixture(scope="module")
+def vit_classifier_dir(tmp_path_factory):
+    """A ViTForImageClassification checkpoint (google/vit-base-patch16-224's kind): no pooler weights."""
+    folder = tmp_path_factory.mktemp("vit_classifier")
+    torch.manual_seed(6)
+    ViTForImageClassification(ViTConfig(image_size=SIZE, patch_size=8, num_labels=5, **TINY)).save_pretrained(
+        folder
+    )
+    ViTImageProcessorPil(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+    return folder
+
+
+def test_a_classification_checkpoint_pools_what_its_classifier_saw(
+    vit_classifier_dir, bert_dir, tokenizer, captions, tmp_path, capsys
+):
+    pixel_values = _batch(tokenizer, captions)[0]
+    classifier = ViTForImageClassification.from_pretrained(vit_classifier_dir).eval()
+    with torch.no_grad():
+        classifier_features = classifier.vit(pixel_values).last_hidden_state[:, 0]  # the classifier's input
+    # The trap: as ViTModel its pooler is missing from the checkpoint and starts at random, a different
+    # random projection for every seed, which a locked image tower (lock_image, LiT) would then keep.
+    poolers = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        as_saved = VisionTextDualEncoderModel.from_vision_text_pretrained(vit_classifier_dir, bert_dir).eval()
+        with torch.no_grad():
+            poolers.append(as_saved.vision_model(pixel_values).pooler_output)
+    assert not torch.allclose(poolers[0], poolers[1])
+    assert not torch.allclose(poolers[0], classifier_features, atol=1e-3)
+
+    bundle = compose_dual_encoder(vit_classifier_dir, bert_dir, projection_dim=16)
+    assert "vision_model=" in capsys.readouterr().out
+    model = bundle.model.eval()
+    with torch.no_grad():
+        pooled = model.vision_model(pixel_values).pooler_output
+    torch.testing.assert_close(pooled, classifier_features)
+    apply_freezing(model, lock_image=True)  # nothing random is frozen: the pooler passes the features through
+    assert not model.vision_model.pooler.dense.weight.requires_grad
+    # saved and reloaded, the pooler stays a pass-through
+    save_clip(bundle, tmp_path / "composed")
+    again = load_clip_model(tmp_path / "composed").model.eval()
+    assert again.config.vision_config.pooler_act == "linear"
+    with torch.no_grad():
+        torch.testing.assert_close(again.vision_model(pixel_values).pooler_output, classifier_features)
+
+
+def test_compose_uses_the_text_tower_of_a_clip_checkpoint(vit_dir, clip_dir, captions, tmp_path):
+    bundle = compose_dual_encoder(vit_dir, clip_dir, projection_dim=8)
+    assert isinstance(bundle.model.text_model, CLIPTextModel)
+    reference = CLIPModel.from_pretrained(clip_dir).text_model.state_dict()
+    ours = bundle.model.text_model.state_dict()
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    assert type(bundle.tokenizer).__name__.startswith("CLIPTokenizer")
+    img, txt = _features(bundle.model, bundle.tokenizer, captions)
+    save_clip(bundle, tmp_path / "composed")
+    again = load_clip_model(tmp_path / "composed")
+    assert isinstance(again.model.text_model, CLIPTextModel)
+    assert all(
+        torch.equal(a, b) for a, b in zip(_features(again.model, again.tokenizer, captions), (img, txt))
+    )
+
+
+def test_towers_without_a_pooled_embedding_or_with_missing_weights_are_refused(
+    vit_dir, bert_dir, tokenizer, tmp_path
+):
+    gpt2 = tmp_path / "gpt2"
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=40, n_embd=32, n_layer=1, n_head=2)
+    GPT2Model(config).save_pretrained(gpt2)
+    tokenizer.save_pretrained(gpt2)
+    with pytest.raises(ValueError, match="text_model=.*'gpt2' model gives no pooled embedding.*Use a BERT"):
+        compose_dual_encoder(vit_dir, gpt2)
+    # weights saved under another model's names (a wrapper's state_dict) would all start at random
+    wrapped = tmp_path / "wrapped_bert"
+    wrapped.mkdir()
+    shutil.copy(bert_dir / "config.json", wrapped)
+    tokenizer.save_pretrained(wrapped)
+    state = {f"text_encoder.{k}": v for k, v in BertModel.from_pretrained(bert_dir).state_dict().items()}
+    save_file(state, wrapped / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="text_model=.*weights of its BertModel are not in the checkpoint"):
+        compose_dual_encoder(vit_dir, wrapped)
+
+
+# -----------------------------------------------------------------------------
 # Errors
 
 
@@ -330,7 +483,7 @@ def test_compose_errors(vit_dir, bert_dir, clip_dir, tmp_path):
     with pytest.raises(ValueError, match="vision_model=.*not a vision encoder"):
         compose_dual_encoder(bert_dir, bert_dir)
     with pytest.raises(ValueError, match="text_model=.*not a text encoder"):
-        compose_dual_encoder(vit_dir, clip_dir)
+        compose_dual_encoder(vit_dir, vit_dir)
 
 
 def test_check_image_size(demo_bundle):
