@@ -12,8 +12,14 @@ The subpackages follow the pipeline; each notebook is a thin layer over one stag
     stages.py    what each stage leaves for the next, read back with load_downloaded / load_validated /
                  load_prepared / load_clip
     files.py     atomic writes;  errors.py  DataError and small checks;  parallel.py  process pools
+    progress.py  a kernel's progress bar, which the runner shows;  notebook_log.py  a kernel's warnings and
+                 library messages, written to <notebook>.log instead of its report (started on import, below)
 
 Stages 01 and 02 never import torch. `python -m nbutils run --profile demo` runs the whole pipeline.
 """
 
+from . import notebook_log
+
 __version__ = "0.1.0"
+
+notebook_log.start()  # does nothing unless the runner started this kernel (NBUTILS_LOG_FILE)

@@ -24,6 +24,10 @@ IMAGE_SIGNATURES = {
 }
 SIGNATURE_BYTES = 12  # enough for every signature above and RIFF....WEBP
 
+# The full-scale values a greyscale image deeper than 8 bits is read against, smallest first. The mode does not say
+# which applies: "I" holds 16-bit PNGs (older Pillow) and 32-bit TIFFs, "F" floats scaled 0-1 or in integer units.
+FULL_SCALE = {"I;16": (65535,), "I": (65535, 2**31 - 1), "F": (1.0, 255.0, 65535.0, 2**31 - 1)}
+
 
 def image_format(head: bytes) -> str | None:
     """The image format that the first bytes of a file announce ("JPEG", "WEBP", ...), or None."""
@@ -46,18 +50,27 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """The part of `load_rgb` after decoding: EXIF rotation, 16-bit rescale, alpha on white, RGB.
+    """The part of `load_rgb` after decoding: EXIF rotation, deep greyscale to 8 bits, alpha on white, RGB.
 
     `image` must be loaded. Shared with `nbutils.data.validate`, which decodes once and must accept exactly
     the images this function handles.
     """
     image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # 16-bit greyscale: PIL's convert clips to 255 instead of rescaling.
-        array = np.asarray(image, dtype=np.float64) * (255 / 65535)
-        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+    if image.mode.startswith("I") or image.mode == "F":
+        image = grey_to_8_bits(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+def grey_to_8_bits(image: Image.Image) -> Image.Image:
+    """An "I;16*", "I" or "F" greyscale image as 8-bit "L", rescaled from the smallest of its mode's
+    `FULL_SCALE` values that holds every pixel (PIL's own convert clips at 255 instead: a 16-bit photo turns
+    white). Negative values become 0."""
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    kind = "F" if image.mode == "F" else "I;16" if image.mode.startswith("I;16") else "I"
+    scales = FULL_SCALE[kind]
+    top = next((scale for scale in scales if array.max(initial=0.0) <= scale), scales[-1])
+    return Image.fromarray(np.clip(np.rint(array * (255 / top)), 0, 255).astype(np.uint8), "L")

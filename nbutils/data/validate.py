@@ -5,8 +5,8 @@ bombs, thumbnails, banners, CMYK and 16-bit files, palettes with transparency, E
 "photo not available" placeholders behind hundreds of urls. Each distinct image is checked once, in a
 process pool: read the header and reject on size; then decode it fully, exactly as
 `nbutils.data.images.load_rgb` will (an image that passes here never crashes a later stage).
-Files that are not already plain 8-bit RGB / greyscale JPEG or PNG are rewritten as RGB JPEGs of
-exactly what `load_rgb` returns, so every later reader sees the same pixels.
+Files that are not already plain 8-bit RGB JPEG or PNG (greyscale ones included) are rewritten as RGB
+JPEGs of exactly what `load_rgb` returns, so every later reader sees the same pixels.
 
 `validate_images(table, out_dir)` writes:
     clean.csv     image_path,text[,url]   rows whose image passed; absolute paths, pointing at the
@@ -44,12 +44,14 @@ from .images import image_format, load_rgb, to_rgb
 from .importers import read_table
 
 CHUNK_SIZE = 32  # images per task sent to a worker process
-PLAIN_FORMATS = ("JPEG", "PNG")  # stored as-is when 8-bit RGB or L without alpha or rotation
-PLAIN_MODES = ("RGB", "L")
+PLAIN_FORMATS = ("JPEG", "PNG")  # stored as-is when 8-bit RGB without alpha or rotation
+PLAIN_MODES = (
+    "RGB",
+)  # greyscale (L) too is rewritten as RGB: every image the next stages read has 3 channels
 JPEG_MAX_SIDE = 65500  # libjpeg cannot write larger images
 NORMALISED_DIR = "normalised"
 # JPEG comment of every normalised copy: lets a rerun reuse it. Bump the version if load_rgb changes.
-NORMALISED_TAG = "nbutils.validate v1"  # a stable identifier, not the module path
+NORMALISED_TAG = "nbutils.validate v2"  # a stable identifier, not the module path
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,8 @@ def _check(check: ImageCheck, config: ValidationConfig) -> ImageCheck:
         try:
             check.frames = int(getattr(image, "n_frames", 1))
             why = _why_normalise(image)
-            # Exactly what load_rgb does after decoding, so it cannot fail later. For a plain RGB / L
-            # file without rotation it is two copies that cannot fail (getexif ran above): skip them.
+            # Exactly what load_rgb does after decoding, so it cannot fail later. For a plain RGB file
+            # without rotation it is two copies that cannot fail (getexif ran above): skip them.
             rgb = to_rgb(image) if why else image
         except Exception as e:
             return reject(f"cannot convert to RGB: {_short_error(e)}")

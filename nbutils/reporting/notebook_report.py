@@ -1,6 +1,6 @@
 """One executed notebook as a self-contained HTML report: code hidden, and nothing fetched from the network.
 
-    render_report(executed_notebook, html_path, headline=None)   # the runner calls it for every notebook
+    render_report(executed_notebook, html_path, headline=None, log=None)   # the runner calls it for every notebook
 
 nbconvert's lab template loads require.js, MathJax, mermaid and (for widgets) the jupyter-widgets html-manager
 from CDNs. The report leaves all four out, so it opens offline, from a zip or an air-gapped machine:
@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 from urllib.request import url2pathname
 
 from nbformat import from_dict
@@ -50,12 +50,18 @@ _TEMPLATE = """{%- extends 'index.html.j2' -%}
   font-family:var(--jp-content-font-family,sans-serif);font-size:1.15em;line-height:1.4;
   color:var(--jp-content-font-color1,#222);border-left:4px solid #1976d2;background:#f5f8fc}
 .nbutils-widget-note{color:#555;font-style:italic}
+.nbutils-log{margin:0 var(--jp-notebook-padding,10px) .5em;font-family:var(--jp-content-font-family,sans-serif);
+  font-size:.9em;color:#555}
 </style>
 {%- endblock html_head_css -%}
 {%- block body_header -%}
 {{ super() }}
 {%- if resources.headline %}
 <p class="nbutils-headline">{{ resources.headline | escape }}</p>
+{%- endif -%}
+{%- if resources.log_href %}
+<p class="nbutils-log">Warnings and library messages:
+  <a href="{{ resources.log_href | escape }}">{{ resources.log_name | escape }}</a></p>
 {%- endif -%}
 {%- endblock body_header -%}
 """
@@ -65,20 +71,24 @@ def render_report(
     executed_notebook: str | os.PathLike,
     html_path: str | os.PathLike,
     headline: str | None = None,
+    log: str | os.PathLike | None = None,
     *,
     base_dirs: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Write the executed notebook as self-contained HTML with the code hidden (outputs and markdown only).
 
     `headline`: one sentence saying what happened; when given, the report opens with it, above the notebook's
-    title. Local images are inlined, their relative paths resolved against `base_dirs`, then the executed
-    notebook's folder, the report's folder, and the folder of the notebook papermill ran (its working
-    directory under the runner).
+    title. `log`: the notebook's log file (warnings and library messages, nbutils/notebook_log.py); when it
+    exists and is not empty, the report's header links to it, relative to the report. Local images are
+    inlined, their relative paths resolved against `base_dirs`, then the executed notebook's folder, the
+    report's folder, and the folder of the notebook papermill ran (its working directory under the runner).
     """
     executed_notebook, html_path = Path(executed_notebook), Path(html_path)
-    body, resources = _exporter().from_filename(
-        str(executed_notebook), resources={"headline": headline or ""}
-    )
+    resources = {"headline": headline or ""}
+    if log is not None and Path(log).is_file() and Path(log).stat().st_size > 0:
+        relative = Path(os.path.relpath(Path(log).resolve(), html_path.resolve().parent)).as_posix()
+        resources.update(log_href=quote(relative), log_name=Path(log).name)
+    body, resources = _exporter().from_filename(str(executed_notebook), resources=resources)
     bases = [Path(b) for b in base_dirs] + [executed_notebook.parent, html_path.parent]
     if resources.get("papermill_input"):
         bases.append(Path(resources["papermill_input"]).parent)

@@ -15,6 +15,8 @@ A parameter no notebook declares is an error (papermill itself would only warn),
 value whose type does not match the notebook's default. Everything lands in `outputs/<run>/`:
 
     <nb>.ipynb  <nb>.html      the executed notebook and its report (code hidden)
+    <nb>.log                   the kernel's warnings and library messages, kept out of the report and linked
+                               from its header (nbutils/notebook_log.py); only when there were any
     <nb>/                      what the notebook wrote: summary.json, figures/*.png, ...
     index.html                 links, headline numbers and figure thumbnails; zip the folder to share
     run.json                   the record below, rewritten after every notebook
@@ -33,7 +35,7 @@ run.json keys:
         note                   why a notebook was skipped (None otherwise)
         seconds                wall time of the execution
         parameters             the exact dict injected by papermill
-        executed_notebook, report, summary   paths relative to the run folder (None if absent)
+        executed_notebook, report, summary, log   paths relative to the run folder (None if absent)
         error                  for "failed": {cell_index, exec_count, ename, evalue}; cell_index is
                                papermill's 0-based index in the executed notebook
         carried_over           True when the entry comes from an earlier invocation of the same run
@@ -66,7 +68,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .. import __version__, progress
+from .. import __version__, notebook_log, progress
 from ..files import read_json, write_json
 from ..reporting.index_page import render_report, summary_headline, write_index, write_runs_index
 from . import fingerprints
@@ -137,6 +139,7 @@ def run_pipeline(
         "device": device,
         **{k: v for k, v in _environment()["versions"].items() if k != "nbutils"},
     }
+    kernel_manager = _this_interpreter_kernel_manager()
     for i, nb in enumerate(selected, 1):
         entry = entries[nb]
         notebook = notebooks_dir / f"{nb}.ipynb"
@@ -171,6 +174,7 @@ def run_pipeline(
             with (
                 _papermill_quiet(),
                 _environment_variable(progress.PROGRESS_ENV, str(progress_file)),
+                _environment_variable(notebook_log.LOG_ENV, str(run_dir / f"{nb}.log")),
                 LiveProgress(notebook, progress_file) as live,
             ):
                 papermill.execute_notebook(
@@ -181,8 +185,10 @@ def run_pipeline(
                     cwd=str(notebooks_dir),
                     progress_bar=False,
                     log_output=False,
-                    kernel_manager_class=_this_interpreter_kernel_manager(),
+                    kernel_manager_class=kernel_manager,
                     on_cell_start=live.on_cell_start,
+                    on_cell_execute=kernel_manager.cell_started,
+                    on_cell_executed=kernel_manager.cell_finished,
                 )
             entry["status"] = "ok"
         except PapermillExecutionError as e:
@@ -320,7 +326,7 @@ def _remove_outputs(run_dir: Path, nb: str) -> None:
     if folder.is_dir():
         print(f"  removing {folder} (fresh run)", flush=True)
         shutil.rmtree(folder)
-    for path in (run_dir / f"{nb}.ipynb", run_dir / f"{nb}.html"):
+    for path in (run_dir / f"{nb}.ipynb", run_dir / f"{nb}.html", run_dir / f"{nb}.log"):
         if path.is_file():
             path.unlink()
 
@@ -400,6 +406,7 @@ def _entry(nb, status, note=None) -> dict:
         "executed_notebook": None,
         "report": None,
         "summary": None,
+        "log": None,
         "error": None,
         "finished_at": None,
         "reason": None,  # why it ran: "no earlier run", "parameters changed (max_steps)", ...
@@ -421,9 +428,11 @@ def _previous_entries(run_dir: Path, profile_name: str) -> dict:
 
 
 def _clear_stale(run_dir: Path, nb: str) -> None:
-    # The index must never show an earlier run's numbers or figures next to this run's status.
+    # The index must never show an earlier run's numbers or figures next to this run's status; the kernel appends
+    # to the log, which must start empty.
     for path in [
         run_dir / f"{nb}.html",
+        run_dir / f"{nb}.log",
         run_dir / nb / "summary.json",
         *(run_dir / nb / "figures").glob("*.png"),
     ]:
@@ -433,11 +442,14 @@ def _clear_stale(run_dir: Path, nb: str) -> None:
 
 def _collect(run_dir: Path, entry: dict) -> None:
     nb = entry["name"]
-    executed = run_dir / f"{nb}.ipynb"
+    executed, log = run_dir / f"{nb}.ipynb", run_dir / f"{nb}.log"
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink()  # the kernel opens it on start; a notebook without warnings gets no link to an empty file
+    entry["log"] = log.name if log.is_file() else None
     entry["executed_notebook"] = executed.name if executed.is_file() else None
     if executed.is_file():
         try:
-            render_report(executed, run_dir / f"{nb}.html", headline=summary_headline(run_dir, nb))
+            render_report(executed, run_dir / f"{nb}.html", headline=summary_headline(run_dir, nb), log=log)
             entry["report"] = f"{nb}.html"
         except Exception as e:  # a report problem must not hide the notebook's own result
             print(f"warning: could not render {executed} to HTML ({type(e).__name__}: {e})", file=sys.stderr)
@@ -490,7 +502,8 @@ def _papermill_quiet():
 
 @functools.lru_cache(maxsize=1)
 def _this_interpreter_kernel_manager():
-    """A kernel manager whose "python3" is always this interpreter.
+    """A kernel manager whose "python3" is always this interpreter, and which interrupts a kernel it shuts down
+    only while a cell runs (`cell_started` / `cell_finished` are the runner's cell hooks).
 
     jupyter_client already swaps a bare "python" in kernel.json for sys.executable, but a
     user-level kernelspec with an absolute path (another env) would otherwise win.
@@ -511,6 +524,27 @@ def _this_interpreter_kernel_manager():
         @default("kernel_spec_manager")
         def _kernel_spec_manager_default(self):
             return ThisInterpreterSpecs(data_dir=self.data_dir)
+
+        # One notebook runs at a time; the runner's cell hooks (nbclient's on_cell_execute / on_cell_executed)
+        # keep this up to date.
+        cell_running = False
+
+        @classmethod
+        def cell_started(cls, **_) -> None:
+            cls.cell_running = True
+
+        @classmethod
+        def cell_finished(cls, **_) -> None:
+            cls.cell_running = False
+
+        async def _async_interrupt_kernel(self):
+            # jupyter_client interrupts every kernel it shuts down, to stop a cell that may still run (the runner
+            # was interrupted). After the last cell papermill asks for kernel_info and shuts the kernel down on the
+            # reply, when ipykernel may not have left that request's handler yet: the SIGINT lands there and the
+            # kernel logs "KeyboardInterrupt caught in kernel." A kernel with no cell running is left alone.
+            if self.shutting_down and not self.cell_running:
+                return
+            await super()._async_interrupt_kernel()
 
         if "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has("curve"):
             # jupyter_client >= 8.10: encrypt kernel traffic (ipykernel warns on every start otherwise)

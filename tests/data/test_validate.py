@@ -178,17 +178,11 @@ def test_truncation_caught_even_when_pil_is_told_to_allow_it(tmp_path, monkeypat
 
 def test_plain_images_are_kept_as_they_are(tmp_path, make_photo, make_jpeg):
     rgb = check_image(make_jpeg(tmp_path / "rgb.jpg", quality=QUALITY))
-    Image.fromarray(make_photo(64, 48)[..., 0], "L").save(tmp_path / "gray.jpg", quality=QUALITY)
-    gray = check_image(tmp_path / "gray.jpg")
     Image.fromarray(make_photo(64, 48)).save(tmp_path / "rgb.png")
     png = check_image(tmp_path / "rgb.png")
     assert (rgb.ok, rgb.mode, rgb.format, rgb.width, rgb.height) == (True, "RGB", "JPEG", 64, 48)
-    assert (gray.ok, gray.mode) == (True, "L")
     assert png.ok and png.format == "PNG"
-    assert not (rgb.needs_normalising or gray.needs_normalising or png.needs_normalising)
-    # a greyscale JPEG is read as grey RGB by every later stage, without rewriting it
-    stored = np.asarray(Image.open(tmp_path / "gray.jpg"))
-    assert np.array_equal(np.asarray(load_rgb(tmp_path / "gray.jpg")), np.dstack([stored] * 3))
+    assert not (rgb.needs_normalising or png.needs_normalising)
 
 
 # -----------------------------------------------------------------------------
@@ -209,6 +203,29 @@ def _sixteen_bit(folder, photo, jpeg):
     # PIL's plain convert clips 16-bit values to white: the trap this stage exists for
     assert np.asarray(Image.open(path).convert("RGB")).mean() > 250
     return path, np.dstack([np.rint(values / 257).astype(np.uint8)] * 3), "mode I;16"
+
+
+def _grey_jpeg(folder, photo, jpeg):
+    path = folder / "grey.jpg"
+    Image.fromarray(photo(64, 48, 12)[..., 0], "L").save(path, quality=QUALITY)
+    stored = np.asarray(Image.open(path))
+    return path, np.dstack([stored] * 3), "mode L"
+
+
+def _thirty_two_bit(folder, photo, jpeg):
+    path = folder / "deep.tif"
+    values = np.tile(np.linspace(0, 2**31 - 1, 64), (48, 1)).astype(np.int32)  # beyond 16 bits: 32-bit data
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I"
+    return path, np.dstack([np.rint(values * (255 / (2**31 - 1))).astype(np.uint8)] * 3), "mode I"
+
+
+def _float_grey(folder, photo, jpeg):
+    path = folder / "float.tif"
+    values = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))  # floats on the 0-1 scale
+    Image.fromarray(values).save(path)
+    assert np.asarray(Image.open(path).convert("L")).max() <= 1  # PIL's convert: black
+    return path, np.dstack([np.rint(values * 255).astype(np.uint8)] * 3), "mode F"
 
 
 def _palette_transparent(folder, photo, jpeg):
@@ -290,7 +307,10 @@ NEEDS_NORMALISING = {
     f.__name__[1:]: f
     for f in (
         _cmyk,
+        _grey_jpeg,
         _sixteen_bit,
+        _thirty_two_bit,
+        _float_grey,
         _palette_transparent,
         _rgba,
         _gray_alpha,
@@ -358,6 +378,8 @@ def _dataset(root, photo, jpeg):
     shutil.copy(root / "cmyk.jpg", root / "cmyk_copy.jpg")  # a duplicate of a normalised image
     add("cmyk.jpg", 1, output="NORMALISED/cmyk.jpg")
     add("cmyk_copy.jpg", 1, output="NORMALISED/cmyk.jpg")
+    Image.fromarray(photo(64, 48, 23)[..., 0], "L").save(root / "grey.jpg", quality=QUALITY)
+    add("grey.jpg", 1, output="NORMALISED/grey.jpg")
     (root / "x").mkdir()
     (root / "y").mkdir()
     Image.fromarray(np.dstack([photo(64, 48, 21), np.full((48, 64), 128, np.uint8)]), "RGBA").save(
@@ -432,31 +454,38 @@ def test_validate_images_end_to_end(dataset, tmp_path):
 
     summary = result.summary
     assert {k: summary[k] for k in ("checked", "clean", "rejected", "duplicates", "normalised")} == {
-        "checked": 23,
-        "clean": 8,
+        "checked": 24,
+        "clean": 9,
         "rejected": 12,
         "duplicates": 3,
-        "normalised": 3,
+        "normalised": 4,
     }
     assert summary["rejected_by_reason"] == CATEGORIES
-    assert (summary["rows_in"], summary["rows_clean"]) == (32, 15)
-    assert summary["normalised_by_reason"] == {"format GIF": 1, "mode P": 1, "mode CMYK": 1, "mode RGBA": 1}
+    assert (summary["rows_in"], summary["rows_clean"]) == (33, 16)
+    assert summary["normalised_by_reason"] == {
+        "format GIF": 1,
+        "mode P": 1,
+        "mode CMYK": 1,
+        "mode RGBA": 1,
+        "mode L": 1,
+    }
 
     checks = result.checks.set_index("path")
-    assert len(checks) == 23 and checks.index.is_unique
-    assert checks["status"].value_counts().to_dict() == {"clean": 8, "duplicate": 3, "rejected": 12}
+    assert len(checks) == 24 and checks.index.is_unique
+    assert checks["status"].value_counts().to_dict() == {"clean": 9, "duplicate": 3, "rejected": 12}
     assert checks.loc[str(next(p for p in expected if p.endswith("dup_c.jpg"))), "duplicate_of"] == dup_a
     assert (
         checks.loc[checks["normalised_path"] != "", "normalised_path"].str.startswith(normalised)
-    ).sum() == 4
+    ).sum() == 5
 
     # the files on disk say the same, and processdata_03 reads clean.csv back unchanged
     back = read_text_image_csv(tmp_path / "out" / "clean.csv")
     pd.testing.assert_frame_equal(back[["image_path", "text"]], want[["image_path", "text"]])
     assert len(pd.read_csv(tmp_path / "out" / "rejects.csv")) == 12
-    assert len(pd.read_csv(tmp_path / "out" / "checks.csv")) == 23
+    assert len(pd.read_csv(tmp_path / "out" / "checks.csv")) == 24
     assert sorted(p.name for p in (tmp_path / "out" / "normalised").iterdir()) == [
         "cmyk.jpg",
+        "grey.jpg",
         "pic.jpg",
         "pic_1.jpg",
     ]
@@ -488,7 +517,7 @@ def test_parallel_equals_serial_and_rerun_reuses_normalised(dataset, tmp_path):
     for key in ("checked", "clean", "rejected", "rejected_by_reason", "duplicates", "normalised"):
         assert serial.summary[key] == parallel.summary[key]
     # the second run found its normalised copies current and did not rewrite them
-    assert (serial.summary["normalised_reused"], parallel.summary["normalised_reused"]) == (0, 3)
+    assert (serial.summary["normalised_reused"], parallel.summary["normalised_reused"]) == (0, 4)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "normalised").iterdir()} == stamps
 
 

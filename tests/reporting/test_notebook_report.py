@@ -63,6 +63,20 @@ def test_without_a_headline_there_is_no_lead_paragraph(report_notebook, tmp_path
     assert '<p class="nbutils-headline">' not in page and f">{report_notebook['title']}<" in page
 
 
+def test_a_non_empty_log_is_linked_relative_to_the_report(report_notebook, tmp_path):
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "nb one.log"
+    log.write_text("")
+    page = notebook_report.render_report(report_notebook["path"], tmp_path / "r.html", log=log).read_text()
+    assert 'class="nbutils-log"' not in page  # an empty log gets no link
+    log.write_text("UserWarning: something a library said\n")
+    page = notebook_report.render_report(report_notebook["path"], tmp_path / "r.html", log=log).read_text()
+    body = page[page.index("<body") :]
+    link = body.index('<a href="logs/nb%20one.log">nb one.log</a>')
+    assert link < body.index(f">{report_notebook['title']}<")  # in the header, above the notebook
+    assert external_references(page) == []
+
+
 def test_external_references_lists_what_a_page_would_fetch():
     page = """<html><head><script src="https://cdn.example/a.js"></script>
     <link rel="stylesheet" href='//fonts.example/b.css'><link rel="icon" href="data:,">

@@ -127,6 +127,43 @@ def test_run_json_records_the_run(good_run):
         assert record["git"] is None
 
 
+def test_warnings_and_library_messages_go_to_a_log_linked_from_the_report(good_run):
+    """echo.ipynb warns and logs like a library: both land in processdata_01.log, beside the executed notebook."""
+    run_dir = good_run["run_dir"]
+    executed = nbformat.read(run_dir / "processdata_01.ipynb", as_version=4)
+    streams = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "stream"]
+    assert [o.name for o in streams] == ["stdout"] and "echo output visible" in streams[0].text
+    log = (run_dir / "processdata_01.log").read_text()
+    assert "UserWarning: echo library warning" in log and "echo library record" in log
+    assert "echo output visible" not in log
+    first, second, _ = good_run["record"]["notebooks"]
+    assert first["log"] == "processdata_01.log"
+    assert second["log"] is None and not (run_dir / "processdata_02.log").exists()  # nothing written, no file
+    assert (
+        '<a href="processdata_01.log">processdata_01.log</a>' in (run_dir / "processdata_01.html").read_text()
+    )
+    assert ".log" not in (run_dir / "processdata_02.html").read_text()
+
+
+def test_a_kernel_being_shut_down_is_interrupted_only_while_a_cell_runs():
+    """jupyter_client interrupts before a shutdown; an idle kernel's ipykernel would log a KeyboardInterrupt."""
+    import asyncio
+
+    from nbutils.runner.execute import KERNEL_NAME, _this_interpreter_kernel_manager
+
+    manager_class = _this_interpreter_kernel_manager()
+    manager = manager_class(kernel_name=KERNEL_NAME)
+    manager.shutting_down = True
+    try:
+        manager_class.cell_finished(cell=None, cell_index=0, execute_reply=None)
+        asyncio.run(manager._async_interrupt_kernel())  # left alone: no signal, so no complaint either
+        manager_class.cell_started(cell=None, cell_index=0)
+        with pytest.raises(RuntimeError, match="No kernel is running"):  # it tried to signal the kernel
+            asyncio.run(manager._async_interrupt_kernel())
+    finally:
+        manager_class.cell_finished()
+
+
 # ----------------------------------------------------------------------------- failure
 
 
