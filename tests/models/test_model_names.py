@@ -156,6 +156,7 @@ def test_a_hub_that_does_not_answer_counts_as_unreachable_after_the_short_timeou
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(model_names, "CONNECT_TIMEOUT", 0.2)
+
     def hangs(*args, **kwargs):  # a name lookup that never comes back within the test
         time.sleep(5)
         raise OSError(errno.ETIMEDOUT, "timed out")
