@@ -41,6 +41,7 @@ ALLOWED = {
     "repetition_penalty",
     "length_penalty",
     "min_new_tokens",
+    "min_length",
     "max_new_tokens",
     "max_length",
     "num_return_sequences",
@@ -60,23 +61,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_new_tokens": 5,
         "length_penalty": 1.0,
     },
-    # BLIP's beam decoding (salesforce/BLIP BLIP_Decoder.generate): beam 3, max 20, min 5, no repetition penalty.
+    # BLIP's beam decoding (salesforce/BLIP BLIP_Decoder.generate with configs/caption_coco.yaml): beam 3,
+    # max_length 20, min_length 5, no repetition penalty. As there, the lengths count the whole decoder sequence,
+    # start token and prompt included: with BLIP's prompt "a picture of " ([DEC] a picture of) at most 16 new tokens.
     "blip_beam": {
         "num_beams": 3,
         "do_sample": False,
-        "max_new_tokens": 20,
-        "min_new_tokens": 5,
+        "max_length": 20,
+        "min_length": 5,
         "repetition_penalty": 1.0,
     },
-    # BLIP's nucleus sampling: top_p 0.9 with repetition_penalty 1.1, max 20, min 5 (top_k off, pure nucleus).
+    # BLIP's nucleus sampling (the same generate, sample=True): top_p 0.9 with repetition_penalty 1.1, the same
+    # lengths (top_k off, pure nucleus).
     "blip_nucleus": {
         "num_beams": 1,
         "do_sample": True,
         "top_p": 0.9,
         "top_k": 0,
         "repetition_penalty": 1.1,
-        "max_new_tokens": 20,
-        "min_new_tokens": 5,
+        "max_length": 20,
+        "min_length": 5,
     },
     # The original ViT-GPT2 notebook's `generate(num_beams=4, max_length=16)`, kept as it was: max_length
     # counts the whole decoder sequence (start token included), so at most 15 caption tokens.
@@ -105,7 +109,7 @@ NEUTRAL_BEAM = {"length_penalty": 1.0, "early_stopping": False}  # only when num
 NEUTRAL_SAMPLING = {"top_k": 0, "top_p": 1.0, "temperature": 1.0}  # only when do_sample
 
 _COUNTS_POSITIVE = ("num_beams", "max_new_tokens", "max_length", "num_return_sequences")
-_COUNTS_NON_NEGATIVE = ("top_k", "min_new_tokens", "no_repeat_ngram_size")
+_COUNTS_NON_NEGATIVE = ("top_k", "min_new_tokens", "min_length", "no_repeat_ngram_size")
 
 
 def _unknown(kind: str, name: object, choices) -> ValueError:
@@ -143,11 +147,13 @@ def _check(settings: dict[str, Any]) -> None:
         )
     if "max_new_tokens" in settings and "max_length" in settings:
         raise ValueError("give max_new_tokens or max_length, not both")
+    if "min_new_tokens" in settings and "min_length" in settings:
+        raise ValueError("give min_new_tokens or min_length, not both")
     if "max_new_tokens" not in settings and "max_length" not in settings:
         raise ValueError("decoding needs max_new_tokens or max_length")
-    minimum, maximum = settings.get("min_new_tokens", 0), settings.get("max_new_tokens")
-    if maximum is not None and minimum > maximum:
-        raise ValueError(f"min_new_tokens ({minimum}) is larger than max_new_tokens ({maximum})")
+    for low, high in (("min_new_tokens", "max_new_tokens"), ("min_length", "max_length")):
+        if low in settings and high in settings and settings[low] > settings[high]:
+            raise ValueError(f"{low} ({settings[low]}) is larger than {high} ({settings[high]})")
     beams, returned = settings.get("num_beams", 1), settings.get("num_return_sequences", 1)
     if not settings.get("do_sample", False) and returned > beams:
         raise ValueError(
@@ -160,7 +166,9 @@ def resolve_decoding(decoding: str | Mapping[str, Any], **overrides: Any) -> dic
     """The checked generate() settings for a preset name or a settings dict, with `overrides` on top.
 
     A dict may name a starting preset: {"preset": "blip_beam", "num_beams": 5}; without one it starts
-    from "greedy". Giving max_length removes a preset's max_new_tokens and the other way round.
+    from "greedy". Giving max_length removes a preset's max_new_tokens and the other way round; the same for
+    min_length and min_new_tokens. The lengths count the start token and the prompt (as `generate()` counts
+    a decoder's input ids), the `_new_tokens` settings only what comes after them.
     Unknown presets or settings and invalid values raise ValueError.
     """
     if isinstance(decoding, str):
@@ -183,6 +191,10 @@ def resolve_decoding(decoding: str | Mapping[str, Any], **overrides: Any) -> dic
         settings.pop("max_new_tokens", None)
     if "max_new_tokens" in given and "max_length" not in given:
         settings.pop("max_length", None)
+    if "min_length" in given and "min_new_tokens" not in given:
+        settings.pop("min_new_tokens", None)
+    if "min_new_tokens" in given and "min_length" not in given:
+        settings.pop("min_length", None)
     settings.update(given)
     _check(settings)
     return settings
@@ -331,6 +343,12 @@ def generate_captions(
         )
 
     kwargs = _generate_kwargs(settings)
+    # Lengths count the start token and the prompt; generate() would also count a prefix captioner's prefix
+    # embeddings, so every model gets them as new-token counts.
+    if "max_length" in kwargs:
+        kwargs["max_new_tokens"] = kwargs.pop("max_length") - start_ids.shape[1]
+    if "min_length" in kwargs:
+        kwargs["min_new_tokens"] = max(kwargs.pop("min_length") - start_ids.shape[1], 0)
     kwargs["suppress_tokens"] = _suppressed(model, start, pad, eos, start_fed) or None
     devices = [parameter.device] if parameter.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):

@@ -234,3 +234,16 @@ def test_a_clipcap_leaning_on_its_start_token_still_writes_captions(tokenizer):
         results = generate_captions(model, tokenizer, decoding=preset, image_embeds=images, seed=0)
         tokens = [c[0]["token_ids"] for c in results]
         assert not any(ids["start"] in t or ids["pad"] in t for t in tokens) and all(tokens)
+
+
+def test_max_length_counts_the_start_token_not_the_prefix(tokenizer):
+    """generate() would count the prefix embeddings in max_length; decoding counts what an encoder-decoder's
+    would: the start token (and a prompt), so "original" (max_length 16) leaves 15 caption tokens."""
+    model = _bundle(tokenizer, seed=6).model.eval()
+    end = caption_special_ids(tokenizer)["end"]
+    with torch.no_grad():  # never stops
+        model.transformer.ln_f.bias.sub_(8.0 * model.lm_head.weight[end] / model.lm_head.weight[end].norm())
+    results = generate_captions(
+        model, tokenizer, decoding="original", image_embeds=torch.randn(3, PREFIX_DIM)
+    )
+    assert [len(c[0]["token_ids"]) for c in results] == [15, 15, 15]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
+from nbutils.models.captioner import build_demo_captioner
 from nbutils.models.decoding import ALLOWED, PRESETS, clean_caption, generate_captions, resolve_decoding
 
 CLS, SEP, PAD = 2, 3, 0
@@ -145,7 +146,7 @@ def test_batching_does_not_change_the_results(model, tokenizer, images, decoding
 
 
 def test_max_new_tokens_and_max_length_are_honoured(endless_model, tokenizer, images):
-    for decoding in ("greedy", "blip_beam", "beam"):
+    for decoding in ("greedy", "beam"):
         limit = resolve_decoding(decoding)["max_new_tokens"]
         assert [
             len(t)
@@ -160,18 +161,19 @@ def test_max_new_tokens_and_max_length_are_honoured(endless_model, tokenizer, im
     # "original" = generate(num_beams=4, max_length=16): 16 decoder positions, the start token included
     original = generate_captions(endless_model, tokenizer, images, "original")
     assert [len(c["token_ids"]) for image in original for c in image] == [15, 15]
+    # BLIP's max_length 20 counts the start token too (and a prompt: test_blip_beam_is_blip_decoder_generate)
+    blip = generate_captions(endless_model, tokenizer, images, "blip_beam")
+    assert [len(c["token_ids"]) for image in blip for c in image] == [19, 19]
 
 
 def test_min_new_tokens_is_honoured(stopping_model, tokenizer, images):
     assert ids(generate_captions(stopping_model, tokenizer, images, "greedy")) == [[[]], [[]]]
-    for decoding in ("blip_beam", "beam"):
-        assert [
-            len(c["token_ids"])
-            for image in generate_captions(stopping_model, tokenizer, images, decoding)
-            for c in image
-        ] == [5, 5]
-    nucleus = generate_captions(stopping_model, tokenizer, images, "blip_nucleus", seed=0)
-    assert [len(c["token_ids"]) for image in nucleus for c in image] == [5, 5]
+    beam = generate_captions(stopping_model, tokenizer, images, "beam")
+    assert [len(c["token_ids"]) for image in beam for c in image] == [5, 5]
+    # BLIP's min_length 5 counts the start token: 4 new tokens at least
+    for decoding in ("blip_beam", "blip_nucleus"):
+        blip = generate_captions(stopping_model, tokenizer, images, decoding, seed=0)
+        assert [len(c["token_ids"]) for image in blip for c in image] == [4, 4]
     eight = generate_captions(stopping_model, tokenizer, images, resolve_decoding("greedy", min_new_tokens=8))
     assert [len(c["token_ids"]) for image in eight for c in image] == [8, 8]
 
@@ -228,7 +230,7 @@ def test_sampling_scores_are_the_models_mean_log_probabilities(model, tokenizer,
     results = generate_captions(model, tokenizer, images, "blip_nucleus", seed=0)
     for image, (result,) in zip(images, results):
         tokens = result["token_ids"]
-        scored = tokens + [SEP] if len(tokens) < PRESETS["blip_nucleus"]["max_new_tokens"] else tokens
+        scored = tokens + [SEP] if len(tokens) < PRESETS["blip_nucleus"]["max_length"] - 1 else tokens
         with torch.no_grad():
             logits = model(
                 pixel_values=image[None], decoder_input_ids=torch.tensor([[CLS, *scored[:-1]]])
@@ -263,7 +265,7 @@ def test_a_prompt_is_fed_after_the_start_token_and_stripped(
         assert generated[: len(result["token_ids"])] == result["token_ids"]
         assert result["caption"] == clean_caption(tokenizer.decode(result["token_ids"]))
     # the prompt counts neither for min_new_tokens nor in the caption
-    prompted = generate_captions(stopping_model, tokenizer, images, "blip_beam", prompt="a picture of")
+    prompted = generate_captions(stopping_model, tokenizer, images, "beam", prompt="a picture of")
     assert [len(c["token_ids"]) for image in prompted for c in image] == [5, 5]
     with pytest.raises(ValueError, match="max_length 4 leaves no room"):
         generate_captions(model, tokenizer, images, {"preset": "original", "max_length": 4}, prompt=prompt)
@@ -306,11 +308,11 @@ def test_presets_resolve_and_never_block_repeated_ngrams():
         assert "no_repeat_ngram_size" not in preset, name
         assert resolve_decoding(name) == preset
     assert PRESETS["original"] == {"num_beams": 4, "do_sample": False, "max_length": 16}
-    assert PRESETS["blip_beam"] == {
+    assert PRESETS["blip_beam"] == {  # salesforce/BLIP configs/caption_coco.yaml
         "num_beams": 3,
         "do_sample": False,
-        "max_new_tokens": 20,
-        "min_new_tokens": 5,
+        "max_length": 20,
+        "min_length": 5,
         "repetition_penalty": 1.0,
     }
     nucleus = PRESETS["blip_nucleus"]
@@ -400,3 +402,64 @@ def test_clean_caption_removes_spaces_between_chinese_characters_only(tokenizer)
         assert clean_caption(decoded) == text
     mixed = tokenizer.decode(tokenizer("一只狗 running on the beach").input_ids, skip_special_tokens=True)
     assert clean_caption(mixed) == "一只狗 running on the beach"
+
+
+def blip_generate(model, tokenizer, pixel_values, prompt: str, num_beams=3, max_length=20, min_length=5):
+    """salesforce/BLIP models/blip.py `BLIP_Decoder.generate` (sample=False), rewritten from reading it: the
+    prompt tokenised with special tokens, its first token replaced by the start token ([DEC] in BLIP) and its
+    last ([SEP]) dropped; the decoder's generate with max_length / min_length counting that whole input, eos
+    [SEP], pad [PAD], repetition_penalty 1.0; each output decoded without special tokens and cut after
+    len(prompt) characters."""
+    start = model.generation_config.decoder_start_token_id
+    input_ids = tokenizer([prompt] * len(pixel_values), return_tensors="pt").input_ids
+    input_ids[:, 0] = start
+    input_ids = input_ids[:, :-1]
+    with torch.no_grad():
+        outputs = model.generate(
+            pixel_values=pixel_values,
+            decoder_input_ids=input_ids,
+            max_length=max_length,
+            min_length=min_length,
+            num_beams=num_beams,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            repetition_penalty=1.0,
+            suppress_tokens=None,
+        )
+    texts = [tokenizer.decode(output, skip_special_tokens=True)[len(prompt) :] for output in outputs]
+    return outputs[:, input_ids.shape[1] :], texts
+
+
+def test_blip_beam_is_blip_decoder_generate(tokenizer):
+    """The blip_beam preset with BLIP's prompt gives BLIP_Decoder.generate's captions (configs/caption_coco.yaml:
+    beam 3, max_length 20, min_length 5), on a BLIP-style captioner (a BERT LM head with cross-attention)."""
+    torch.manual_seed(0)
+    bundle = build_demo_captioner(
+        copy.deepcopy(tokenizer),
+        image_size=32,
+        decoder="bert",
+        hidden_size=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+    )
+    model = bundle.model.eval()
+    with torch.no_grad():  # [SEP] likelier: some captions stop early, others run to max_length
+        model.decoder.cls.predictions.bias[bundle.tokenizer.sep_token_id] += 2.5
+    pixels = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    prompt = "a picture of "
+    blip_tokens, blip_texts = blip_generate(model, bundle.tokenizer, pixels, prompt)
+    ours = generate_captions(model, bundle.tokenizer, pixels, "blip_beam", prompt=prompt)
+    sep, pad, cls = (
+        bundle.tokenizer.sep_token_id,
+        bundle.tokenizer.pad_token_id,
+        bundle.tokenizer.cls_token_id,
+    )
+    want = [[t for t in row.tolist() if t not in (sep, pad)] for row in blip_tokens]
+    assert not any(cls in row for row in want)  # BLIP suppresses nothing; this model never needs it
+    assert [c[0]["token_ids"] for c in ours] == want
+    assert [c[0]["caption"] for c in ours] == [clean_caption(text) for text in blip_texts]
+    prompt_length = len(bundle.tokenizer(prompt, add_special_tokens=False).input_ids)
+    lengths = {len(row) for row in want}  # the prompt counts towards max_length
+    assert max(lengths) == 20 - 1 - prompt_length and min(lengths) < max(lengths)
