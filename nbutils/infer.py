@@ -34,10 +34,9 @@ from . import stages
 from .config import StageConfig, command_line_main, param
 from .data.cache import ImageCache, ImageGeometry, build_image_cache
 from .data.validate import check_image
-from .demo import scenes
 from .evaluation.attributes import TRUE_CAPTIONS, attribute_errors, formatted_attribute_table
 from .evaluation.caption_metrics import check_tokenization
-from .evaluation.caption_scores import score_test_captions
+from .evaluation.caption_scores import score_references, score_test_captions
 from .files import write_json, write_table
 from .models.captioners import load_any_captioner
 from .models.decoding import decoding_request, resolve_decoding
@@ -365,7 +364,9 @@ def infer(config: InferConfig) -> InferRun:
         tokenization = check_tokenization(language, config.tokenization or None)
         # without a prepared run (a manifest with references), the baseline's pool is the references themselves
         baseline_pool = images.train_captions or [r for refs in images.references for r in refs]
-        truth = scenes.load_ground_truth(Path(images.ground_truth).parent) if images.ground_truth else None
+        compared = score_references(
+            images.paths, images.references, baseline_pool, language, tokenization, images.ground_truth
+        )
     caches, rows, metrics_rows, throughput_rows, per_model, per_image = {}, [], [], [], {}, []
     attributes, scores = {}, None
     for captioner in captioners:
@@ -386,7 +387,7 @@ def infer(config: InferConfig) -> InferRun:
                 baseline_pool,
                 language,
                 tokenization,
-                images.ground_truth,
+                reference_scores=compared,
             )
             entry["metrics"] = {k: scores.summary[k] for k in SCORE_COLUMNS}
             entry["attribute_scores"] = scores.summary["attribute_scores"]
@@ -394,9 +395,9 @@ def infer(config: InferConfig) -> InferRun:
             entry["empty_captions"] = scores.summary["empty_captions"]
             metrics_rows.append(_metrics_row(captioner.name, scores.summary))
             shown["cider"] = scores.predictions["cider"].to_numpy()
-            if truth is not None:  # the demo: what each caption states wrongly, for the browser
+            if compared.truth is not None:  # the demo: what each caption states wrongly, for the browser
                 attributes[captioner.name] = scores.attributes
-                wrong = attribute_errors(dict(zip(images.paths, best)), truth, language)
+                wrong = attribute_errors(dict(zip(images.paths, best)), compared.truth, language)
                 shown["attribute_errors"] = [", ".join(wrong[p]) for p in images.paths]
         if config.throughput:
             entry["images_per_second"] = {

@@ -45,9 +45,8 @@ from .importers import read_table
 
 CHUNK_SIZE = 32  # images per task sent to a worker process
 PLAIN_FORMATS = ("JPEG", "PNG")  # stored as-is when 8-bit RGB without alpha or rotation
-PLAIN_MODES = (
-    "RGB",
-)  # greyscale (L) too is rewritten as RGB: every image the next stages read has 3 channels
+# Greyscale (L) is rewritten as RGB too: every image the next stages read has 3 channels.
+PLAIN_MODES = ("RGB",)
 JPEG_MAX_SIDE = 65500  # libjpeg cannot write larger images
 NORMALISED_DIR = "normalised"
 # JPEG comment of every normalised copy: lets a rerun reuse it. Bump the version if load_rgb changes.

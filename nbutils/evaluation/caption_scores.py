@@ -82,26 +82,31 @@ def attribute_summary(result: dict) -> dict:
     return summary
 
 
-def score_test_captions(
+@dataclass
+class ReferenceScores:
+    """What test captions are compared with: the same for every captioner on the same images."""
+
+    baseline: dict  # caption_metrics of the constant caption
+    baseline_caption: str
+    true_captions: dict  # caption_metrics of the held-out references ({} when no image has two)
+    n_held_out: int  # images with at least two references
+    truth: pd.DataFrame | None = None  # the demo's ground truth (scenes.load_ground_truth), else None
+    true_caption_attributes: dict | None = None  # attribute_scores of the first references (demo)
+
+
+def score_references(
     image_paths: list[str],
-    captions: list[str],
     references: list[list[str]],
     train_captions: list[str],
     language: str,
     tokenization: str,
     ground_truth: str | None = None,
-) -> CaptionScores:
-    """Score one caption per image (`captions[i]` for `image_paths[i]`) against `references[i]`.
-
-    The baseline captions every image with the most frequent of `train_captions`; the true captions are
-    each image's first reference, scored against its other references (images with one reference are left
-    out of that score) with the same `caption_metrics` call. `ground_truth` (the demo's objects.jsonl,
-    `prepared.origin.ground_truth`) adds attribute scores of the model's captions and of the true captions
-    (every image's first reference).
-    """
-    predicted = dict(zip(image_paths, captions))
+) -> ReferenceScores:
+    """The constant caption (the most frequent of `train_captions`) and the true captions (each image's first
+    reference, scored against its other references; images with one reference are left out) with the same
+    `caption_metrics` call as the model's; with `ground_truth` (the demo's objects.jsonl) the attribute scores
+    of every image's first reference."""
     by_image = dict(zip(image_paths, references))
-    metrics = caption_metrics(predicted, by_image, language, tokenization, per_image=True)
     constant = constant_baseline(train_captions, image_paths)
     baseline = caption_metrics(constant, by_image, language, tokenization)
     held_out = {p: refs[0] for p, refs in by_image.items() if len(refs) > 1}
@@ -110,11 +115,43 @@ def score_test_captions(
         if held_out
         else {}
     )
-    attributes = true_attributes = None
+    truth = true_attributes = None
     if ground_truth:
         truth = scenes.load_ground_truth(Path(ground_truth).parent)
-        attributes = attribute_scores(predicted, truth, language)
         true_attributes = attribute_scores({p: refs[0] for p, refs in by_image.items()}, truth, language)
+    return ReferenceScores(
+        baseline, next(iter(constant.values())), true_captions, len(held_out), truth, true_attributes
+    )
+
+
+def score_test_captions(
+    image_paths: list[str],
+    captions: list[str],
+    references: list[list[str]],
+    train_captions: list[str],
+    language: str,
+    tokenization: str,
+    ground_truth: str | None = None,
+    reference_scores: ReferenceScores | None = None,
+) -> CaptionScores:
+    """Score one caption per image (`captions[i]` for `image_paths[i]`) against `references[i]`.
+
+    Beside them, `score_references(image_paths, references, train_captions, language, tokenization,
+    ground_truth)`: the constant caption, the true captions and, with `ground_truth` (the demo's
+    objects.jsonl, `prepared.origin.ground_truth`), attribute scores. A caller that scores several captioners
+    on the same images passes those `reference_scores` once computed (train_captions and ground_truth are
+    then not read again).
+    """
+    compared = reference_scores or score_references(
+        image_paths, references, train_captions, language, tokenization, ground_truth
+    )
+    predicted = dict(zip(image_paths, captions))
+    metrics = caption_metrics(
+        predicted, dict(zip(image_paths, references)), language, tokenization, per_image=True
+    )
+    attributes = None
+    if compared.truth is not None:
+        attributes = attribute_scores(predicted, compared.truth, language)
     per_image = metrics["per_image"]
     predictions = pd.DataFrame(
         {
@@ -125,18 +162,21 @@ def score_test_captions(
             "bleu4": [per_image[k]["bleu4"] for k in image_paths],
         }
     )
-    baseline_caption = next(iter(constant.values()))
+    true_attributes = compared.true_caption_attributes
     summary = {key: metrics[key] for key in METRIC_KEYS}
     summary.update(
         {
             "tokenization": tokenization,
             "n_test_images": metrics["n_images"],
             "empty_captions": sum(not caption.strip() for caption in captions),
-            "baseline": {**{key: baseline[key] for key in METRIC_KEYS}, "caption": baseline_caption},
+            "baseline": {
+                **{key: compared.baseline[key] for key in METRIC_KEYS},
+                "caption": compared.baseline_caption,
+            },
             "true_captions": {
-                **{key: true_captions.get(key) for key in METRIC_KEYS},
+                **{key: compared.true_captions.get(key) for key in METRIC_KEYS},
                 "held_out": HELD_OUT,
-                "n_images": len(held_out),
+                "n_images": compared.n_held_out,
                 "attribute_scores": attribute_summary(true_attributes) if true_attributes else None,
             },
             "attribute_scores": attribute_summary(attributes) if attributes else None,
@@ -146,10 +186,10 @@ def score_test_captions(
         summary,
         predictions,
         metrics,
-        baseline,
+        compared.baseline,
         attributes,
-        baseline_caption,
-        true_captions,
+        compared.baseline_caption,
+        compared.true_captions,
         true_attributes,
     )
 
