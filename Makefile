@@ -49,8 +49,11 @@ lock:  ## re-resolve requirements.lock from pyproject.toml
 		'# --no-emit-options, then local version labels such as +cpu are dropped). Do not edit by hand.'; \
 	  cat requirements.lock; } > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
 
+# JupyterLab refuses to start as root without --allow-root, and containers usually run as root.
+# More options: make lab LAB_ARGS="--port 8890 --no-browser --ip 0.0.0.0"
+LAB_ARGS ?=
 lab: $(STAMP)  ## JupyterLab on this environment, notebooks ready to run interactively
-	cd notebooks && ../$(BIN)/jupyter lab
+	cd notebooks && ../$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)  ## speed measurements recorded in the README (not part of the tests)
 	$(BIN)/python -m benchmarks.bench_image_cache
@@ -59,6 +62,10 @@ bench: $(STAMP)  ## speed measurements recorded in the README (not part of the t
 	$(BIN)/python -m benchmarks.bench_captioning
 	$(BIN)/python -m benchmarks.bench_small_cnn
 	$(BIN)/python -m benchmarks.bench_clipcap
+
+.PHONY: docs
+docs: $(STAMP)  ## write docs/parameters.md, the parameter reference, from the config dataclasses
+	$(BIN)/python -m nbutils parameters --output docs/parameters.md
 
 clean-outputs:
 	rm -rf outputs/*/

@@ -1,4 +1,5 @@
-"""Command line: `python -m nbutils run --profile demo` (see nbutils.runner for what it does)."""
+"""Command line: `python -m nbutils run --profile demo` (see nbutils.runner for what it does), and
+`python -m nbutils parameters` (the parameter reference, docs/parameters.md)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
         "--notebooks-dir", metavar="DIR", help="where the notebooks are (default: <repo>/notebooks)"
     )
     run.add_argument("--outputs-dir", metavar="DIR", help="where run folders go (default: <repo>/outputs)")
+
+    parameters = commands.add_parser(
+        "parameters",
+        help="print the parameter reference of every pipeline notebook (markdown)",
+        description="Generate the parameter reference from the notebooks' config dataclasses: per notebook "
+        "in pipeline order, what it does and a table of its parameters (type, default, help).",
+        epilog="example:\n  python -m nbutils parameters --output docs/parameters.md   (what `make docs` runs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parameters.add_argument(
+        "--output", metavar="FILE", help="write the markdown to FILE instead of printing it"
+    )
     return parser
 
 
@@ -76,7 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args, argv)
+    if args.command == "parameters":
+        return _parameters(args)
     return 2
+
+
+def _parameters(args) -> int:
+    from .runner.parameter_reference import parameter_reference
+
+    text = parameter_reference()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="\n")
+    print(f"Wrote {path}")
+    return 0
 
 
 def _run(args, argv) -> int:

@@ -75,9 +75,6 @@ class AnalyzeLossConfig(StageConfig):
     """analyze_loss's parameters (the notebook's `parameters` cell and the command line)."""
 
     stage = "analyze_loss"
-    output_dir: str = param(
-        "../outputs/dev/analyze_loss", "injected by the runner: where this notebook writes"
-    )
     runs: str = param(
         "",
         '"" compares every run folder under the outputs folder (the parent of run_dir); else comma-separated '

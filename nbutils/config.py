@@ -24,6 +24,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 SCALAR_TYPES = (bool, int, float, str)
+RUNNER_MANIFESTS = (
+    ".stages"  # the runner's record of the files each notebook wrote (nbutils.runner.fingerprints)
+)
 
 
 def param(default, help: str):
@@ -37,8 +40,12 @@ class StageConfig:
 
     stage: ClassVar[str] = ""  # the notebook's name, e.g. "processdata_01"
 
-    run_dir: str = param("../outputs/dev", "injected by the runner: outputs/<run>")
-    output_dir: str = param("../outputs/dev/stage", "injected by the runner: where this notebook writes")
+    run_dir: str = param(
+        "../outputs/lab", "the run folder: earlier stages are read from it (the runner sets outputs/<run>)"
+    )
+    output_dir: str = param(
+        "", "where this notebook writes; empty: <run_dir>/<notebook> (<notebook>_lab in a runner-made run)"
+    )
     seed: int = param(0, "seeds python, numpy and torch")
 
     def __post_init__(self):
@@ -52,6 +59,8 @@ class StageConfig:
                     f"{type(self).__name__}.{name} must be {kind.__name__} "
                     f"(default {self._default(name)!r}), got {value!r} ({type(value).__name__})"
                 )
+        if not self.output_dir:
+            object.__setattr__(self, "output_dir", default_output_dir(self.run_dir, self.stage))
 
     @classmethod
     def from_notebook(cls, namespace: Mapping[str, Any]):
@@ -104,6 +113,21 @@ class StageConfig:
         if args["output_dir"] is None:
             args["output_dir"] = os.path.join(args["run_dir"], cls.stage)
         return cls(**args)
+
+
+def default_output_dir(run_dir: str, stage: str) -> str:
+    """Where a stage writes when `output_dir` is empty: `<run_dir>/<stage>`, unless `python -m nbutils run` wrote
+    that folder (it lists it in `<run_dir>/.stages/<stage>.json`). Then `<run_dir>/<stage>_lab`, so that a notebook
+    opened in JupyterLab on a runner-made run never overwrites what that run's report shows; a message says so.
+    """
+    folder = os.path.join(run_dir, stage)
+    if not os.path.isfile(os.path.join(run_dir, RUNNER_MANIFESTS, f"{stage}.json")):
+        return folder
+    print(
+        f"note: {folder} belongs to the run that `python -m nbutils run` made; this notebook writes to "
+        f"{folder}_lab instead (set output_dir to write elsewhere)"
+    )
+    return folder + "_lab"
 
 
 def parameters_cell(cls) -> str:

@@ -34,10 +34,12 @@ from . import stages
 from .config import StageConfig, command_line_main, param
 from .data.cache import ImageCache, ImageGeometry, build_image_cache
 from .data.validate import check_image
+from .errors import DataError
 from .evaluation.attributes import TRUE_CAPTIONS, attribute_errors, formatted_attribute_table
 from .evaluation.caption_metrics import check_tokenization
 from .evaluation.caption_scores import score_references, score_test_captions
 from .files import write_json, write_table
+from .models.captioners import STAGES as CAPTIONING_STAGES
 from .models.captioners import load_any_captioner
 from .models.decoding import decoding_request, resolve_decoding
 from .progress import tqdm
@@ -54,7 +56,6 @@ class InferConfig(StageConfig):
     """infer's parameters (the notebook's `parameters` cell and the command line)."""
 
     stage = "infer"
-    output_dir: str = param("../outputs/dev/infer", "injected by the runner: where this notebook writes")
     captioners: str = param(
         "train_encoder_decoder,train_clipcap",
         "comma-separated: stages of this run, saved model folders or hub ids (those missing in this run are skipped)",
@@ -137,6 +138,9 @@ def collect_images(config: InferConfig) -> ImageSet:
             paths = sorted(set(table["image_path"]))
     elif Path(spec).is_file():
         paths = [spec]
+    elif prepared is None and os.sep not in spec and "/" not in spec:  # a split name, and no split here
+        error = stages.missing_stage(config.run_dir, "processdata_03")
+        raise DataError(f"images={spec!r} is a split of processdata_03, but {error}") from None
     else:
         splits = sorted(prepared.tables) if prepared is not None else []
         raise ValueError(
@@ -202,6 +206,7 @@ class InferRun:
     clip: tuple | None = None  # (ClipBundle, image embeddings in images.paths order) for search
     attributes: dict = field(default_factory=dict)  # model -> attribute_scores (demo)
     true_caption_attributes: dict | None = None  # attribute_scores of the first reference of each image
+    config: InferConfig | None = None  # the settings the browser re-captions with
 
     def search(self, queries: list[str], k: int = 5) -> list[dict]:
         """Text -> image search over these images with the CLIP: per query {"query", "images", "scores"}, best first."""
@@ -347,17 +352,19 @@ def infer(config: InferConfig) -> InferRun:
     output_dir = Path(config.output_dir)
     images = collect_images(config)
     names = [c.strip() for c in config.captioners.split(",") if c.strip()]
-    captioners = []
+    captioners, missing = [], []
     for name in names:
-        if (
-            name in ("train_encoder_decoder", "train_clipcap")
-            and not (Path(config.run_dir) / name / "model").is_dir()
-        ):
+        if name in CAPTIONING_STAGES and not (Path(config.run_dir) / name / "model").is_dir():
             print(f"note: {name} has no saved model in {config.run_dir}; skipped")
+            missing.append(name)
             continue
         captioners.append(load_any_captioner(name, config.run_dir, parameter="captioners"))
     if not captioners:
-        raise ValueError(f"captioners={config.captioners!r}: none could be loaded")
+        error = stages.missing_stage(config.run_dir, tuple(missing) or CAPTIONING_STAGES)
+        raise DataError(
+            f"captioners={config.captioners!r}: no captioner to load: {error} "
+            "(captioners also takes saved model folders)"
+        )
 
     if images.references is not None:  # scored below, the same way for every captioner
         language = images.language or "zh"
@@ -453,6 +460,7 @@ def infer(config: InferConfig) -> InferRun:
         clip,
         attributes,
         scores.true_caption_attributes if scores is not None else None,
+        config,
     )
 
 

@@ -1,7 +1,7 @@
 """A notebook run by the runner writes warnings and library messages to a log file, not into its report.
 
 Warnings, the logging of transformers, huggingface_hub, jieba and torch ("Building prefix dict from the default
-dictionary ...") and transformers' progress bars ("Loading weights") all go to the kernel's stderr, which a
+dictionary ...") and transformers' progress bars all go to the kernel's stderr, which a
 notebook shows as red blocks that a reader of the report cannot act on. When the runner (`python -m nbutils run`)
 starts a kernel it sets `NBUTILS_LOG_FILE` to `outputs/<run>/<notebook>.log`. Importing nbutils in that kernel
 (every pipeline notebook does in its first code cell) calls `start()`, which points the kernel's `sys.stderr` at
@@ -11,7 +11,8 @@ The notebook still shows everything it prints or displays (stdout, tables, figur
 the traceback of a failing cell (IPython sends that as an error, not through stderr): to show a warning in the
 report, print or display it. Output written below Python, to file descriptor 2 (a C++ warning, a subprocess's
 stderr), is not redirected. Without the variable (JupyterLab, tests, the command-line entries) `start()` does
-nothing and stderr shows in the notebook as usual.
+nothing and stderr shows in the notebook as usual. In every kernel, transformers' "Loading weights" bars, which
+say nothing a reader needs, are not shown (`quiet_transformers_bars`, also called on import).
 """
 
 from __future__ import annotations
@@ -38,22 +39,31 @@ def start(path: str | os.PathLike | None = None) -> bool:
         return False
     sys.stderr = open(path, "a", encoding="utf-8", buffering=1, errors="backslashreplace")  # noqa: SIM115
     _started.append(os.fspath(path))
-    _after_import("transformers", _transformers_bars_to_stderr)
     return True
 
 
-def _transformers_bars_to_stderr(_module) -> None:
-    """transformers' own bars ("Loading weights", "Writing model shards") as text on stderr, not widgets."""
+def quiet_transformers_bars() -> None:
+    """Install (once transformers is imported) the hook below on transformers' progress bars."""
+    _after_import("transformers", _hook_transformers_bars)
+
+
+# Bars that only say a model file is being read or written: a notebook loading four models showed four of them.
+SILENT_BARS = ("Loading weights", "Writing model shards")
+
+
+def _hook_transformers_bars(_module) -> None:
+    """transformers' bars: SILENT_BARS never shown; the others (a hub download's) as text on the log file's stderr
+    when the runner started this kernel, instead of widgets in the report."""
     from tqdm import std
     from transformers.utils import logging as transformers_logging
 
-    def text_bar(factory, args, kwargs):
+    def bar(factory, args, kwargs):
         # `factory` is tqdm.auto's bar (a widget in a kernel), or transformers' no-op bar when bars are disabled
-        if factory is transformers_logging.EmptyTqdm:
-            return factory(*args, **kwargs)
-        return std.tqdm(*args, **kwargs)
+        if factory is transformers_logging.EmptyTqdm or kwargs.get("desc") in SILENT_BARS:
+            return transformers_logging.EmptyTqdm(*args, **kwargs)
+        return std.tqdm(*args, **kwargs) if _started else factory(*args, **kwargs)
 
-    transformers_logging.set_tqdm_hook(text_bar)
+    transformers_logging.set_tqdm_hook(bar)
 
 
 def _after_import(name: str, action) -> None:

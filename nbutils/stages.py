@@ -61,7 +61,7 @@ def read_stage(run_dir: str | os.PathLike, stage: str) -> tuple[Path, dict]:
     stage_dir = Path(run_dir) / stage
     path = stage_dir / STAGE_FILE
     if not path.is_file():
-        raise DataError(f"{path} not found: run {stage} for this run first")
+        raise missing_stage(run_dir, stage)
     manifest = read_json(path)
     if manifest.get("stage") != stage or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(
@@ -74,6 +74,33 @@ def read_stage(run_dir: str | os.PathLike, stage: str) -> tuple[Path, dict]:
             f"{stage_dir}: {', '.join(missing)} missing although {STAGE_FILE} lists them; rerun {stage}"
         )
     return stage_dir, manifest
+
+
+def missing_stage(
+    run_dir: str | os.PathLike, stage: str | tuple[str, ...], parameter: str = "run_dir"
+) -> DataError:
+    """The error for a stage that has not finished in `run_dir`: which stage, where it looked, what to set.
+
+    `stage` may be several stages, any of which would do. The message names the runs beside `run_dir` that have
+    one, since pointing `parameter` at one of them is the usual fix in JupyterLab (the notebooks default to
+    ../outputs/lab; `make demo` writes outputs/demo).
+    """
+    run_dir, wanted = Path(run_dir), (stage,) if isinstance(stage, str) else tuple(stage)
+    either = " or ".join(wanted)
+    if run_dir.is_dir():
+        reason = f"has no finished {either} ({' / '.join(f'{s}/{STAGE_FILE}' for s in wanted)} missing)"
+    else:
+        reason = "does not exist"
+    others = sorted(
+        {p.parents[1].name for s in wanted for p in run_dir.parent.glob(f"*/{s}/{STAGE_FILE}")}
+        - {run_dir.name}
+    )
+    hint = f" Runs beside it that have {either}: {', '.join(others)}." if others else ""
+    notebooks = " or ".join(f"notebooks/{s}.ipynb" for s in wanted)
+    return DataError(
+        f"the run folder {run_dir} {reason}. Run {notebooks} with run_dir = {str(run_dir)!r} first, "
+        f"or set {parameter} to a run folder that has it.{hint}"
+    )
 
 
 def _origin(manifest: dict) -> DataOrigin:

@@ -70,7 +70,7 @@ def test_from_notebook_takes_every_field_and_ignores_other_variables():
     assert config == ToyConfig(count=7, run_dir="/runs/a")
     assert config.to_dict() == {
         "run_dir": "/runs/a",
-        "output_dir": "../outputs/dev/stage",
+        "output_dir": "/runs/a/toy_stage",
         "seed": 0,
         "rate": 0.5,
         "count": 7,
@@ -251,3 +251,24 @@ def test_help_lists_every_field_with_its_help_and_default(capsys):
     for f in dataclasses.fields(ToyConfig):
         assert "--" + f.name.replace("_", "-") in out
     assert "a count (default: 3)" in out and "default: <run-dir>/toy_stage" in out
+
+
+def test_an_empty_output_dir_is_the_stage_folder_of_the_run(tmp_path):
+    assert ToyConfig(run_dir=str(tmp_path)).output_dir == str(tmp_path / "toy_stage")
+    assert ToyConfig(run_dir=str(tmp_path), output_dir="/else").output_dir == "/else"
+
+
+def test_a_notebook_never_writes_into_a_stage_folder_the_runner_made(tmp_path, capsys):
+    # nbutils.runner.fingerprints records each notebook's files in <run>/.stages/<notebook>.json
+    (tmp_path / ".stages").mkdir()
+    (tmp_path / ".stages" / "toy_stage.json").write_text("{}")
+    config = ToyConfig(run_dir=str(tmp_path))
+    assert config.output_dir == str(tmp_path / "toy_stage_lab")
+    assert "writes to " + str(tmp_path / "toy_stage_lab") in capsys.readouterr().out
+    # unless told to
+    assert ToyConfig(run_dir=str(tmp_path), output_dir=str(tmp_path / "toy_stage")).output_dir == str(
+        tmp_path / "toy_stage"
+    )
+    from nbutils.runner import fingerprints
+
+    assert fingerprints.MANIFEST_DIR == ".stages"

@@ -93,7 +93,11 @@ LOADERS = {
 
 @pytest.mark.parametrize("stage", list(LOADERS))
 def test_a_missing_stage_names_the_stage_to_run(tmp_path, stage):
-    expected = re.escape(f"{tmp_path / stage / 'stage.json'} not found: run {stage} for this run first")
+    expected = re.escape(
+        f"the run folder {tmp_path} has no finished {stage} ({stage}/stage.json missing). "
+        f"Run notebooks/{stage}.ipynb with run_dir = {str(tmp_path)!r} first, "
+        "or set run_dir to a run folder that has it."
+    )
     with pytest.raises(DataError, match=expected):
         LOADERS[stage](tmp_path)
     # a folder with files but no manifest is an unfinished stage: never read
@@ -151,3 +155,21 @@ def test_a_listed_but_missing_file_is_rejected(tmp_path):
     stages.save_validated(stage_dir, pd.DataFrame(columns=["image_path", "text"]), ORIGINS[0])
     with pytest.raises(DataError, match=re.escape(f"{stage_dir}: rejects.csv missing although stage.json")):
         stages.load_validated(tmp_path)
+
+
+def test_a_missing_stage_error_names_the_runs_beside_that_have_it(tmp_path):
+    outputs = tmp_path / "outputs"
+    for run in ("demo", "mine"):
+        stages.save_downloaded(outputs / run / "processdata_01", _downloaded(tmp_path), ORIGINS[0])
+    (outputs / "half" / "processdata_01").mkdir(parents=True)  # unfinished: no stage.json
+    message = str(stages.missing_stage(outputs / "lab", "processdata_01"))
+    assert message.startswith(
+        f"the run folder {outputs / 'lab'} does not exist. Run notebooks/processdata_01.ipynb"
+    )
+    assert message.endswith("Runs beside it that have processdata_01: demo, mine.")
+    either = str(
+        stages.missing_stage(outputs / "demo", ("train_encoder_decoder", "train_clipcap"), "captioners")
+    )
+    assert "has no finished train_encoder_decoder or train_clipcap (" in either
+    assert "or set captioners to a run folder that has it." in either
+    assert "Runs beside" not in either

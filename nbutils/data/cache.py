@@ -1,6 +1,6 @@
 """A packed, pre-resized image cache: decode every JPEG once, then train from a raw uint8 memmap.
 
-Training on the original pipeline was bound by JPEG decoding (~60-190 images/s per core). Here every
+Decoding JPEGs while training caps throughput at ~60-190 images/s per core. Here every
 image is decoded, resized and cropped ONCE to the training geometry and stored as uint8 HWC rows of
 one raw file; at read time only the normalisation is left (thousands of images/s per core), or none at
 all when the uint8 batch goes to the GPU and is normalised there (`nbutils.data.datasets`). No torch
@@ -49,7 +49,7 @@ RESAMPLE = {  # names kept in meta.json -> PIL filters (same ints as transformer
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-RESCALE_FACTOR = 1 / 255  # the only rescale the cache reproduces (every processor we use has it)
+RESCALE_FACTOR = 1 / 255  # the only rescale the cache reproduces (every supported processor has it)
 
 
 # -----------------------------------------------------------------------------

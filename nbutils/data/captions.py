@@ -17,7 +17,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 def normalize_caption(text: str) -> str:
     """Strip, collapse whitespace runs to one space, drop spaces between CJK characters."""
-    # The ideographic space U+3000 is whitespace for str.split but we treat it as a space too.
+    # The ideographic space U+3000 is whitespace for str.split and is treated as a space here too.
     text = _WHITESPACE.sub(" ", str(text).replace("\u3000", " ")).strip()
     return _SPACE_BETWEEN_CJK.sub("", text)
 

@@ -95,7 +95,7 @@ ERROR_KINDS = (
 )
 PLAN_KINDS = ("unsafe_filename", "unsupported_url")  # decided from the manifest alone, never fetched
 URL_SCHEMES = ("http", "https")
-# Leading bytes of the formats we keep; an HTML error page never starts with any of them.
+# Leading bytes of the formats kept; an HTML error page never starts with any of them.
 DRAIN_ERROR_BODY = 64_000  # read small error pages so the connection goes back to the pool
 IN_FLIGHT_PER_WORKER = 4  # queued tasks per thread: a million-row manifest is not a million futures
 NAME_ERRNOS = {
@@ -113,9 +113,6 @@ class DownloadConfig(StageConfig):
     """processdata_01's parameters: what to download and how. Defaults suit a public crawl."""
 
     stage = "processdata_01"
-    output_dir: str = param(
-        "../outputs/dev/processdata_01", "injected by the runner: where this notebook writes"
-    )
     source: str = param(
         "demo", '"demo" (serve the generated set from a faulty local server) or a manifest path'
     )
@@ -621,7 +618,7 @@ class _Downloader:
             return row("error", "unsafe_filename", problem, http_status, len(data))
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            problem = self._escapes(target)  # a link swapped in while we were downloading
+            problem = self._escapes(target)  # a link swapped in during the download
             if not problem:
                 files.write_bytes(target, data)
         except OSError as e:

@@ -51,7 +51,12 @@ COCO_KEY = re.compile(r"^COCO_(?P<split>[a-z]+\d{4})_(?P<id>\d+)$")  # COCO_trai
 def _read_bytes(path: str | os.PathLike) -> tuple[Path, bytes]:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: file not found")
+        where = (
+            ""
+            if path.is_absolute()
+            else f" (looked in {path.absolute()}: relative paths start in the current folder)"
+        )
+        raise DataError(f"{path}: file not found{where}")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     data = path.read_bytes()
@@ -116,7 +121,7 @@ def read_table(
 ) -> pd.DataFrame:
     """Read a CSV / TSV / tab-separated .txt / JSONL / JSON (list of objects) / parquet table.
 
-    `columns` renames the file's columns to ours (e.g. {"caption": "text"}); `required` names
+    `columns` renames the file's columns to the standard names (e.g. {"caption": "text"}); `required` names
     columns (after renaming) that must be present. CSV cells are read as strings.
     """
     path = Path(path)
@@ -176,7 +181,12 @@ def read_table(
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise DataError(f"{path}: file not found")
+        where = (
+            ""
+            if path.is_absolute()
+            else f" (looked in {path.absolute()}: relative paths start in the current folder)"
+        )
+        raise DataError(f"{path}: file not found{where}")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     if path.stat().st_size == 0:
@@ -187,7 +197,7 @@ def _check_file(path: Path) -> None:
 
 
 def _finish(df: pd.DataFrame | list[dict], path) -> pd.DataFrame:
-    """Keep our columns in order, as strings, with captions stripped."""
+    """Keep the standard columns in order, as strings, with captions stripped."""
     df = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
     if len(df) == 0:
         raise DataError(f"{path}: no captions found")

@@ -33,11 +33,9 @@ class PrepareConfig(StageConfig):
     """processdata_03's parameters: where the captions come from, how to split them, the cache geometry."""
 
     stage = "processdata_03"
-    output_dir: str = param(
-        "../outputs/dev/processdata_03", "injected by the runner: where this notebook writes"
-    )
     source: str = param(
-        "demo", '"demo", "processdata_02" (this run\'s validated table), or a path to a caption file/folder'
+        "processdata_02",
+        '"processdata_02" (this run\'s validated table), "demo" (generate the demo set here), or a caption file/folder',
     )
     input_format: str = param(
         "text_image_csv",

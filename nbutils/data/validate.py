@@ -58,9 +58,6 @@ class ValidationConfig(StageConfig):
     """processdata_02's parameters: what counts as a usable image. Rejections are checked in field order."""
 
     stage = "processdata_02"
-    output_dir: str = param(
-        "../outputs/dev/processdata_02", "injected by the runner: where this notebook writes"
-    )
     source: str = param(
         "processdata_01", '"processdata_01" (this run\'s downloads) or a CSV / parquet with image_path,text'
     )
@@ -151,7 +148,7 @@ def check_image(path: str | os.PathLike, config: ValidationConfig | None = None)
     check = ImageCheck(path=os.fspath(path))
     try:
         return _check(check, config)
-    except Exception as e:  # a PIL plugin failing in a way we did not foresee: still one verdict per file
+    except Exception as e:  # a PIL plugin failing in an unforeseen way: still one verdict per file
         check.ok, check.needs_normalising = False, False
         check.reason = f"truncated or corrupt: {type(e).__name__}: {_short_error(e)}"
         return check
@@ -244,13 +241,13 @@ def normalise_image(
 
 
 def _open_header(data: bytes) -> Image.Image:
-    """Image.open (reads the header only), with our pixel cap in charge instead of PIL's."""
+    """Image.open (reads the header only), with the `max_pixels` cap in charge instead of PIL's."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here
         try:
             return Image.open(io.BytesIO(data))
         except Image.DecompressionBombError:
-            # Over twice PIL's limit: it refuses before we can read the size. Read just the header
+            # Over twice PIL's limit: it refuses before the size can be read. Read just the header
             # with the limit off (restored at once) so the reason can say W x H; nothing is decoded.
             saved = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
@@ -309,7 +306,7 @@ def _tag(sha1: str, quality: int) -> bytes:
 
 
 def _is_current(out_path: str, sha1: str, quality: int) -> bool:
-    """True when `out_path` is our normalised copy of these source bytes at this quality (header only)."""
+    """True when `out_path` is the normalised copy of these source bytes at this quality (header only)."""
     try:
         with Image.open(out_path) as image:
             return image.format == "JPEG" and image.info.get("comment") == _tag(sha1, quality)

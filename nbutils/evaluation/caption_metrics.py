@@ -3,7 +3,7 @@
 The scorers are pycocoevalcap's, called one by one on captions this module has already tokenised
 (`tokenize_caption`): `COCOEvalCap.evaluate()` is not used because it always builds SPICE, which
 downloads Stanford CoreNLP at first use and fails offline, so SPICE is not offered. pycocoevalcap's
-PTBTokenizer (Java) is not used either: tokenisation is ours and is recorded in every result.
+PTBTokenizer (Java) is not used either: tokenisation is done here and recorded in every result.
 
 Chinese follows the AI Challenger 2017 caption evaluator: remove '。', segment with jieba's precise
 mode, join the words with spaces, then score. The segmenter moves Chinese scores a lot (and

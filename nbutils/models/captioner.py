@@ -167,8 +167,9 @@ def load_captioner(
             f"decoder={decoder!r} but decoder_model={decoder_model!r} is a {model_type!r} checkpoint; "
             f"use decoder={_family(model_type)!r} or a {MODEL_TYPES[decoder]} checkpoint"
         )
-    # Pass the decoder config ourselves, with is_decoder set: transformers 5.24's from_encoder_decoder_pretrained
-    # reads `decoder_config.is_decoder`, which GPT2Config no longer defines (AttributeError otherwise).
+    # The decoder config is passed explicitly, with is_decoder set: transformers 5.24's
+    # from_encoder_decoder_pretrained reads `decoder_config.is_decoder`, which GPT2Config does not define
+    # (AttributeError otherwise).
     decoder_config = AutoConfig.from_pretrained(decoder_model, add_cross_attention=True)
     decoder_config.is_decoder = True
     model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(

@@ -334,7 +334,7 @@ def apply_freezing(
 
     lock_image: the image tower (`vision_model`) gets requires_grad False, `visual_projection` stays
     trainable. This is open_clip's behaviour for towers with a new head (timm models); open_clip's
-    own ViT also locks its `proj`. We keep it trainable because composed models start with random
+    own ViT also locks its `proj`. Here it stays trainable because composed models start with random
     projections. lock_text: the same for `text_model`. projections_only: both towers locked (only
     the two projections and the temperature train). `logit_scale` always stays trainable.
     Everything not locked is made trainable again, so a second call fully replaces the first.

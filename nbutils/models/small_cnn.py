@@ -1,6 +1,6 @@
 """A small VGG-style CNN image tower (conv 3x3 -> BatchNorm -> ReLU -> max-pool, per stage), as a transformers model.
 
-Why a model of our own: the demo CLIP must learn shape from ~2,000 64 px images in a few minutes, and measured
+Why a custom model: the demo CLIP must learn shape from ~2,000 64 px images in a few minutes, and measured
 on the demo set (README, train_clip) only this design does. A linear probe trained with the tower on shape
 labels reaches 94 % at 300 steps with this CNN, against 61-69 % (62.8 % is "no shape present" everywhere) for
 every transformers image model that fits the budget (ViT with 21 px patches, ResNet, ConvNeXt, MobileNet,

@@ -51,7 +51,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 3000, min_frequency:
     backend.normalizer = reference.normalizer
     backend.pre_tokenizer = reference.pre_tokenizer
     # The trainer numbers characters in hash-map order (seeded per process) and breaks ties between
-    # equally frequent merges by those numbers, so the vocabulary changed from run to run. Seeding
+    # equally frequent merges by those numbers, so the vocabulary would change from run to run. Seeding
     # every character and "##" continuation in sorted order, as leading tokens, fixes all numbers.
     first, inner = set(), set()
     for text in texts:

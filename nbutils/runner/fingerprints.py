@@ -27,10 +27,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..config import RUNNER_MANIFESTS
 from ..files import read_json, write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-MANIFEST_DIR = ".stages"
+MANIFEST_DIR = RUNNER_MANIFESTS  # defined beside the configs, which must not import the runner
 
 # Which earlier stages each pipeline notebook reads (its results change when theirs do).
 READS = {

@@ -173,7 +173,6 @@ class TrainClipConfig(TrainingConfig):
     """
 
     stage = "train_clip"
-    output_dir: str = param("../outputs/dev/train_clip", "injected by the runner: where this notebook writes")
     epochs: float = param(10.0, "passes over the training images")
     batch_size: int = param(64, "per process; the loss sees batch_size x processes negatives")
     learning_rate: float = param(0.0, "0 picks the mode's default: 5e-4 demo, 5e-5 compose, 1e-5 pretrained")

@@ -42,7 +42,7 @@ def _world(gather: bool) -> tuple[int, int]:
 
 
 def _all_gather(x: torch.Tensor) -> torch.Tensor:
-    # Backward sums every rank's gradient for our slice back to us (a reduce-scatter).
+    # Backward sums every rank's gradient for this rank's slice back to this rank (a reduce-scatter).
     return torch.cat(torch.distributed.nn.functional.all_gather(x))
 
 

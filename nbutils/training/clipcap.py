@@ -59,9 +59,6 @@ class TrainClipCapConfig(TrainingConfig):
     """train_clipcap's parameters (the notebook's `parameters` cell and the command line)."""
 
     stage = "train_clipcap"
-    output_dir: str = param(
-        "../outputs/dev/train_clipcap", "injected by the runner: where this notebook writes"
-    )
     epochs: float = param(10.0, "passes over the training caption rows")
     batch_size: int = param(64, "caption rows per batch, per process (the reference: 40)")
     learning_rate: float = param(0.0, "0 picks the mode's default: 2e-3 demo, 2e-5 pretrained GPT-2")

@@ -79,9 +79,6 @@ class TrainEncoderDecoderConfig(TrainingConfig):
     """
 
     stage = "train_encoder_decoder"
-    output_dir: str = param(
-        "../outputs/dev/train_encoder_decoder", "injected by the runner: where this notebook writes"
-    )
     epochs: float = param(DEFAULTS["epochs"], "passes over the training caption rows")
     batch_size: int = param(DEFAULTS["batch_size"], "caption rows per batch, per process")
     learning_rate: float = param(
