@@ -23,4 +23,4 @@ from . import notebook_log
 __version__ = "0.1.0"
 
 notebook_log.start()  # does nothing unless the runner started this kernel (NBUTILS_LOG_FILE)
-notebook_log.quiet_transformers_bars()
+notebook_log.quiet_library_chatter()

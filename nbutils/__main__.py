@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         help="rerun NOTEBOOK and the selected notebooks after it from scratch; reuse the ones before",
     )
     run.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="notebooks that may run at once when neither reads the other's results, each kernel on an equal "
+        "share of the CPU cores (default: the profile's `jobs`, else 1)",
+    )
+    run.add_argument(
         "--notebooks-dir", metavar="DIR", help="where the notebooks are (default: <repo>/notebooks)"
     )
     run.add_argument("--outputs-dir", metavar="DIR", help="where run folders go (default: <repo>/outputs)")
@@ -123,6 +130,7 @@ def _run(args, argv) -> int:
             command=["python", "-m", "nbutils", *argv],
             fresh=args.fresh,
             fresh_from=args.fresh_from,
+            jobs=args.jobs,
         )
     except ParameterError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,8 +1,7 @@
 """A notebook run by the runner writes warnings and library messages to a log file, not into its report.
 
-Warnings, the logging of transformers, huggingface_hub, jieba and torch ("Building prefix dict from the default
-dictionary ...") and transformers' progress bars all go to the kernel's stderr, which a
-notebook shows as red blocks that a reader of the report cannot act on. When the runner (`python -m nbutils run`)
+Warnings, the logging of transformers, huggingface_hub, jieba and torch, and transformers' progress bars all go to
+the kernel's stderr, which a notebook shows as red blocks that a reader of the report cannot act on. When the runner (`python -m nbutils run`)
 starts a kernel it sets `NBUTILS_LOG_FILE` to `outputs/<run>/<notebook>.log`. Importing nbutils in that kernel
 (every pipeline notebook does in its first code cell) calls `start()`, which points the kernel's `sys.stderr` at
 that file; the runner links the file from the report's header when it is not empty.
@@ -12,13 +11,15 @@ the traceback of a failing cell (IPython sends that as an error, not through std
 report, print or display it. Output written below Python, to file descriptor 2 (a C++ warning, a subprocess's
 stderr), is not redirected. Without the variable (JupyterLab, tests, the command-line entries) `start()` does
 nothing and stderr shows in the notebook as usual. In every kernel, transformers' "Loading weights" bars, which
-say nothing a reader needs, are not shown (`quiet_transformers_bars`, also called on import).
+say nothing a reader needs, and jieba's notices on loading its dictionary are not shown (`quiet_library_chatter`,
+also called on import).
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import logging
 import os
 import sys
 
@@ -42,9 +43,11 @@ def start(path: str | os.PathLike | None = None) -> bool:
     return True
 
 
-def quiet_transformers_bars() -> None:
-    """Install (once transformers is imported) the hook below on transformers' progress bars."""
+def quiet_library_chatter() -> None:
+    """Once each library is imported: the hook below on transformers' progress bars, and jieba's dictionary-loading
+    notices ("Building prefix dict from the default dictionary ...", five lines of DEBUG) off."""
     _after_import("transformers", _hook_transformers_bars)
+    _after_import("jieba", lambda jieba: jieba.setLogLevel(logging.INFO))
 
 
 # Bars that only say a model file is being read or written: a notebook loading four models showed four of them.

@@ -9,6 +9,7 @@ import torch
 
 from nbutils import infer as infer_stage
 from nbutils import stages
+from nbutils.errors import DataError
 from nbutils.evaluation.clipscore import score_captions
 from nbutils.models.captioners import load_any_captioner
 from nbutils.training import clip as clip_training
@@ -206,6 +207,32 @@ def test_a_saved_captioner_folder_loads_and_bad_sources_are_named(trained_run, t
     (empty / "a.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match="no usable image"):
         infer_stage.infer(_config(trained_run, tmp_path / "y", images=str(empty)))
+
+
+def test_a_run_without_the_stages_infer_needs_names_them_and_the_parameter(trained_run, tmp_path):
+    """JupyterLab's first try: infer.ipynb opened before the run it points at has been built."""
+    lab = tmp_path / "outputs" / "lab"
+    shutil.copytree(trained_run, tmp_path / "outputs" / "demo")
+    config = infer_stage.InferConfig(run_dir=str(lab))
+    assert config.output_dir == str(lab / "infer")
+    with pytest.raises(DataError) as info:
+        infer_stage.infer(config)
+    message = str(info.value)
+    assert message.startswith(
+        f"images='test' is a split of processdata_03, but the run folder {lab} does not exist"
+    )
+    assert (
+        "set run_dir to a run folder that has it. Runs beside it that have processdata_03: demo." in message
+    )
+    # a run with its splits but no trained captioner
+    lab.mkdir()
+    shutil.copytree(trained_run / "processdata_03", lab / "processdata_03")
+    with pytest.raises(DataError) as info:
+        infer_stage.infer(infer_stage.InferConfig(run_dir=str(lab), throughput=False, clip_model="none"))
+    message = str(info.value)
+    assert "no captioner to load: the run folder" in message
+    assert "has no finished train_encoder_decoder or train_clipcap" in message
+    assert "Runs beside it that have train_encoder_decoder or train_clipcap: demo." in message
 
 
 def test_headline_says_what_happened_in_one_sentence():

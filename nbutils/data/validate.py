@@ -360,7 +360,14 @@ def load_input(config: ValidationConfig) -> tuple[pd.DataFrame, DataOrigin]:
     if config.source == "processdata_01":
         downloaded = stages.load_downloaded(config.run_dir)
         return downloaded.table, downloaded.origin
-    return read_table(config.source, required=("image_path", "text")), DataOrigin(language=None)
+    table = read_table(config.source, required=("image_path", "text"))
+    # relative image paths are relative to the table's own folder, wherever the notebook runs
+    folder = Path(config.source).parent
+    table["image_path"] = [
+        str(folder / p) if isinstance(p, str) and p.strip() and not os.path.isabs(p) else p
+        for p in table["image_path"]
+    ]
+    return table, DataOrigin(language=None)
 
 
 def validate_images(
@@ -453,6 +460,9 @@ def validate_images(
         "images_per_s": round(len(distinct) / seconds, 1) if seconds > 0 else None,
     }
     summary = {"headline": headline(summary), **summary}
+    if distinct and not summary["clean"]:
+        examples = "; ".join(f"{p}: {reasons[p]}" for p in list(reasons)[:3])
+        raise DataError(f"no usable image: {summary['headline']} For example {examples}")
     # clean.csv last: processdata_03 takes its presence to mean this stage finished.
     write_table(checks_df, out_dir / "checks.csv")
     write_table(rejects, out_dir / "rejects.csv")

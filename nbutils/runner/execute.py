@@ -53,6 +53,7 @@ are the earlier run's. While a notebook runs, the terminal shows its cell and pr
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -64,8 +65,10 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__, notebook_log, progress
@@ -87,6 +90,9 @@ from .profiles import (
     load_profile,
 )
 
+# What caps a kernel's CPU threads: OpenMP (torch's intra-op pool reads it), MKL, and the tokenizers' Rayon pool.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -100,8 +106,11 @@ def run_pipeline(
     command: list[str] | None = None,
     fresh: bool = False,
     fresh_from: str | None = None,
+    jobs: int | None = None,
 ) -> dict:
     """Run the profile's notebooks in pipeline order; return the run.json record.
+
+    `jobs` (default: the profile's `jobs`, else 1): how many notebooks may run at once (`_schedule`).
 
     A notebook whose fingerprint (parameters, notebook, code, inputs: see fingerprints.py) is unchanged since it
     last succeeded in this run folder, with its outputs intact, is reused instead of run. `fresh` reruns every
@@ -118,9 +127,8 @@ def run_pipeline(
             profile, only, params, run_name, notebooks_dir, outputs_dir
         )
         forced = _forced(selected, fresh, fresh_from)
-        import papermill
-        from papermill.exceptions import PapermillExecutionError
-
+        if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+            raise ParameterError(f"jobs={jobs!r}: give 1 or more notebooks at once")
         device = _device(probe)
     except BaseException:
         if probe is not None:
@@ -139,96 +147,207 @@ def run_pipeline(
         "device": device,
         **{k: v for k, v in _environment()["versions"].items() if k != "nbutils"},
     }
-    kernel_manager = _this_interpreter_kernel_manager()
-    for i, nb in enumerate(selected, 1):
-        entry = entries[nb]
-        notebook = notebooks_dir / f"{nb}.ipynb"
-        upstream = {up: _outputs_digest(run_dir, entries.get(up)) for up in fingerprints.READS.get(nb, [])}
-        fingerprint = fingerprints.stage_fingerprint(nb, notebook, resolved[nb], upstream, environment)
-        reason = _why_run(nb, previous.get(nb), fingerprint, resolved[nb], run_dir, forced)
-        if reason is None:
-            entry.clear()
-            entry.update(previous[nb], reused=True, carried_over=False, reason=None)
-            _ensure_report(run_dir, entry)
-            print(f"[{i}/{len(selected)}] {nb}: reused: unchanged since {_when(entry)}", flush=True)
-            continue  # saved with the next notebook that runs, or at the end
+    jobs = jobs or prof["jobs"]
+    run = _Run(
+        run_dir, notebooks_dir, selected, resolved, entries, previous, forced, environment, record,
+        _kernel_threads(selected, jobs), live=None if jobs == 1 else False,
+    )  # fmt: skip
+    with _papermill_quiet():
+        failed = _schedule(run, jobs)
+    if failed is not None:
+        for nb in selected:
+            if entries[nb].get("status") == "running":
+                entries[nb].update(status="skipped", note=f"not run: {failed} failed")
+        record["status"] = "failed"
+        _finish(run_dir, record)
+        raise RunFailed(_failure_message(failed, entries[failed], run_dir))
+    record["status"] = "ok"
+    _finish(run_dir, record)
+    return record
 
+
+@dataclass
+class _Run:
+    """What running one notebook of an invocation needs; `lock` guards run.json and the terminal."""
+
+    run_dir: Path
+    notebooks_dir: Path
+    selected: list
+    resolved: dict
+    entries: dict
+    previous: dict
+    forced: set
+    environment: dict
+    record: dict
+    threads: dict  # notebook -> CPU threads of its kernel (None: all cores)
+    live: bool | None  # LiveProgress's mode: None redraws on a terminal; False prints a line now and then
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    kernels: dict = field(default_factory=dict)  # notebook -> its kernel manager class, while it runs
+
+
+def _schedule(run: _Run, jobs: int) -> str | None:
+    """Run the selected notebooks, at most `jobs` at once; return the first that failed (None: all ran).
+
+    A notebook starts once every selected notebook it reads (fingerprints.READS) has finished and every notebook
+    before it in pipeline order has started; analyze_loss, which sums up the run, waits for all of them. After a
+    failure nothing new starts, and the notebooks still running finish.
+    """
+    futures, started, failed = {}, set(), None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            while True:
+                for nb in run.selected:
+                    if nb in started:
+                        continue
+                    if failed or len(futures) >= jobs or not _inputs_finished(nb, run, started):
+                        break
+                    started.add(nb)
+                    futures[pool.submit(_run_notebook, nb, run)] = nb
+                if not futures:
+                    return failed
+                done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    nb = futures.pop(future)
+                    future.result()  # an error of the runner itself (not of the notebook) ends the run here
+                    if run.entries[nb]["status"] == "failed" and failed is None:
+                        failed = nb
+        except KeyboardInterrupt:
+            for kernel_manager in list(run.kernels.values()):
+                kernel_manager.stop_all()  # the other notebooks' kernels; their threads then end
+            concurrent.futures.wait(futures)
+            for nb in futures.values():
+                run.entries[nb]["status"] = "interrupted"
+            run.record["status"] = "interrupted"
+            _finish(run.run_dir, run.record)
+            raise
+
+
+def _inputs_finished(nb: str, run: _Run, started: set) -> bool:
+    before = run.selected[: run.selected.index(nb)]
+    needed = before if nb == "analyze_loss" else [up for up in fingerprints.READS.get(nb, []) if up in before]
+    return all(up in started and run.entries[up].get("status") != "running" for up in needed)
+
+
+def _kernel_threads(selected: list, jobs: int) -> dict:
+    """CPU threads for each notebook's kernel: with `jobs` > 1, a notebook that may run beside another (neither
+    reads the other's results) gets an equal share of the cores, so that two kernels never compete for one core
+    (torch's threads then spin at every barrier); the others get every core. Fixed per notebook, so results do not
+    depend on which notebook happened to finish first."""
+    cores = os.cpu_count() or 1
+    if jobs <= 1 or cores < 2:
+        return dict.fromkeys(selected)
+
+    def upstream(nb):
+        if nb == "analyze_loss":
+            return set(selected) - {nb}
+        found = set()
+        for up in fingerprints.READS.get(nb, []):
+            found |= {up} | upstream(up)
+        return found
+
+    ancestors = {nb: upstream(nb) for nb in selected}
+    alongside = {
+        nb: any(o != nb and o not in ancestors[nb] and nb not in ancestors[o] for o in selected)
+        for nb in selected
+    }
+    return {nb: max(1, cores // jobs) if alongside[nb] else None for nb in selected}
+
+
+def _run_notebook(nb: str, run: _Run) -> None:
+    """Run (or reuse) one notebook and record how it went in its run.json entry."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    entry, run_dir = run.entries[nb], run.run_dir
+    label = f"[{run.selected.index(nb) + 1}/{len(run.selected)}] {nb}"
+    notebook = run.notebooks_dir / f"{nb}.ipynb"
+    upstream = {up: _outputs_digest(run_dir, run.entries.get(up)) for up in fingerprints.READS.get(nb, [])}
+    fingerprint = fingerprints.stage_fingerprint(nb, notebook, run.resolved[nb], upstream, run.environment)
+    reason = _why_run(nb, run.previous.get(nb), fingerprint, run.resolved[nb], run_dir, run.forced)
+    if reason is None:
+        with run.lock:
+            entry.clear()
+            entry.update(run.previous[nb], reused=True, carried_over=False, reason=None)
+            _ensure_report(run_dir, entry)
+            print(f"{label}: reused: unchanged since {_when(entry)}", flush=True)
+        return  # saved with the next notebook that runs, or at the end
+
+    threads = run.threads.get(nb)
+    with run.lock:
         entry.update(
             status="running",
-            parameters=resolved[nb],
+            parameters=run.resolved[nb],
             executed_notebook=f"{nb}.ipynb",
             fingerprint=fingerprint,
             reason=reason,
             reused=False,
+            threads=threads,
         )
         fingerprints.forget_outputs(run_dir, nb)
-        if nb in forced:
+        if nb in run.forced:
             _remove_outputs(run_dir, nb)
         _clear_stale(run_dir, nb)
-        _save(run_dir, record)
-        print(f"[{i}/{len(selected)}] {nb}: running ({reason})", flush=True)
-        start = time.perf_counter()
-        progress_file = run_dir / fingerprints.MANIFEST_DIR / f"{nb}.progress.json"
-        progress_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with (
-                _papermill_quiet(),
-                _environment_variable(progress.PROGRESS_ENV, str(progress_file)),
-                _environment_variable(notebook_log.LOG_ENV, str(run_dir / f"{nb}.log")),
-                LiveProgress(notebook, progress_file) as live,
-            ):
-                papermill.execute_notebook(
-                    str(notebook),
-                    str(run_dir / f"{nb}.ipynb"),
-                    parameters=resolved[nb],
-                    kernel_name=KERNEL_NAME,
-                    cwd=str(notebooks_dir),
-                    progress_bar=False,
-                    log_output=False,
-                    kernel_manager_class=kernel_manager,
-                    on_cell_start=live.on_cell_start,
-                    on_cell_execute=kernel_manager.cell_started,
-                    on_cell_executed=kernel_manager.cell_finished,
-                )
-            entry["status"] = "ok"
-        except PapermillExecutionError as e:
-            entry.update(
-                status="failed",
-                error={
-                    "cell_index": e.cell_index,
-                    "exec_count": e.exec_count,
-                    "ename": e.ename,
-                    "evalue": e.evalue,
-                },
+        _save(run_dir, run.record)
+        print(
+            f"{label}: running ({reason})" + (f" on {threads} CPU thread(s)" if threads else ""), flush=True
+        )
+    start = time.perf_counter()
+    progress_file = run_dir / fingerprints.MANIFEST_DIR / f"{nb}.progress.json"
+    progress_file.parent.mkdir(parents=True, exist_ok=True)
+    kernel_env = {progress.PROGRESS_ENV: str(progress_file), notebook_log.LOG_ENV: str(run_dir / f"{nb}.log")}
+    if threads:
+        kernel_env.update({name: str(threads) for name in THREAD_VARIABLES})
+    kernel_manager = _this_interpreter_kernel_manager(kernel_env)
+    run.kernels[nb] = kernel_manager
+    try:
+        with LiveProgress(
+            notebook, progress_file, live=run.live, label=None if run.live is None else nb
+        ) as live:
+            papermill.execute_notebook(
+                str(notebook),
+                str(run_dir / f"{nb}.ipynb"),
+                parameters=run.resolved[nb],
+                kernel_name=KERNEL_NAME,
+                cwd=str(run.notebooks_dir),
+                progress_bar=False,
+                log_output=False,
+                kernel_manager_class=kernel_manager,
+                on_cell_start=live.on_cell_start,
+                on_cell_execute=kernel_manager.cell_started,
+                on_cell_executed=kernel_manager.cell_finished,
             )
-        except KeyboardInterrupt:
-            entry["status"] = record["status"] = "interrupted"
-            entry["seconds"] = round(time.perf_counter() - start, 2)
-            _finish(run_dir, record)
-            raise
-        except Exception as e:  # the kernel died, failed to start, ...
-            entry.update(
-                status="failed",
-                error={"cell_index": None, "exec_count": None, "ename": type(e).__name__, "evalue": str(e)},
-            )
+        entry["status"] = "ok"
+    except PapermillExecutionError as e:
+        entry.update(
+            status="failed",
+            error={
+                "cell_index": e.cell_index,
+                "exec_count": e.exec_count,
+                "ename": e.ename,
+                "evalue": e.evalue,
+            },
+        )
+    except KeyboardInterrupt:
+        entry["status"] = run.record["status"] = "interrupted"
         entry["seconds"] = round(time.perf_counter() - start, 2)
-        entry["finished_at"] = _now()
+        _finish(run_dir, run.record)
+        raise
+    except Exception as e:  # the kernel died, failed to start, was stopped, ...
+        entry.update(
+            status="failed",
+            error={"cell_index": None, "exec_count": None, "ename": type(e).__name__, "evalue": str(e)},
+        )
+    finally:
+        run.kernels.pop(nb, None)
+    entry["seconds"] = round(time.perf_counter() - start, 2)
+    entry["finished_at"] = _now()
+    with run.lock:
         _collect(run_dir, entry)
         if entry["status"] == "ok":
             entry["outputs_digest"] = fingerprints.record_outputs(run_dir, nb, fingerprint["digest"])
-        print(f"  {entry['status']} in {_minutes(entry['seconds'])}", flush=True)
-
-        if entry["status"] == "failed":
-            for later in selected[i:]:
-                entries[later].update(status="skipped", note=f"not run: {nb} failed")
-            record["status"] = "failed"
-            _finish(run_dir, record)
-            raise RunFailed(_failure_message(nb, entry, run_dir))
-        _save(run_dir, record)
-
-    record["status"] = "ok"
-    _finish(run_dir, record)
-    return record
+        done = f"{entry['status']} in {_minutes(entry['seconds'])}"
+        print(f"  {done}" if run.live is None else f"{label}: {done}", flush=True)
+        _save(run_dir, run.record)
 
 
 def _plan(profile, only, params, run_name, notebooks_dir, outputs_dir):
@@ -347,20 +466,6 @@ def _when(entry: dict) -> str:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
-
-
-@contextlib.contextmanager
-def _environment_variable(name: str, value: str):
-    """Set an environment variable for the kernels started inside (they inherit the runner's environment)."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def _new_record(prof, run_name, command, resolved, listed, existing, selected, previous, device) -> dict:
@@ -500,10 +605,10 @@ def _papermill_quiet():
         logger.setLevel(level)
 
 
-@functools.lru_cache(maxsize=1)
-def _this_interpreter_kernel_manager():
-    """A kernel manager whose "python3" is always this interpreter, and which interrupts a kernel it shuts down
-    only while a cell runs (`cell_started` / `cell_finished` are the runner's cell hooks).
+def _this_interpreter_kernel_manager(env: Mapping[str, str] | None = None):
+    """A kernel manager class whose "python3" is always this interpreter, whose kernels get `env` on top of the
+    runner's environment, and which interrupts a kernel it shuts down only while a cell runs (`cell_started` /
+    `cell_finished` are the runner's cell hooks). One class per notebook: several may run at once.
 
     jupyter_client already swaps a bare "python" in kernel.json for sys.executable, but a
     user-level kernelspec with an absolute path (another env) would otherwise win.
@@ -525,9 +630,29 @@ def _this_interpreter_kernel_manager():
         def _kernel_spec_manager_default(self):
             return ThisInterpreterSpecs(data_dir=self.data_dir)
 
-        # One notebook runs at a time; the runner's cell hooks (nbclient's on_cell_execute / on_cell_executed)
-        # keep this up to date.
+        # The runner's cell hooks (nbclient's on_cell_execute / on_cell_executed) keep this up to date.
         cell_running = False
+        kernel_env = dict(env or {})
+        instances: list = []
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.instances.append(self)
+
+        async def _async_pre_start_kernel(self, **kw):
+            # per kernel, not through os.environ: two notebooks' kernels may start at the same time
+            kw["env"] = {**os.environ, **(kw.get("env") or {}), **self.kernel_env}
+            return await super()._async_pre_start_kernel(**kw)
+
+        @classmethod
+        def stop_all(cls) -> None:
+            """Kill this notebook's kernel now (the run was interrupted): its papermill call then ends with a dead
+            kernel. The manager belongs to the notebook's own thread and event loop, so only its process is
+            touched here."""
+            for manager in cls.instances:
+                process = getattr(manager.provisioner, "process", None)
+                if process is not None and process.poll() is None:
+                    process.kill()
 
         @classmethod
         def cell_started(cls, **_) -> None:

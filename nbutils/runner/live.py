@@ -75,7 +75,15 @@ def progress_text(state: dict | None, now: float | None = None) -> str:
 class LiveProgress:
     """Context manager showing one notebook's progress on `stream` while papermill runs it."""
 
-    def __init__(self, notebook: str | os.PathLike, progress_file: str | os.PathLike, stream=None, live=None):
+    def __init__(
+        self,
+        notebook: str | os.PathLike,
+        progress_file: str | os.PathLike,
+        stream=None,
+        live=None,
+        label=None,
+    ):
+        self.label = label  # the notebook's name, before each line, when several notebooks run at once
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live  # redraw in place, or print now and then
         self.progress_file = Path(progress_file)
@@ -97,7 +105,7 @@ class LiveProgress:
         if self.cell is None:
             return "  starting the kernel"
         ordinal, first, started = self.cell
-        text = f"  cell {ordinal or '?'}/{self.n_code}"
+        text = f"  {self.label + ': ' if self.label else ''}cell {ordinal or '?'}/{self.n_code}"
         state = progress.read(self.progress_file)
         if state and state.get("time", 0) >= started:  # a bar of an earlier cell is over
             text += " · " + progress_text(state, now)

@@ -27,7 +27,7 @@ OUTPUTS_DIR = REPO_DIR / "outputs"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 KERNEL_NAME = "python3"
 RUNNER_PARAMETERS = ("run_dir", "output_dir")  # every notebook declares these; only the runner sets them
-PROFILE_KEYS = ("description", "run", "common", "notebooks")
+PROFILE_KEYS = ("description", "run", "jobs", "common", "notebooks")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -45,7 +45,7 @@ class RunFailed(RuntimeError):
 def load_profile(name_or_path: str | os.PathLike) -> dict:
     """Read a profile by name (`nbutils/runner/profiles/<name>.yaml`) or path; check its structure.
 
-    Returns {name, path, description, run, common, notebooks} with `notebooks` mapping
+    Returns {name, path, description, run, jobs, common, notebooks} with `notebooks` mapping
     pipeline notebook names to parameter dicts (an empty entry becomes {}).
     """
     text = str(name_or_path)
@@ -90,6 +90,11 @@ def load_profile(name_or_path: str | os.PathLike) -> dict:
     run = raw.get("run", path.stem)
     if not isinstance(run, str) or not RUN_NAME.match(run):
         errors.append(f"profile {path}: run {run!r} must be a plain folder name (letters, digits, . _ -)")
+    jobs = raw.get("jobs", 1)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        errors.append(
+            f"profile {path}: jobs {jobs!r} must be a whole number of notebooks at once (1 or more)"
+        )
     if errors:
         raise ParameterError("\n".join(errors))
     return {
@@ -97,6 +102,7 @@ def load_profile(name_or_path: str | os.PathLike) -> dict:
         "path": str(path.resolve()),
         "description": str(raw.get("description") or ""),
         "run": run,
+        "jobs": jobs,
         "common": dict(common),
         "notebooks": {nb: dict(e or {}) for nb, e in notebooks.items()},
     }

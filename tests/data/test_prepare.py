@@ -107,11 +107,15 @@ def test_prepare_dataset_refuses_a_table_with_nothing_usable(tmp_path):
 
 def test_load_source_errors_name_the_missing_input(tmp_path):
     config = PrepareConfig(run_dir=str(tmp_path))
-    with pytest.raises(DataError, match=r"has no finished processdata_02 .*Run notebooks/processdata_02.ipynb"):
+    with pytest.raises(
+        DataError, match=r"has no finished processdata_02 .*Run notebooks/processdata_02.ipynb"
+    ):
         load_source(dataclasses.replace(config, source="processdata_02"))
     with pytest.raises(DataError, match="no such file"):
         load_source(dataclasses.replace(config, source=str(tmp_path / "missing.csv")))
-    with pytest.raises(DataError, match=r"has no finished processdata_03 .*Run notebooks/processdata_03.ipynb"):
+    with pytest.raises(
+        DataError, match=r"has no finished processdata_03 .*Run notebooks/processdata_03.ipynb"
+    ):
         stages.load_prepared(tmp_path)
 
 

@@ -564,3 +564,27 @@ def test_headline_says_what_happened_in_one_sentence():
     assert validate.headline({**few, "clean": 2810, "rejected": 0, "rejected_by_reason": {}}) == (
         "All 2,810 images are valid."
     )
+
+
+def test_a_csv_source_s_relative_image_paths_start_at_the_csv(tmp_path, make_jpeg, monkeypatch):
+    from nbutils.data.validate import load_input
+
+    folder = tmp_path / "my_photos"
+    make_jpeg(folder / "images" / "a.jpg")
+    (folder / "captions.csv").write_text("image_path,text\nimages/a.jpg,一只猫\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # the notebook runs elsewhere (notebooks/)
+    table, _ = load_input(ValidationConfig(source=str(folder / "captions.csv")))
+    assert table["image_path"].tolist() == [str(folder / "images" / "a.jpg")]
+    result = validate_images(table, tmp_path / "out", ValidationConfig(num_workers=1), progress=False)
+    assert result.summary["clean"] == 1
+
+
+def test_nothing_usable_is_an_error_with_examples(tmp_path):
+    table = pd.DataFrame({"image_path": [str(tmp_path / "gone.jpg")], "text": ["猫"]})
+    with pytest.raises(
+        DataError, match=r"no usable image: 0 of 1 images are valid.*For example .*gone.jpg: missing file"
+    ):
+        validate_images(table, tmp_path / "out", ValidationConfig(num_workers=1), progress=False)
+    assert not (
+        tmp_path / "out" / "clean.csv"
+    ).exists()  # processdata_03 never reads a stage that found nothing

@@ -218,7 +218,7 @@ class OfflineChromium:
             "--disable-dev-shm-usage",
             "--disable-gpu",
             f"--window-size={self.window}",
-            f"--user-data-dir={self.profile_dir}",
+            f"--user-data-dir={self.profile_dir / 'profile'}",
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--proxy-server=http://127.0.0.1:9",  # a closed port; loopback addresses bypass it
             "--no-first-run",
@@ -228,10 +228,23 @@ class OfflineChromium:
             "--disable-sync",
             "--disable-default-apps",
             "--disable-extensions",
+            "--disable-crash-reporter",
+            "--disable-breakpad",
         ):
             options.add_argument(argument)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-        service = Service(DRIVER, log_output=str(self.profile_dir.parent / "chromedriver.log"))
+        home = (
+            self.profile_dir / "home"
+        )  # Chromium's crash-report settings and dconf land under $HOME otherwise
+        environment = {
+            **os.environ,
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+        }
+        service = Service(
+            DRIVER, log_output=str(self.profile_dir.parent / "chromedriver.log"), env=environment
+        )
         self.driver = webdriver.Chrome(service=service, options=options)
         self.driver.execute_cdp_cmd("Network.enable", {})
         self.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["https://*", "wss://*", "ftp://*"]})

@@ -3,7 +3,7 @@ tests/fixtures/profiles/tiny.yaml), then each `<nb>.html`, the run's index.html 
 Chromium with the network blocked. Every image must load, the console must stay free of errors, and no request
 may leave the machine; a report whose summary.json has a `headline` opens with that sentence.
 
-The browser set-up is test_browser_in_chromium.py's (Debian's chromium + chromium-driver through Selenium): CI
+The browser is Debian's chromium + chromium-driver through Selenium, as in jupyterlab_browser.py (without a server): CI
 installs them, elsewhere the test is skipped with the reason in the summary.
 """
 

@@ -9,6 +9,7 @@ processdata_01, second -> processdata_02; see `make_workspace` in conftest.py).
 
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -274,3 +275,75 @@ def test_cli_failure_and_bad_parameter_exit_codes(tmp_path, make_workspace):
     )
     assert "Traceback" not in failed.stderr
     assert json.loads((out / "fx" / "run.json").read_text())["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------- notebooks at once
+
+
+def _timing_notebook(path) -> None:
+    """A notebook that holds its kernel for `hold` seconds and records when, and with which thread cap."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell('run_dir = ""\noutput_dir = ""\nseed = 0\nhold = 2.0')
+    parameters.metadata["tags"] = ["parameters"]
+    body = (
+        "import os, time\nfrom nbutils.files import write_summary\nstart = time.time()\ntime.sleep(hold)\n"
+        'write_summary(output_dir, {"start": start, "end": time.time(), "omp": os.environ.get("OMP_NUM_THREADS")})'
+    )
+    nb.cells = [parameters, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, str(path))
+
+
+def test_kernel_threads_share_the_cores_between_notebooks_that_may_run_together(monkeypatch):
+    from nbutils.runner.execute import _kernel_threads
+    from nbutils.runner.profiles import PIPELINE
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    threads = _kernel_threads(list(PIPELINE), jobs=2)
+    # the two trainings that read only processdata_03, and ClipCap, which may run beside the encoder-decoder
+    assert {nb for nb, n in threads.items() if n} == {"train_clip", "train_encoder_decoder", "train_clipcap"}
+    assert (
+        threads["train_clip"] == 1 and threads["infer"] is None
+    )  # infer reads every training: alone, all cores
+    assert _kernel_threads(list(PIPELINE), jobs=1) == dict.fromkeys(PIPELINE)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert _kernel_threads(["train_clip", "train_encoder_decoder"], jobs=2) == {
+        "train_clip": 8,
+        "train_encoder_decoder": 8,
+    }
+    assert _kernel_threads(["processdata_03", "train_clip"], jobs=2) == dict.fromkeys(
+        ["processdata_03", "train_clip"]
+    )
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_independent_notebooks_run_at_once_with_jobs(tmp_path, make_workspace, monkeypatch, jobs):
+    nb_dir, _, outputs = make_workspace(tmp_path, {})
+    for nb in ("train_clip", "train_encoder_decoder"):  # both read only processdata_03 (fingerprints.READS)
+        _timing_notebook(nb_dir / f"{nb}.ipynb")
+    profile = tmp_path / "two.yaml"
+    profile.write_text("run: two\nnotebooks:\n  train_clip: {}\n  train_encoder_decoder: {}\n")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    record = runner.run_pipeline(profile, notebooks_dir=nb_dir, outputs_dir=outputs, jobs=jobs)
+    assert [e["status"] for e in record["notebooks"]] == ["ok", "ok"]
+    a, b = (
+        json.loads((outputs / "two" / nb / "summary.json").read_text())
+        for nb in ("train_clip", "train_encoder_decoder")
+    )
+    overlap = min(a["end"], b["end"]) - max(a["start"], b["start"])
+    if jobs == 2:
+        assert overlap > 1.0, (a, b)  # both kernels held their 2 s at the same time
+        assert a["omp"] == b["omp"] == "1"  # one core each of the two
+        assert [e["threads"] for e in record["notebooks"]] == [1, 1]
+    else:
+        assert overlap < 0 and a["omp"] is None and b["omp"] is None
+
+
+def test_jobs_must_be_positive(tmp_path, make_workspace):
+    nb_dir, profile, outputs = make_workspace(tmp_path, {"processdata_01": {}})
+    with pytest.raises(runner.ParameterError, match="jobs=0"):
+        runner.run_pipeline(profile, notebooks_dir=nb_dir, outputs_dir=outputs, jobs=0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobs: two\nnotebooks:\n  processdata_01: {}\n")
+    with pytest.raises(runner.ParameterError, match="jobs 'two' must be a whole number"):
+        runner.load_profile(bad)
