@@ -2,9 +2,9 @@
 
 Warnings, the logging of transformers, huggingface_hub, jieba and torch, and transformers' progress bars all go to
 the kernel's stderr, which a notebook shows as red blocks that a reader of the report cannot act on. When the
-runner (`python -m nbutils run`) starts a kernel it sets `NBUTILS_LOG_FILE` to `outputs/<run>/<notebook>.log`. Importing nbutils in that kernel
-(every pipeline notebook does in its first code cell) calls `start()`, which points the kernel's `sys.stderr` at
-that file; the runner links the file from the report's header when it is not empty.
+runner (`python -m nbutils run`) starts a kernel it sets `NBUTILS_LOG_FILE` to `outputs/<run>/<notebook>.log`.
+Importing nbutils in that kernel (every pipeline notebook does in its first code cell) calls `start()`, which points
+the kernel's `sys.stderr` at that file; the runner links the file from the report's header when it is not empty.
 
 The notebook still shows everything it prints or displays (stdout, tables, figures, the project's own notes) and
 the traceback of a failing cell (IPython sends that as an error, not through stderr): to show a warning in the
