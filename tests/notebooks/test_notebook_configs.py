@@ -253,7 +253,7 @@ def profile_problems(path: Path, configs: dict[str, type]) -> list[str]:
 def test_every_pipeline_notebook_is_checked():
     assert {p.stem for p in NOTEBOOKS} <= set(runner.PIPELINE)  # no stray notebook escapes the checks
     assert {p.stem for p in NOTEBOOKS} >= {"processdata_01", "processdata_02", "processdata_03", "train_clip"}
-    assert {p.stem for p in PROFILES} == {"coco_en", "demo", "flickr30k_cn"}
+    assert {p.stem for p in PROFILES} == {"coco_en", "demo", "flickr30k_cn", "own_folder"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
