@@ -192,14 +192,14 @@ def _schedule(run: _Run, jobs: int) -> str | None:
     before it in pipeline order has started; analyze_loss, which sums up the run, waits for all of them. After a
     failure nothing new starts, and the notebooks still running finish.
     """
-    futures, started, failed = {}, set(), None
+    futures, started, finished, failed = {}, set(), set(), None
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
             while True:
                 for nb in run.selected:
                     if nb in started:
                         continue
-                    if failed or len(futures) >= jobs or not _inputs_finished(nb, run, started):
+                    if failed or len(futures) >= jobs or not _inputs_finished(nb, run.selected, finished):
                         break
                     started.add(nb)
                     futures[pool.submit(_run_notebook, nb, run)] = nb
@@ -209,6 +209,9 @@ def _schedule(run: _Run, jobs: int) -> str | None:
                 for future in done:
                     nb = futures.pop(future)
                     future.result()  # an error of the runner itself (not of the notebook) ends the run here
+                    finished.add(
+                        nb
+                    )  # only now: its outputs digest, which readers' fingerprints use, is recorded
                     if run.entries[nb]["status"] == "failed" and failed is None:
                         failed = nb
         except KeyboardInterrupt:
@@ -222,10 +225,10 @@ def _schedule(run: _Run, jobs: int) -> str | None:
             raise
 
 
-def _inputs_finished(nb: str, run: _Run, started: set) -> bool:
-    before = run.selected[: run.selected.index(nb)]
+def _inputs_finished(nb: str, selected: list, finished: set) -> bool:
+    before = selected[: selected.index(nb)]
     needed = before if nb == "analyze_loss" else [up for up in fingerprints.READS.get(nb, []) if up in before]
-    return all(up in started and run.entries[up].get("status") != "running" for up in needed)
+    return all(up in finished for up in needed)
 
 
 def _kernel_threads(selected: list, jobs: int) -> dict:

@@ -347,3 +347,22 @@ def test_jobs_must_be_positive(tmp_path, make_workspace):
     bad.write_text("jobs: two\nnotebooks:\n  processdata_01: {}\n")
     with pytest.raises(runner.ParameterError, match="jobs 'two' must be a whole number"):
         runner.load_profile(bad)
+
+
+def test_a_notebook_starts_once_what_it_reads_has_finished():
+    from nbutils.runner.execute import _inputs_finished
+    from nbutils.runner.profiles import PIPELINE
+
+    selected = list(PIPELINE)
+    finished = {"processdata_01", "processdata_02", "processdata_03"}
+    assert _inputs_finished("train_clip", selected, finished)
+    assert _inputs_finished("train_encoder_decoder", selected, finished)  # beside train_clip
+    assert not _inputs_finished("train_clipcap", selected, finished)  # reads train_clip's model
+    assert _inputs_finished("train_clipcap", selected, finished | {"train_clip"})
+    assert not _inputs_finished("infer", selected, finished | {"train_clip", "train_clipcap"})
+    almost = set(selected) - {"infer", "analyze_loss"}
+    assert _inputs_finished("infer", selected, almost)
+    assert not _inputs_finished("analyze_loss", selected, almost)  # it sums up the run: after every other one
+    assert _inputs_finished(
+        "train_clipcap", ["train_clipcap"], set()
+    )  # a stage not selected is read as it is
