@@ -63,7 +63,21 @@ def _local_opener(cookies: http.cookiejar.CookieJar | None = None):
     )
 
 
-class JupyterLab:
+class _Started:
+    """`with X(...) as x:` starts x and always stops it, also when starting fails half-way."""
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class JupyterLab(_Started):
     """`jupyter lab` serving `root`; every folder Jupyter, IPython or matplotlib writes to is under `home`."""
 
     def __init__(self, root: Path, home: Path, startup_timeout: float = 120.0):
@@ -181,24 +195,15 @@ class JupyterLab:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> JupyterLab:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class OfflineChromium:
+class OfflineChromium(_Started):
     """Headless Chromium (through chromedriver) that can reach `origin` and nothing else; see the module docstring.
 
     `requests()`, `websockets()` and `console()` return everything seen since the start (the DevTools logs are read
     and kept on each call, since reading them empties chromedriver's buffers)."""
 
-    def __init__(self, profile_dir: Path, origin: str, window: str = "1400,1200"):
+    def __init__(self, profile_dir: Path, origin: str | None, window: str = "1400,1200"):
+        # origin None: no server at all (file:// pages, which may then read each other's files)
         self.profile_dir, self.origin, self.window = Path(profile_dir), origin, window
         self.driver = None
         self._requests: list[str] = []
@@ -230,6 +235,7 @@ class OfflineChromium:
             "--disable-extensions",
             "--disable-crash-reporter",
             "--disable-breakpad",
+            *(["--allow-file-access-from-files"] if self.origin is None else []),
         ):
             options.add_argument(argument)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
@@ -247,7 +253,13 @@ class OfflineChromium:
         )
         self.driver = webdriver.Chrome(service=service, options=options)
         self.driver.execute_cdp_cmd("Network.enable", {})
-        self.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["https://*", "wss://*", "ftp://*"]})
+        blocked = [
+            "https://*",
+            "wss://*",
+            "ftp://*",
+            *(["http://*", "ws://*"] if self.origin is None else []),
+        ]
+        self.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": blocked})
         return self
 
     def _drain(self) -> None:
@@ -274,12 +286,11 @@ class OfflineChromium:
 
     def outside(self) -> list[str]:
         """Every url the page requested or opened a WebSocket to that is neither on `origin` nor local."""
-        ws_origin = "ws" + self.origin[len("http") :]
-        return [
-            url
-            for url in self.requests() + self.websockets()
-            if not url.startswith((self.origin + "/", ws_origin + "/", *LOCAL_SCHEMES))
-        ]
+        if self.origin is None:
+            allowed = ("file:", *LOCAL_SCHEMES)
+        else:
+            allowed = (self.origin + "/", "ws" + self.origin[len("http") :] + "/", *LOCAL_SCHEMES)
+        return [url for url in self.requests() + self.websockets() if not url.startswith(allowed)]
 
     def stop(self) -> None:
         if self.driver is not None:
@@ -287,13 +298,3 @@ class OfflineChromium:
                 self.driver.quit()  # closes Chromium and stops chromedriver
             finally:
                 self.driver = None
-
-    def __enter__(self) -> OfflineChromium:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -3,26 +3,22 @@ tests/fixtures/profiles/tiny.yaml), then each `<nb>.html`, the run's index.html 
 Chromium with the network blocked. Every image must load, the console must stay free of errors, and no request
 may leave the machine; a report whose summary.json has a `headline` opens with that sentence.
 
-The browser is Debian's chromium + chromium-driver through Selenium, as in jupyterlab_browser.py (without a server): CI
+The browser is jupyterlab_browser.py's OfflineChromium without a server (Debian's chromium + chromium-driver): CI
 installs them, elsewhere the test is skipped with the reason in the summary.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from nbutils import runner
 from nbutils.reporting.notebook_report import external_references
+from tests.reporting.jupyterlab_browser import MISSING_CHROMIUM, OfflineChromium
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="Chromium not found (apt-get install chromium chromium-driver): the offline report test did not run",
-)
+pytestmark = pytest.mark.skipif(MISSING_CHROMIUM is not None, reason=MISSING_CHROMIUM or "")
 
 # Images each report shows at least: a plot or grid for every notebook, infer's two galleries of 8.
 MIN_IMAGES = {
@@ -47,35 +43,12 @@ def tiny_run(tiny_pipeline_run) -> dict:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium that cannot reach any network: no host resolves, every http(s)/ws url is blocked at
-    the DevTools level, and the proxy is a closed port; console and network events are logged."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,1024",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--proxy-server=http://127.0.0.1:9",
-        "--allow-file-access-from-files",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    try:
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd(
-            "Network.setBlockedURLs", {"urls": ["http://*", "https://*", "ws://*", "wss://*"]}
-        )
-        yield driver
-    finally:
-        driver.quit()
+def browser(tmp_path_factory):
+    """Headless Chromium that cannot reach any network (jupyterlab_browser.OfflineChromium without an origin: no
+    host resolves, every http(s)/ws url is blocked at the DevTools level, the proxy is a closed port); its driver,
+    with console and network events logged."""
+    with OfflineChromium(tmp_path_factory.mktemp("chromium"), origin=None, window="1280,1024") as chromium:
+        yield chromium.driver
 
 
 def open_offline(driver, page: Path) -> dict:
