@@ -64,8 +64,9 @@ bench: $(STAMP)  ## speed measurements recorded in the README (not part of the t
 	$(BIN)/python -m benchmarks.bench_clipcap
 
 .PHONY: docs
-docs: $(STAMP)  ## write docs/parameters.md, the parameter reference, from the config dataclasses
+docs: $(STAMP)  ## write docs/parameters.md (from the config dataclasses) and the README's pipeline picture
 	$(BIN)/python -m nbutils parameters --output docs/parameters.md
+	$(BIN)/python -m nbutils pipeline --readme README.md
 
 clean-outputs:
 	rm -rf outputs/*/

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_captioning [--n 256] [--size 224] [--batch-size 32] [--workers 0] [--repeats 3]
 
-1. Training: samples/s of the same small ViT -> GPT-2 captioner (`build_demo_captioner`, patch 16, hidden 128,
+1. Training: samples/s of the same small ViT -> GPT-2 captioner (`build_demo_encoder_decoder`, patch 16, hidden 128,
    1 encoder + 1 decoder layer) over one epoch of --n samples (n / batch-size AdamW steps, forward + backward
    + step), fed (a) the original way: Dataset items opened with PIL + convert("RGB"), `ViTImageProcessorPil`
    per image in the collator; (b) this project's way: image cache -> `ImageTextDataset(sampling="caption")`
@@ -35,8 +35,8 @@ from benchmarks.bench_image_cache import machine_info, make_jpegs
 from nbutils.data.cache import ImageGeometry, build_image_cache, processor_mean_std
 from nbutils.data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
 from nbutils.files import write_json
-from nbutils.models.captioner import build_demo_captioner
 from nbutils.models.decoding import clean_caption, generate_captions
+from nbutils.models.encoder_decoder import build_demo_encoder_decoder
 from nbutils.models.tokenizer import caption_special_ids, train_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "captioning.json"
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
     tokenizer = train_tokenizer(texts)
     ids = caption_special_ids(tokenizer)
     torch.manual_seed(0)
-    bundle = build_demo_captioner(tokenizer, image_size=args.size, image_processor=processor, **MODEL)
+    bundle = build_demo_encoder_decoder(tokenizer, image_size=args.size, image_processor=processor, **MODEL)
     model = bundle.model
     n_params = sum(p.numel() for p in model.parameters())
     initial_state = {k: v.clone() for k, v in model.state_dict().items()}

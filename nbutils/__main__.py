@@ -1,5 +1,6 @@
 """Command line: `python -m nbutils run --profile demo` (see nbutils.runner for what it does), and
-`python -m nbutils parameters` (the parameter reference, docs/parameters.md)."""
+`python -m nbutils parameters` (the parameter reference, docs/parameters.md), `python -m nbutils pipeline` (the
+pipeline picture; `--readme README.md` writes it into the README)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         "HTML reports (code hidden), run.json and index.html under outputs/<run>/.",
         epilog="examples:\n"
         "  python -m nbutils run --profile demo\n"
-        "  python -m nbutils run --profile demo --only processdata_03 -p n_images=500 --run small\n"
+        "  python -m nbutils run --profile demo -p 'processdata_01.source=demo?n_images=500' --run small\n"
         "  python -m nbutils run --profile demo --fresh-from train_clipcap\n"
         "  python -m nbutils run --profile my_data.yaml -p processdata_03.image_size=224",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     parameters.add_argument(
         "--output", metavar="FILE", help="write the markdown to FILE instead of printing it"
     )
+    picture = commands.add_parser(
+        "pipeline",
+        help="print the pipeline picture (from the stage table, nbutils/pipeline.py)",
+        epilog="example:\n  python -m nbutils pipeline --readme README.md   (what `make docs` runs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    picture.add_argument("--readme", metavar="FILE", help="write the picture into FILE's pipeline block")
     return parser
 
 
@@ -98,7 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, argv)
     if args.command == "parameters":
         return _parameters(args)
+    if args.command == "pipeline":
+        return _pipeline(args)
     return 2
+
+
+def _pipeline(args) -> int:
+    from . import pipeline
+
+    if args.readme is None:
+        print(pipeline.pipeline_picture())
+        return 0
+    path = Path(args.readme)
+    path.write_text(
+        pipeline.readme_with_picture(path.read_text(encoding="utf-8")), encoding="utf-8", newline="\n"
+    )
+    print(f"Wrote the pipeline picture into {path}")
+    return 0
 
 
 def _parameters(args) -> int:

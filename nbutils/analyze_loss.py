@@ -13,18 +13,17 @@
    stage's own output_dir is read. `input_files(config)` lists exactly the files the stage reads, without parsing
    them (`input_files_of_parameters(dict)`: the same from the runner's parameters, for its fingerprints).
 2. Each training (`load_training`): its log_history's training (`loss`) and eval (`eval_loss`) points with their
-   step and epoch; its stage (stage.json, else the folder's name) and model type; its summary.json; its
-   checkpoints/settings.json (the job's parameters, for the chance level). A folder that is missing, not a
-   folder, without any trainer_state.json, or with an unreadable or malformed one is listed in `skipped` with the
-   reason, never an error.
-3. Chance levels (`chance_levels`): a contrastive model that scores every candidate alike has a loss of the mean
-   of ln(candidates) of the two directions, ln(batch) without hard negatives. Training gathers the batch of every
-   process, evaluation does not. The caption-word loss (`word_loss_weight`) is added to the training loss only,
-   and has no chance level: the line then marks the eval loss alone. Captioners get none (see `chance_levels`).
+   step and epoch; its stage (stage.json, else the folder's name) and model type; its summary.json. A folder that
+   is missing, not a folder, without any trainer_state.json, or with an unreadable or malformed one is listed in
+   `skipped` with the reason, never an error.
+3. Chance levels (`chance_levels`), as train_clip's summary records them: the loss of a model that scores every
+   candidate alike, on one process's batch (the eval curve) and on the batches gathered from every process (the
+   training curve). The caption-word loss (`word_loss_weight`) is added to the training loss only, and has no
+   chance level: the line then marks the eval loss alone. Captioners get none (see `chance_levels`).
 4. Outputs in output_dir: `summary.json` (`headline`: one sentence; `trainings`, `skipped`), `losses.csv` (label,
-   run, stage, step, epoch, split, loss), `metrics.csv` (the summaries' numeric metrics, one column per
-   training), `figures/loss_vs_step.png` and `figures/loss_vs_epoch.png` (one panel per kind of loss, one colour
-   per training, eval dashed, chance dotted), `stage.json`.
+   run, stage, step, epoch, split, loss), `metrics.csv` (the summaries' numbers, one column per training, named
+   and formatted by `nbutils.summaries`), `figures/loss_vs_step.png` and `figures/loss_vs_epoch.png` (one panel
+   per kind of loss, one colour per training, eval dashed, chance dotted), `stage.json`.
 """
 
 from __future__ import annotations
@@ -36,27 +35,25 @@ import sys
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import stages
+from . import pipeline, stages, summaries
 from .config import StageConfig, command_line_main, param
-from .evaluation.caption_metrics import METRIC_NAMES as CAPTION_METRIC_NAMES
 from .files import read_json, write_json, write_table
 from .reporting import figures as figure_helpers
-from .runner.profiles import NOTEBOOKS_DIR, PIPELINE
+from .runner.profiles import NOTEBOOKS_DIR
 
 TRAINER_STATE = "trainer_state.json"
 SUMMARY = "summary.json"
-SETTINGS = "checkpoints/settings.json"  # nbutils.training.trainer.SETTINGS_FILE beside the checkpoints
-# The files read per training, in the order input_files lists them (it sorts them all anyway).
-TRAINING_FILES = (TRAINER_STATE, SUMMARY, stages.STAGE_FILE, SETTINGS)
+TRAINING_FILES = (TRAINER_STATE, SUMMARY, stages.STAGE_FILE)  # what is read of each training
 FIGURES = ("step", "epoch")  # figures/loss_vs_<x>.png
 
 # Which loss a stage logs: trainings of one family share a panel (the same quantity on the same scale).
-FAMILIES = {"train_clip": "contrastive", "train_encoder_decoder": "captioning", "train_clipcap": "captioning"}
+FAMILIES = {stage.name: stage.loss for stage in pipeline.STAGES if stage.loss}
 FAMILY_ORDER = ("contrastive", "captioning", "other")
 PANEL_LABELS = {
     "contrastive": "contrastive loss (InfoNCE)",
@@ -158,9 +155,9 @@ def find_trainings(
 
 
 def input_files(config: AnalyzeLossConfig, working_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Exactly the files `analyze_loss(config)` reads, sorted: each training's trainer_state.json, summary.json,
-    stage.json and checkpoints/settings.json where they exist. Cheap (a few directory listings, no parsing)
-    and never under the stage's own output_dir; for deciding whether the stage must run again.
+    """Exactly the files `analyze_loss(config)` reads, sorted: each training's trainer_state.json, summary.json
+    and stage.json where they exist. Cheap (a few directory listings, no parsing) and never under the stage's
+    own output_dir; for deciding whether the stage must run again.
     `working_dir`: where relative `runs` entries outside the outputs folder are looked up (`find_trainings`)."""
     trainings, _ = find_trainings(config, working_dir)
     own = Path(config.output_dir).resolve()
@@ -214,7 +211,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _stage_order(folder: Path) -> tuple:
-    return (PIPELINE.index(folder.name) if folder.name in PIPELINE else len(PIPELINE), folder.name)
+    order = pipeline.NAMES
+    return (order.index(folder.name) if folder.name in order else len(order), folder.name)
 
 
 def _training_folders(folder: Path, own: Path) -> list[Path]:
@@ -341,7 +339,6 @@ def load_training(folder: str | Path) -> Training | Skipped:
     notes: list[str] = []
     summary = _optional_json(folder / SUMMARY, notes)
     manifest = _optional_json(folder / stages.STAGE_FILE, notes)
-    settings = _optional_json(folder / SETTINGS, notes)
     kind = manifest.get("stage") if manifest and isinstance(manifest.get("stage"), str) else stage_dir.name
     family = FAMILIES.get(kind, "other")
     mapping = folder.name if in_mappings else None
@@ -370,7 +367,7 @@ def load_training(folder: str | Path) -> Training | Skipped:
         steps=steps,
         epochs=epochs,
         batch_size=batch,
-        chance=chance_levels(kind, batch, summary, settings),
+        chance=chance_levels(kind, summary),
         summary=summary,
         notes=notes,
     )
@@ -403,60 +400,52 @@ def model_type(kind: str, summary: dict | None, mapping: str | None) -> str:
     return kind
 
 
-def contrastive_chance(batch: int, negatives_per_caption: int = 0) -> float:
-    """The symmetric InfoNCE loss of a model that scores every candidate alike: the mean over the two directions
-    of ln(candidates), text->image ln(batch), image->text ln(batch x (1 + negatives per caption)) with hard
-    negatives (nbutils.training.clip_loss). ln(batch) without them. Identical captions masked out of a batch
-    remove a few candidates, so the true chance is at most this."""
-    return (math.log(batch) + math.log(batch * (1 + negatives_per_caption))) / 2
+# What train_clip's summary records for its chance levels (nbutils.training.clip), and what each is.
+CHANCE_KEYS = {
+    "chance_loss": "the chance loss",
+    "chance_train_loss": "the chance of the training loss",
+    "batch_size": "the batch size",
+    "negatives_per_caption": "the number of hard negatives per caption",
+    "world_size": "the number of processes",
+    "word_loss_weight": "the caption-word loss weight",
+}
 
 
-def chance_levels(kind: str, batch: int | None, summary: dict | None, settings: dict | None) -> Chance:
-    """The chance level of each curve of a training, where one is defined.
+def chance_levels(kind: str, summary: dict | None) -> Chance:
+    """The chance level of each curve of a training, as its summary records it.
 
-    train_clip: `contrastive_chance` with the per-process `batch`, and `negatives_per_caption` from the job's
-    settings (checkpoints/settings.json) or, without them, from the summary (no hard-negative table: none; else
-    the count train_clip's own `chance_loss` implies). Training scores the gathered batch of every process
-    (global_batch_size / (batch x gradient_accumulation_steps) of them), evaluation only its own. With
-    `word_loss_weight` > 0 the logged training loss adds that many times the caption-word BCE (summed over the
-    words), whose chance depends on how often each word occurs: no training line, the eval loss (contrastive
-    only) keeps its line.
+    Contrastive (train_clip): the symmetric InfoNCE loss of a model that scores every candidate alike, the mean
+    over the two directions of ln(candidates): ln(batch) text->image, ln(batch x (1 + hard negatives per
+    caption)) image->text. `chance_loss`, on one process's batch, marks the eval curve; `chance_train_loss`, on
+    the batches gathered from `world_size` processes, the training curve. With `word_loss_weight` > 0 the logged
+    training loss adds that many times the caption-word BCE (summed over the words), whose chance depends on how
+    often each word occurs: no training line, the eval loss keeps its line. A summary without these keys
+    (CHANCE_KEYS) gets no line. Identical captions masked out of a batch remove a few candidates, so the true
+    chance is at most the recorded one.
 
     Captioners: none. A captioner that ignores the image still learns the captions' language, whose entropy
     depends on the data; ln(vocabulary) would only be the loss of a uniform guess, far above it.
     """
-    summary, settings = summary or {}, settings or {}
-    if kind in ("train_encoder_decoder", "train_clipcap"):
+    summary = summary or {}
+    family = FAMILIES.get(kind, "other")
+    if family == "captioning":
         return Chance(
             None,
             None,
             "no chance line: a captioner that ignores the image still learns the captions' language.",
         )
-    if kind != "train_clip":
+    if family != "contrastive":
         return Chance(None, None, "no chance line: unknown kind of training.")
-    if batch is None:
-        return Chance(None, None, "no chance line: the batch size is not recorded.")
+    missing = [what for key, what in CHANCE_KEYS.items() if not _is_number(summary.get(key))]
+    if missing:
+        what = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+        return Chance(
+            None, None, f"no chance line: {what} {'is' if len(missing) == 1 else 'are'} not recorded."
+        )
 
-    if isinstance(settings.get("hard_negatives"), bool):
-        negatives = settings.get("negatives_per_caption", 1) if settings["hard_negatives"] else 0
-    elif summary.get("hard_negatives") is None:
-        negatives = 0
-    elif _is_number(summary.get("chance_loss")):  # train_clip: (ln b + ln(b (1 + k))) / 2
-        negatives = round(math.exp(2 * summary["chance_loss"] - 2 * math.log(batch))) - 1
-    else:
-        negatives = None
-    if not _is_int(negatives) or negatives < 0:
-        return Chance(None, None, "no chance line: the number of hard negatives per caption is not recorded.")
-
-    accumulation = settings.get("gradient_accumulation_steps", 1)
-    accumulation = accumulation if _is_int(accumulation) and accumulation > 0 else 1
-    world = summary.get("global_batch_size")
-    world = max(1, round(world / (batch * accumulation))) if _is_number(world) else 1
-    weight = settings.get("word_loss_weight", summary.get("word_loss_weight")) or 0
-    weight = weight if _is_number(weight) else 0
-
-    eval_chance = contrastive_chance(batch, negatives)
-    train_chance = contrastive_chance(batch * world, negatives)
+    batch, negatives, world = (int(summary[k]) for k in ("batch_size", "negatives_per_caption", "world_size"))
+    eval_chance, train_chance = float(summary["chance_loss"]), float(summary["chance_train_loss"])
+    weight = summary["word_loss_weight"]
     if negatives:
         text = (
             f"chance (ln {batch:,} + ln {batch * (1 + negatives):,}) / 2 = {eval_chance:.2f} (image→text also "
@@ -507,133 +496,38 @@ def _is_int(value) -> bool:
 
 # ----------------------------------------------------------------------------- metrics of the summaries
 
-# Subtrees of a summary that are settings or files, not results.
-NOT_METRICS = {"decoding", "clip_embeddings", "comparison"}
-METRIC_NAMES = {
-    "i2t_r1": "image→text R@1",
-    "i2t_r5": "image→text R@5",
-    "i2t_r10": "image→text R@10",
-    "t2i_r1": "text→image R@1",
-    "t2i_r5": "text→image R@5",
-    "t2i_r10": "text→image R@10",
-    "mean_recall": "mean recall",
-    "median_rank_i2t": "median rank image→text",
-    "median_rank_t2i": "median rank text→image",
-    "chance_r1": "chance R@1",
-    "n_test_images": "test images",
-    "final_train_loss": "final training loss",
-    "chance_loss": "chance loss",
-    "train_seconds": "training seconds",
-    **CAPTION_METRIC_NAMES,
-    "word_loss_weight": "caption-word loss weight",
-    "prefix_len": "prefix length",
-    "constant_len": "constant tokens",
-    "initial": "untrained",
-    "baseline": "constant caption",
-    "true_captions": "true captions",
-    "empty_captions": "empty captions",
-    "attribute_scores": "attributes",
-    "per_attribute": "all images",
-    "single_object": "single-object",
-    "no_false_statement": "no false statement",
-    "single_object_no_false_statement": "no false statement, single-object",
-    "hallucination_rate": "hallucination",
-    "single_object_hallucination_rate": "hallucination, single-object",
-    "n_images": "images",
-    "n_single_object": "single-object images",
-    "zero_shot_accuracy": "zero-shot",
-    "zero_shot_chance": "zero-shot chance",
-    "linear_probe_accuracy": "linear probe",
-    "trainable_parameters": "parameters",
-}
-FULL_NAMES = {"caption_words.n_words": "caption-word loss: words", "trainable_parameters.total": "parameters"}
-PERCENT_LEAVES = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall", "chance_r1"}
-PERCENT_TREES = (
-    "attribute_scores.",
-    "true_captions.attribute_scores.",
-    "zero_shot_accuracy.",
-    "zero_shot_chance.",
-    "linear_probe_accuracy.",
-)
-CAPTION_METRICS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
-
-
-def flatten_metrics(summary: dict | None) -> dict[str, int | float]:
-    """The numeric scalars of a summary by dotted key ("attribute_scores.per_attribute.colour.precision"); lists,
-    strings, booleans and settings (decoding, clip_embeddings, comparison) are left out."""
-    out: dict[str, int | float] = {}
-
-    def walk(obj: dict, prefix: str) -> None:
-        for key, value in obj.items():
-            if not prefix and key in NOT_METRICS:
-                continue
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            elif _is_number(value):
-                out[f"{prefix}{key}"] = value
-
-    walk(summary or {}, "")
-    return out
-
-
-def is_percent(key: str) -> bool:
-    leaf = key.split(".")[-1]
-    return leaf in PERCENT_LEAVES or (
-        key.startswith(PERCENT_TREES) and leaf not in ("n_images", "n_single_object")
-    )
-
-
-def metric_name(key: str) -> str:
-    """A readable name for a dotted summary key: "attributes, single-object, colour: precision (%)"."""
-    if key in FULL_NAMES:
-        return FULL_NAMES[key]
-    parts = [METRIC_NAMES.get(p, p.replace("_", " ")) for p in key.split(".")]
-    name = parts[-1] if len(parts) == 1 else f"{', '.join(parts[:-1])}: {parts[-1]}"
-    return f"{name} (%)" if is_percent(key) else name
-
-
-def metric_format(key: str, values) -> str:
-    """The format of one metric's row: percentages one decimal, counts with thousands separators, caption metrics
-    and losses three decimals, learning rates in e-notation."""
-    leaf = key.split(".")[-1]
-    present = [v for v in values if _is_number(v) and not (isinstance(v, float) and math.isnan(v))]
-    if is_percent(key):
-        return "{:,.1f}"
-    if leaf in CAPTION_METRICS or leaf.endswith("loss"):
-        return "{:,.3f}"
-    if "learning_rate" in leaf:
-        return "{:.1e}"
-    if present and all(_is_int(v) for v in present):
-        return "{:,.0f}"
-    if leaf.endswith("seconds"):
-        return "{:,.1f}"
-    return "{:,.4g}"
-
 
 def metrics_table(trainings: list[Training]) -> pd.DataFrame:
     """The trainings' summary metrics side by side: one row per metric (index: dotted key), `name` (readable),
-    then one column per training label; values as the summaries hold them (ints stay ints), NaN where absent."""
-    flat = {t.label: flatten_metrics(t.summary) for t in trainings}
-    keys = list(dict.fromkeys(k for metrics in flat.values() for k in metrics))
+    then one column per training label; values as the summaries hold them (ints stay ints), NaN where absent.
+    The metrics are `summaries.flatten` of each summary, named by `summaries.display_name`."""
+    flat = {t.label: summaries.flatten(t.summary) for t in trainings}
+    names = {}
+    for t in trainings:
+        for key in flat[t.label]:
+            names.setdefault(key, summaries.display_name(t.kind, key))
     table = pd.DataFrame(
-        {label: [metrics.get(k, np.nan) for k in keys] for label, metrics in flat.items()},
-        index=pd.Index(keys, name="metric"),
+        {label: [metrics.get(k, np.nan) for k in names] for label, metrics in flat.items()},
+        index=pd.Index(list(names), name="metric"),
         dtype=object,
     )
-    table.insert(0, "name", [metric_name(k) for k in keys])
+    table.insert(0, "name", list(names.values()))
     return table
 
 
 def format_metrics(table: pd.DataFrame):
     """A `metrics_table` (or some of its rows and columns) for reading: readable names as the index, each row
-    formatted by `metric_format`, "–" where a training has no such metric."""
+    formatted by its kind (`summaries.format_value`: "81.3 %", "2,810", "1.720", "5.0e-04"), "–" where a training
+    has no such metric."""
     shown = table.drop(columns="name")
     names = list(table["name"])
     duplicated = {n for n in names if names.count(n) > 1}
     shown.index = [f"{n} [{k}]" if n in duplicated else n for n, k in zip(names, table.index)]
     styler = shown.style
-    for (row, values), key in zip(shown.iterrows(), table.index):
-        styler = styler.format(metric_format(key, values), subset=([row], list(shown.columns)), na_rep="–")
+    for row, key in zip(shown.index, table.index):
+        # No stage: a key means the same in every training stage that writes it (train_clip's first).
+        formatter = partial(summaries.format_value, None, key)
+        styler = styler.format(formatter, subset=([row], list(shown.columns)), na_rep="–")
     return styler
 
 

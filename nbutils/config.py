@@ -8,7 +8,7 @@ that cell, and the next cell builds the config in one line:
 
     config = DownloadConfig.from_notebook(globals())
 
-A field the cell does not set is an error naming it, and tests/test_notebook_configs.py checks that
+A field the cell does not set is an error naming it, and tests/notebooks/test_notebook_configs.py checks that
 every notebook's cell and its config agree in names, order, defaults and types. Command-line entries
 (`python -m nbutils.train_clip --batch-size 48`) are generated from the same fields.
 """

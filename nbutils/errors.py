@@ -30,3 +30,15 @@ def check_int(name: str, value, minimum: int) -> int:
     if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return int(value)
+
+
+def check_columns(table, columns: tuple[str, ...], what: str, hint: str = "") -> None:
+    """DataError naming `what` when `table` is not a pandas DataFrame or lacks any of `columns` (then it lists the
+    columns the table has, and `hint`: how to read the file with other column names)."""
+    import pandas as pd  # imported here: the rest of this module is used where pandas is not needed
+
+    if not isinstance(table, pd.DataFrame):
+        raise DataError(f"{what} must be a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{what}: missing column(s) {missing}; it has {list(table.columns)}{hint}")

@@ -190,7 +190,7 @@ def images_per_second(captioner, cache: ImageCache, paths: list[str], decoding, 
 
 
 @dataclass
-class InferRun:
+class InferResult:
     """What `infer` returns to the notebook."""
 
     summary: dict
@@ -345,7 +345,7 @@ class InferRun:
         return image_grid_html(cache.uint8(cache.index_of(paths)), captions, ncols=ncols, thumb_px=96)
 
 
-def infer(config: InferConfig) -> InferRun:
+def infer(config: InferConfig) -> InferResult:
     """Caption `config.images` with every captioner; score, time and tabulate (module docstring)."""
     settings = decoding_settings(config)
     decoding_name = config.decoding if not config.decoding.strip().startswith("{") else json.dumps(settings)
@@ -448,7 +448,7 @@ def infer(config: InferConfig) -> InferRun:
     write_json(output_dir / "summary.json", summary)
     files = {"predictions": "predictions.csv", "per_image": "per_image.csv", "summary": "summary.json"}
     stages.write_stage(output_dir, "infer", files)
-    return InferRun(
+    return InferResult(
         summary,
         predictions,
         images,
@@ -516,7 +516,7 @@ def _clipscores(config: InferConfig, images: ImageSet, predictions: pd.DataFrame
         bundle, clip_name = load_clip_model(config.clip_model, parameter="clip_model"), config.clip_model
     else:
         try:
-            bundle, clip_name = stages.load_clip(config.run_dir).bundle, "train_clip of this run"
+            bundle, clip_name = stages.load_trained_clip(config.run_dir).bundle, "train_clip of this run"
         except Exception:
             return None, {"clipscore_model": None}, None
     cache = image_cache(images, bundle.image_processor, output_dir / "cache")

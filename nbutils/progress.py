@@ -8,7 +8,7 @@ the variable unset (JupyterLab, tests, the command-line entries) `report()` does
     report("train", n=120, total=440, unit="steps", loss=2.31)
 
 Kernel side, two sources feed it: `tqdm` below (a drop-in for `tqdm.auto.tqdm` used by nbutils' loops) and the
-Trainer callback in `nbutils.training.trainer`.
+Trainer callback in `nbutils.training.job`.
 """
 
 from __future__ import annotations

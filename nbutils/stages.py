@@ -1,12 +1,13 @@
-"""What each pipeline stage leaves for the next: typed hand-offs, one loader per stage.
+"""What each pipeline stage leaves for the next: typed hand-offs, one saver and one loader per stage.
 
-    processdata_01  downloaded.csv (+ status.parquet, images/)       load_downloaded(run_dir) -> ImageTable
-    processdata_02  clean.csv (+ rejects.csv, checks.csv)            load_validated(run_dir)  -> ImageTable
-    processdata_03  train/val/test[_small].csv, dropped.csv, cache   load_prepared(run_dir)   -> PreparedDataset
-    train_clip      model/ (a save_pretrained folder), summary.json  load_clip(run_dir)       -> TrainedClip
-    train_encoder_decoder  model/, predictions.csv, summary.json   load_captioner_run(run_dir) -> TrainedCaptioner
-    train_clipcap   model/, predictions.csv, summary.json            load_clipcap_run(run_dir)   -> TrainedCaptioner
+    processdata_01         save_downloaded         load_downloaded(run_dir)         -> ImageTable
+    processdata_02         save_validated          load_validated(run_dir)          -> ImageTable
+    processdata_03         save_prepared           load_prepared(run_dir)           -> PreparedDataset
+    train_clip             save_trained_clip       load_trained_clip(run_dir)       -> TrainedClip
+    train_encoder_decoder  save_trained_captioner  load_trained_captioner(run_dir)  -> TrainedCaptioner
+    train_clipcap          save_trained_clipcap    load_trained_clipcap(run_dir)    -> TrainedCaptioner
 
+Which stage reads which is the stage table's business (nbutils/pipeline.py); this module holds the files.
 Each stage folder `<run_dir>/<stage>/` gets a `stage.json` manifest, written last: a folder without it
 is an unfinished stage and is never read. The manifest names the stage's files and the data's origin
 (caption language, and the demo set's ground truth, which must survive the round trip over HTTP).
@@ -268,7 +269,7 @@ class TrainedClip:
     model_dir: Path
 
 
-def save_clip_run(output_dir, bundle, summary: dict) -> TrainedClip:
+def save_trained_clip(output_dir, bundle, summary: dict) -> TrainedClip:
     """Save the model folder (save_pretrained with tokenizer and processor), summary.json and the manifest."""
     from .models.clip import save_clip
 
@@ -279,7 +280,7 @@ def save_clip_run(output_dir, bundle, summary: dict) -> TrainedClip:
     return TrainedClip(bundle, summary, output_dir / "model")
 
 
-def load_clip(run_dir) -> TrainedClip:
+def load_trained_clip(run_dir) -> TrainedClip:
     """Reload the dual encoder train_clip saved in `run_dir` (plain transformers can load the folder too)."""
     from .models.clip import load_clip_model
 
@@ -303,14 +304,14 @@ class TrainedCaptioner:
     model_dir: Path
 
 
-def save_captioner_run(
+def save_trained_captioner(
     output_dir, bundle, summary: dict, predictions: pd.DataFrame, stage: str = "train_encoder_decoder"
 ) -> TrainedCaptioner:
     """Save the model folder (save_pretrained with tokenizer and processor), predictions.csv, summary.json, manifest."""
-    from .models.captioner import save_captioner
+    from .models.encoder_decoder import save_encoder_decoder
 
     output_dir = Path(output_dir)
-    save_captioner(bundle, output_dir / "model")
+    save_encoder_decoder(bundle, output_dir / "model")
     write_table(predictions, output_dir / "predictions.csv")
     write_json(output_dir / "summary.json", summary)
     write_stage(
@@ -319,11 +320,11 @@ def save_captioner_run(
     return TrainedCaptioner(bundle, summary, predictions, output_dir / "model")
 
 
-def load_captioner_run(run_dir, stage: str = "train_encoder_decoder") -> TrainedCaptioner:
+def load_trained_captioner(run_dir, stage: str = "train_encoder_decoder") -> TrainedCaptioner:
     """Reload the captioner a captioning stage saved in `run_dir` (plain transformers can load the folder too)."""
-    from .models.captioner import load_saved_captioner
+    from .models.encoder_decoder import load_saved_encoder_decoder
 
-    return _load_captioning_stage(run_dir, stage, load_saved_captioner)
+    return _load_captioning_stage(run_dir, stage, load_saved_encoder_decoder)
 
 
 def _load_captioning_stage(run_dir, stage: str, load_model) -> TrainedCaptioner:
@@ -341,7 +342,7 @@ def _load_captioning_stage(run_dir, stage: str, load_model) -> TrainedCaptioner:
 # ----------------------------------------------------------------------------- train_clipcap
 
 
-def save_clipcap_run(output_dir, bundle, summary: dict, predictions: pd.DataFrame) -> TrainedCaptioner:
+def save_trained_clipcap(output_dir, bundle, summary: dict, predictions: pd.DataFrame) -> TrainedCaptioner:
     """Save train_clipcap's model folder (model + tokenizer), predictions.csv, summary.json and the manifest."""
     from .models.clipcap import save_clipcap
 
@@ -354,7 +355,7 @@ def save_clipcap_run(output_dir, bundle, summary: dict, predictions: pd.DataFram
     return TrainedCaptioner(bundle, summary, predictions, output_dir / "model")
 
 
-def load_clipcap_run(run_dir) -> TrainedCaptioner:
+def load_trained_clipcap(run_dir) -> TrainedCaptioner:
     """Reload the ClipCap model train_clipcap saved in `run_dir` (its bundle has model and tokenizer)."""
     from .models.clipcap import load_saved_clipcap
 

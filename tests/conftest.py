@@ -6,6 +6,7 @@ The tests mirror the package (`tests/data/` tests `nbutils/data/`, ...); noteboo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -16,11 +17,12 @@ import pytest
 from PIL import Image
 
 from nbutils import runner
+from nbutils.demo.source import DemoSource
 
-# The shared prepared run: processdata_03 on the demo set, through the real notebook.
+# The shared prepared run: processdata_03 on the demo set, through the real notebook. The demo set's image_size
+# and data_dir are processdata_03's (32 px; the fixture's data_dir).
 PREPARED_PARAMS = {
-    "source": "demo",
-    "n_images": 60,
+    "source": "demo?n_images=60",
     "image_size": 32,
     "val_fraction": 0.15,
     "test_fraction": 0.2,
@@ -120,19 +122,23 @@ def make_tiny_dual_encoder():
 def prepared_run(tmp_path_factory) -> dict:
     """processdata_03's output for 60 demo images at 32 px, built ONCE per test run by the real notebook.
 
-    Returns {"run_dir", "data_dir", "result" (the runner's record), "params"}. Treat it as read-only:
-    a test that writes into a run folder copies it first (`copy_prepared_run`).
+    Returns {"run_dir", "data_dir", "result" (the runner's record), "params", "demo" (the DemoSource the notebook
+    generated)}. Treat it as read-only: a test that writes into a run folder copies it first (`copy_prepared_run`).
     """
     tmp = tmp_path_factory.mktemp("prepared")
     params = [f"{k}={v}" for k, v in PREPARED_PARAMS.items()] + [f"data_dir={tmp / 'data'}"]
     result = runner.run_pipeline(
         "demo", only=["processdata_03"], params=params, run_name="tiny", outputs_dir=tmp / "outputs"
     )
+    demo = DemoSource.parse(
+        PREPARED_PARAMS["source"], image_size=PREPARED_PARAMS["image_size"], data_dir=str(tmp / "data")
+    )
     return {
         "run_dir": tmp / "outputs" / "tiny",
         "data_dir": tmp / "data",
         "result": result,
         "params": dict(PREPARED_PARAMS),
+        "demo": demo,
     }
 
 
@@ -163,11 +169,14 @@ def tiny_pipeline_run(tmp_path_factory) -> dict:
 
     tmp = tmp_path_factory.mktemp("tiny")
     outputs = tmp / "outputs"
+    # processdata_01's demo set lives in its source's data_dir, which the data_dir parameter does not reach.
+    demo = DemoSource.parse(runner.load_profile(TINY_PROFILE)["notebooks"]["processdata_01"]["source"])
+    source = dataclasses.replace(demo, data_dir=str(tmp / "data")).spec()
 
     def run(*params, **kwargs) -> dict:
         return runner.run_pipeline(
             TINY_PROFILE,
-            params=[f"data_dir={tmp / 'data'}", *params],
+            params=[f"data_dir={tmp / 'data'}", f"processdata_01.source={source}", *params],
             outputs_dir=outputs,
             command=["pytest"],
             **kwargs,

@@ -34,10 +34,10 @@ def write_json(path: Path, obj) -> Path:
 
 
 def write_training(
-    folder: Path, train, evals=(), batch=32, epochs_per_step=0.1, stage=None, summary=None, settings=None
+    folder: Path, train, evals=(), batch=32, epochs_per_step=0.1, stage=None, summary=None
 ) -> Path:
     """A training folder as the Trainer and the stages leave it: trainer_state.json (log_history with
-    `loss` / `eval_loss` entries and the final `train_loss` average), summary.json, stage.json, settings."""
+    `loss` / `eval_loss` entries and the final `train_loss` average), summary.json, stage.json."""
     log = [
         {"epoch": s * epochs_per_step, "grad_norm": 1.0, "learning_rate": 1e-3, "loss": v, "step": s}
         for s, v in train
@@ -57,8 +57,6 @@ def write_training(
         write_json(folder / "summary.json", summary)
     if stage is not None:
         write_json(folder / "stage.json", {"stage": stage, "format_version": 1, "files": {}, "origin": None})
-    if settings is not None:
-        write_json(folder / "checkpoints" / "settings.json", settings)
     return folder
 
 
@@ -70,7 +68,10 @@ CLIP_SUMMARY = {
     "initial": {"i2t_r1": 1.4981273408239701},
     "final_train_loss": 2.2,
     "chance_loss": math.log(32),
+    "chance_train_loss": math.log(32),
+    "negatives_per_caption": 0,
     "batch_size": 32,
+    "world_size": 1,
     "global_batch_size": 32,
     "learning_rate": 0.001,
     "trainable_parameters": {"trainable": 721409, "frozen": 0, "total": 721409},
@@ -105,10 +106,12 @@ def outputs(tmp_path) -> Path:
     alpha = out / "alpha"
     write_json(alpha / "run.json", {"run": "alpha"})
     write_training(
-        alpha / "train_clip", CLIP_TRAIN, CLIP_EVAL, batch=32, stage="train_clip", summary=CLIP_SUMMARY,
-        settings={"batch_size": 32, "hard_negatives": False, "word_loss_weight": 0.0,
-                  "gradient_accumulation_steps": 1},
-    )  # fmt: skip
+        alpha / "train_clip", CLIP_TRAIN, CLIP_EVAL, batch=32, stage="train_clip", summary=CLIP_SUMMARY
+    )
+    # the job's settings beside the checkpoints: not read (the summary records what the chance needs)
+    write_json(
+        alpha / "train_clip" / "checkpoints" / "settings.json", {"hard_negatives": True, "batch_size": 4}
+    )
     # an intermediate checkpoint's state: never a training of its own
     write_training(alpha / "train_clip" / "checkpoints" / "checkpoint-20", [(10, 99.0), (20, 99.0)])
     write_training(
@@ -174,7 +177,7 @@ def test_trainings_are_found_loaded_and_compared_and_bad_folders_are_named_with_
     assert (transformer.final_eval_loss, captioner.final_eval_loss, captioner.steps) == (None, 3.25, 200)
     assert clip.steps == 40 and clip.epochs == pytest.approx(4.0) and clip.batch_size == 32
 
-    # chance: ln(batch) for the contrastive training on both curves, none for captioners
+    # chance: the summary's ln(batch) for the contrastive training on both curves, none for captioners
     assert clip.chance.train == clip.chance.eval == pytest.approx(math.log(32))
     assert all(t.chance.train is None and t.chance.eval is None for t in (mlp, transformer, captioner))
 
@@ -217,13 +220,13 @@ def test_trainings_are_found_loaded_and_compared_and_bad_folders_are_named_with_
     names = metrics["name"]
     assert (
         names["attribute_scores.single_object.colour.precision"]
-        == "attributes, single-object, colour: precision (%)"
+        == "attributes, single-object, colour: precision"
     )
-    assert names["attribute_scores.hallucination_rate"] == "attributes: hallucination (%)"
+    assert names["attribute_scores.hallucination_rate"] == "attributes: hallucination"
     assert names["true_captions.cider"] == "true captions: CIDEr"
     assert (
         names["true_captions.attribute_scores.hallucination_rate"]
-        == "true captions, attributes: hallucination (%)"
+        == "true captions, attributes: hallucination"
     )
     assert (
         names["empty_captions"] == "empty captions"
@@ -259,7 +262,6 @@ def test_input_files_are_exactly_what_the_stage_reads_and_never_its_own_output(o
     expected = sorted(
         [
             *(alpha / "train_clip" / n for n in ("trainer_state.json", "summary.json", "stage.json")),
-            alpha / "train_clip" / "checkpoints" / "settings.json",
             *(alpha / "train_clipcap" / n for n in ("trainer_state.json", "summary.json", "stage.json")),
             *(
                 alpha / "train_clipcap" / "mappings" / "transformer" / n
@@ -325,33 +327,43 @@ def test_malformed_states_are_skipped_and_a_bad_summary_only_loses_its_metrics(t
     assert al.load_training(run / "c").reason == "malformed trainer_state.json"
     training = al.load_training(run / "train_clip")
     assert training.summary is None and "summary.json unreadable" in training.notes[0]
-    assert training.chance.eval == pytest.approx(math.log(4))  # the batch comes from trainer_state.json
+    assert training.batch_size == 4  # from trainer_state.json
+    assert training.chance.eval is None and training.chance.note.endswith("are not recorded.")
     assert al.metrics_table([training]).empty
 
 
-def test_chance_is_what_the_logged_loss_would_be_for_uniform_scores():
-    assert al.contrastive_chance(64) == pytest.approx(math.log(64))
-    assert al.contrastive_chance(64, 3) == pytest.approx((math.log(64) + math.log(64 * 4)) / 2)
-    # hard negatives and the word loss from the job's settings (the demo profile's train_clip)
-    settings = {"hard_negatives": True, "negatives_per_caption": 3, "word_loss_weight": 5.0}
-    summary = {"global_batch_size": 64, "caption_words": {"n_words": 25}}
-    chance = al.chance_levels("train_clip", 64, summary, settings)
+def test_chance_levels_are_read_from_the_summary():
+    one = {"chance_loss": math.log(64), "chance_train_loss": math.log(64), "batch_size": 64, "world_size": 1,
+           "negatives_per_caption": 0, "word_loss_weight": 0.0}  # fmt: skip
+    chance = al.chance_levels("train_clip", one)
+    assert chance.train == chance.eval == pytest.approx(math.log(64))
+    assert chance.note == "chance ln 64 = 4.16."
+    # hard negatives and the caption-word loss (the demo profile's train_clip)
+    eval_chance = (math.log(64) + math.log(256)) / 2
+    demo = {**one, "chance_loss": eval_chance, "chance_train_loss": eval_chance, "negatives_per_caption": 3,
+            "word_loss_weight": 5.0, "caption_words": {"n_words": 25}}  # fmt: skip
+    chance = al.chance_levels("train_clip", demo)
     assert chance.train is None  # the training loss adds 5 x the caption-word BCE: no chance for the sum
-    assert chance.eval == pytest.approx((math.log(64) + math.log(256)) / 2)
+    assert chance.eval == pytest.approx(eval_chance)
+    assert chance.note.startswith(
+        "chance (ln 64 + ln 256) / 2 = 4.85 (image→text also scores 3 hard negatives"
+    )
     assert "eval loss only" in chance.note and "25 words" in chance.note and chance.train_extra
-    # without settings: the negatives follow from train_clip's own chance_loss, the processes from the batches
-    summary = {"hard_negatives": {"language": "zh"}, "chance_loss": (math.log(8) + math.log(24)) / 2,
-               "global_batch_size": 32, "word_loss_weight": 0.0}  # fmt: skip
-    chance = al.chance_levels("train_clip", 8, summary, None)
-    assert chance.eval == pytest.approx((math.log(8) + math.log(24)) / 2)  # 2 negatives per caption
-    assert chance.train == pytest.approx((math.log(32) + math.log(96)) / 2)  # 4 processes gathered
-    # gradient accumulation multiplies the global batch, not the negatives
-    chance = al.chance_levels("train_clip", 8, {"global_batch_size": 32}, {"gradient_accumulation_steps": 4})
-    assert chance.train == chance.eval == pytest.approx(math.log(8))
+    # four processes: training scores their gathered batches, evaluation each its own
+    four = {**one, "world_size": 4, "chance_train_loss": math.log(256)}
+    chance = al.chance_levels("train_clip", four)
+    assert (chance.eval, chance.train) == (pytest.approx(math.log(64)), pytest.approx(math.log(256)))
+    assert chance.note == (
+        "chance ln 64 = 4.16 for the eval loss; training scores the gathered batches of 4 processes: 5.55."
+    )
+    # a summary without the keys: no line, and the note says what is missing
+    chance = al.chance_levels("train_clip", {k: v for k, v in one.items() if k != "world_size"})
+    assert (chance.train, chance.eval) == (None, None)
+    assert chance.note == "no chance line: the number of processes is not recorded."
+    assert al.chance_levels("train_clip", None).note.endswith("are not recorded.")
     for kind in ("train_encoder_decoder", "train_clipcap", "my_stage"):
-        chance = al.chance_levels(kind, 8, {}, {})
+        chance = al.chance_levels(kind, one)
         assert (chance.train, chance.eval) == (None, None) and chance.note.startswith("no chance line")
-    assert al.chance_levels("train_clip", None, {}, {}).eval is None
 
 
 def naive_ema(values, weight):
@@ -387,8 +399,10 @@ def test_tables_are_formatted_for_reading(outputs):
     assert "77.9" in html and "77.90" not in html  # percentages: one decimal
     assert "1,120,512" in html and "1,267" in html and "721,409" in html  # counts: thousands separators
     assert "2.011" in html and "1.0e-03" in html  # caption metrics three decimals, learning rates e-notation
-    assert "image→text R@1 (%)" in html and "constant caption: CIDEr" in html
-    assert ">43.4<" in html and ">2.541<" in html  # hallucination one decimal, the true captions' CIDEr three
+    assert "image→text R@1" in html and "constant caption: CIDEr" in html
+    assert (
+        ">43.4 %<" in html and ">2.541<" in html
+    )  # hallucination one decimal, the true captions' CIDEr three
     values = result.metrics().drop(columns="name").to_numpy().ravel()
     assert all(type(v) in (int, float) for v in values)  # numbers only: no dict or list dumps
     trainings = result.trainings_table()

@@ -1,9 +1,10 @@
-"""The one-line error text and the integer checks every stage uses."""
+"""The one-line error text and the integer and column checks every stage uses."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from nbutils.errors import DataError, check_int, is_int, short_error
+from nbutils.errors import DataError, check_columns, check_int, is_int, short_error
 
 
 def test_short_error_is_one_line_with_the_type():
@@ -56,3 +57,13 @@ def test_check_int_returns_a_plain_int_or_names_the_parameter():
         with pytest.raises(ValueError) as err:
             check_int("workers", bad, 1)
         assert str(err.value) == f"workers must be an integer >= 1; got {bad!r}"
+
+
+def test_check_columns_names_the_table_the_missing_columns_and_what_it_has():
+    check_columns(pd.DataFrame({"url": [], "text": []}), ("url", "text"), "manifest")  # fine
+    with pytest.raises(
+        DataError, match=r"^m.csv: missing column\(s\) \['text'\]; it has \['url'\] \(hint\)$"
+    ):
+        check_columns(pd.DataFrame({"url": []}), ("url", "text"), "m.csv", " (hint)")
+    with pytest.raises(DataError, match="table must be a pandas DataFrame, got list"):
+        check_columns([], ("url",), "table")

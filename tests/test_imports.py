@@ -1,4 +1,5 @@
-"""Stages 01 and 02, the hand-offs, the demo site and the report helpers never import torch.
+"""Stages 01 and 02, the hand-offs, the stage table, the demo site and source, and the report helpers never
+import torch.
 
 Each import runs in a fresh interpreter: this test process has imported torch long ago.
 """
@@ -16,7 +17,9 @@ LIGHT_MODULES = [
     "nbutils.data.download",
     "nbutils.data.validate",
     "nbutils.stages",
+    "nbutils.pipeline",
     "nbutils.demo.website",
+    "nbutils.demo.source",
     "nbutils.reporting.grids",
     "nbutils.reporting.figures",
 ]

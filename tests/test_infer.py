@@ -94,7 +94,7 @@ def test_every_captioner_on_the_test_split_side_by_side(trained_run, tmp_path):
     assert list(found.columns) == ["image", "reference found", "cosine"] and len(found) == 4
 
     # CLIPScore of one model against a direct computation with the same CLIP
-    clip = stages.load_clip(trained_run).bundle
+    clip = stages.load_trained_clip(trained_run).bundle
     shown = run.per_image[run.per_image["model"] == "train_clipcap"]
     test = stages.load_prepared(trained_run).dataset("test")
     from nbutils.evaluation.embeddings import embed_images

@@ -87,7 +87,7 @@ LOADERS = {
     "processdata_01": stages.load_downloaded,
     "processdata_02": stages.load_validated,
     "processdata_03": stages.load_prepared,
-    "train_clip": stages.load_clip,
+    "train_clip": stages.load_trained_clip,
 }
 
 

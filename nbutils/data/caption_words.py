@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .hard_negatives import MIN_COUNT, MIN_LIFT, cached_word_spans, word_lift
 
@@ -75,3 +76,20 @@ class CaptionWords:
     def summary(self) -> dict:
         """JSON-friendly: the language and the words."""
         return {"language": self.language, "n_words": len(self.words), "words": list(self.words)}
+
+
+def caption_word_loss(word_logits: torch.Tensor, word_targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of (n, V) word logits against (n, V) 0/1 (or bool) targets, summed over the V words and
+    averaged over the n images (nbutils.data.caption_words: each image's grounded caption words).
+
+    Summed, not averaged, over the words: each word keeps the weight of one binary label whatever the
+    vocabulary's size, so `word_loss_weight` means the same on any data set.
+    """
+    if word_logits.shape != word_targets.shape:
+        raise ValueError(
+            f"word_logits {tuple(word_logits.shape)} and word_targets {tuple(word_targets.shape)} differ"
+        )
+    per_word = F.binary_cross_entropy_with_logits(
+        word_logits, word_targets.to(word_logits.dtype), reduction="none"
+    )
+    return per_word.sum(dim=1).mean()

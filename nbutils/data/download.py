@@ -42,7 +42,7 @@ import urllib3
 
 from .. import files
 from ..config import StageConfig, param
-from ..errors import DataError, check_int, short_error
+from ..errors import DataError, check_columns, check_int, short_error
 from ..files import atomic_path, write_table
 from ..progress import tqdm
 from ..reporting.tables import (
@@ -114,7 +114,9 @@ class DownloadConfig(StageConfig):
 
     stage = "processdata_01"
     source: str = param(
-        "demo", '"demo" (serve the generated set from a faulty local server) or a manifest path'
+        "demo",
+        '"demo" (the generated set, served by a faulty local server; "demo?key=value&..." sets its '
+        "language, n_images, image_size, data_dir) or a manifest path",
     )
     input_format: str = param(
         "table",
@@ -149,10 +151,6 @@ class DownloadConfig(StageConfig):
         120.0, "seconds for one attempt's whole body: a host trickling bytes fails too"
     )
     chunk_size: int = param(65536, "bytes read at a time")
-    language: str = param("zh", "demo only: caption language")
-    n_images: int = param(3000, "demo only: images to generate and serve")
-    image_size: int = param(64, "demo only: generated image size")
-    data_dir: str = param("../data", "demo only: where the generated set lives")
 
     @property
     def images_path(self) -> Path:
@@ -229,14 +227,8 @@ def _check_manifest(manifest) -> pd.DataFrame:
     """Accept read_manifest's output, a path, or any DataFrame with url and text columns."""
     if isinstance(manifest, (str, os.PathLike)):
         return read_manifest(manifest)
-    if not isinstance(manifest, pd.DataFrame):
-        raise DataError(f"manifest must be a DataFrame or a path, not {type(manifest).__name__}")
-    missing = [c for c in ("url", "text") if c not in manifest.columns]
-    if missing:
-        raise DataError(
-            f"manifest: missing column(s) {missing}; it has columns {list(manifest.columns)} "
-            "(read files with read_manifest(path, url_column=..., caption_column=...))"
-        )
+    hint = " (read files with read_manifest(path, url_column=..., caption_column=...))"
+    check_columns(manifest, ("url", "text"), "manifest", hint)
     if len(manifest) == 0:
         raise DataError("manifest: no rows")
     urls = [u.strip() for u in string_column(manifest["url"])]

@@ -50,15 +50,7 @@ COCO_KEY = re.compile(r"^COCO_(?P<split>[a-z]+\d{4})_(?P<id>\d+)$")  # COCO_trai
 
 def _read_bytes(path: str | os.PathLike) -> tuple[Path, bytes]:
     path = Path(path)
-    if not path.exists():
-        where = (
-            ""
-            if path.is_absolute()
-            else f" (looked in {path.absolute()}: relative paths start in the current folder)"
-        )
-        raise DataError(f"{path}: file not found{where}")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
+    _check_file(path, allow_empty=True)  # a file of blank lines is empty too: checked below
     data = path.read_bytes()
     if not data or data.isspace():
         raise DataError(f"{path}: empty file (no rows)")
@@ -179,7 +171,8 @@ def read_table(
     return df
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, allow_empty: bool = False) -> None:
+    """DataError naming `path` when it is missing, not a file, or (unless `allow_empty`) empty."""
     if not path.exists():
         where = (
             ""
@@ -189,7 +182,7 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: file not found{where}")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
-    if path.stat().st_size == 0:
+    if not allow_empty and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (no rows)")
 
 

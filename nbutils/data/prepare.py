@@ -12,6 +12,7 @@ inputs or resolution change).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,14 @@ import pandas as pd
 from .. import stages
 from ..config import StageConfig, param
 from ..demo import scenes
+from ..demo.source import DemoSource, is_demo
 from ..errors import DataError
 from ..models.image_processors import load_image_processor
 from ..reporting.tables import breakdown, count, counts_table, formatted
 from . import cache as image_cache
 from . import importers, splits
+
+LANGUAGES = ("", *scenes.LANGUAGES)  # "": the captions' language comes from the data
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class PrepareConfig(StageConfig):
     stage = "processdata_03"
     source: str = param(
         "processdata_02",
-        '"processdata_02" (this run\'s validated table), "demo" (generate the demo set here), or a caption file/folder',
+        '"processdata_02" (this run\'s validated table), a caption file/folder, or "demo" / "demo?key=value&..." '
+        "(generate the demo set here; keys language, n_images, image_size, data_dir: the last two default to this "
+        "notebook's, image_size unless it is 0)",
     )
     input_format: str = param(
         "text_image_csv",
@@ -46,8 +52,11 @@ class PrepareConfig(StageConfig):
     images_root: str = param(
         "", "folder the table's image names are relative to (empty: the table's own folder)"
     )
-    language: str = param("zh", '"zh" or "en": demo captions, and how caption lengths are counted')
-    n_images: int = param(3000, "demo only: images to generate")
+    language: str = param(
+        "",
+        "the captions' language: \"\" reads it from the data (the demo's, else detected from the captions); "
+        '"zh" or "en" sets it, and must match the demo\'s',
+    )
     image_size: int = param(
         64, "training resolution of the cache; 0 means the checkpoint processor's own size"
     )
@@ -58,35 +67,68 @@ class PrepareConfig(StageConfig):
     test_fraction: float = param(0.1, "share of images held out for test")
     small_train_images: int = param(500, "images in train_small (quick experiments)")
     small_test_images: int = param(100, "images in test_small")
-    data_dir: str = param("../data", "demo set and image caches live here")
+    data_dir: str = param(
+        "../data", "image caches live here, and the demo set unless source sets its data_dir"
+    )
     cache_dir: str = param("", "empty: <data_dir>/cache/<dataset>-<size>")
     num_workers: int = param(0, "processes for building the cache; 0 means all cores")
     max_caption_chars: int = param(0, "drop captions longer than this; 0 keeps all")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.language not in LANGUAGES:
+            raise ValueError(f'language must be "" (from the data), "zh" or "en"; got {self.language!r}')
+        self.demo()  # a wrong demo key fails here, before any work, naming the key
+
+    def demo(self) -> DemoSource | None:
+        """The demo set `source` names (None when it names none), with this config's data_dir and image_size
+        where the source leaves them out; image_size 0 leaves the demo's own default."""
+        if not is_demo(self.source):
+            return None
+        defaults = {"data_dir": self.data_dir}
+        if self.image_size:
+            defaults["image_size"] = self.image_size
+        return DemoSource.parse(self.source, **defaults)
 
 
 def load_source(config: PrepareConfig) -> tuple[pd.DataFrame, str, stages.DataOrigin]:
     """Read the caption table processdata_03 starts from; returns `(table, dataset name, origin)`.
 
-    `config.source` is "demo" (generate the demo set under `<data_dir>/demo/`), "processdata_02" (the
-    clean table the validator wrote in this run), or a path read with the importer `input_format`.
-    The dataset name names the image cache.
+    `config.source` is "demo" or "demo?key=value&..." (generate that demo set, `PrepareConfig.demo`),
+    "processdata_02" (the clean table the validator wrote in this run), or a path read with the importer
+    `input_format`. The dataset name names the image cache. The origin's language is `with_language`'s.
     """
-    source, language = config.source, config.language
-    if source == "demo":
-        image_size = config.image_size or 64
-        out = scenes.demo_dir(config.data_dir, language, config.n_images, image_size, config.seed)
+    source, demo = config.source, config.demo()
+    if demo is not None:
+        out = demo.folder(config.seed)
         table = scenes.generate_demo_dataset(
-            out, n_images=config.n_images, image_size=image_size, language=language, seed=config.seed
+            out, n_images=demo.n_images, image_size=demo.image_size, language=demo.language, seed=config.seed
         )
-        return table, f"demo-{out.name}", stages.DataOrigin(language, str((out / "objects.jsonl").resolve()))
+        origin = stages.DataOrigin(demo.language, str((out / "objects.jsonl").resolve()))
+        return table, f"demo-{out.name}", with_language(origin, config)
     if source == "processdata_02":
         validated = stages.load_validated(config.run_dir)
-        origin = stages.DataOrigin(validated.origin.language or language, validated.origin.ground_truth)
-        return validated.table, f"{Path(config.run_dir).resolve().name}-clean", origin
+        name = f"{Path(config.run_dir).resolve().name}-clean"
+        return validated.table, name, with_language(validated.origin, config)
     if not os.path.exists(source):
         raise DataError(f"source={source!r}: no such file or folder (or use 'demo' / 'processdata_02')")
     table = importers.import_captions(config.input_format, source, images_root=config.images_root or None)
-    return table, Path(source).stem, stages.DataOrigin(language)
+    return table, Path(source).stem, with_language(stages.DataOrigin(), config)
+
+
+def with_language(origin: stages.DataOrigin, config: PrepareConfig) -> stages.DataOrigin:
+    """`origin` with the language `config.language` asks for. A language the data records (the demo's) stays,
+    and a different explicit one is a ValueError; otherwise an explicit one is taken, and "" leaves it to
+    `prepare_dataset`, which detects it from the captions."""
+    language = config.language
+    if not language or language == origin.language:
+        return origin
+    if origin.language:
+        raise ValueError(
+            f"language={language!r}, but source={config.source!r} holds {origin.language!r} captions (the data "
+            f'records it): set language to "", or generate {language!r} captions (demo?language={language})'
+        )
+    return dataclasses.replace(origin, language=language)
 
 
 def prepare_dataset(
@@ -127,6 +169,8 @@ def prepare_dataset(
     tables["train_small"] = splits.image_subset(tables["train"], config.small_train_images, config.seed)
     tables["test_small"] = splits.image_subset(tables["test"], config.small_test_images, config.seed)
     prepared = stages.PreparedDataset(tables, dropped, cache, processor, dataset_name, origin)
+    if not origin.language:  # recorded in stage.json, so that the summary and every later stage agree on it
+        prepared.origin = dataclasses.replace(origin, language=prepared.language)
     return stages.save_prepared(output_dir, prepared)
 
 

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, check_columns
 from .captions import normalize_caption
 
 SPLITS = ("train", "val", "test")
@@ -27,9 +27,7 @@ def clean_captions(
     checked in this order: missing image path, empty caption, caption too long,
     image file not found, duplicate row.
     """
-    missing = [c for c in ("image_path", "text") if c not in table.columns]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; it has {list(table.columns)}")
+    check_columns(table, ("image_path", "text"), source)
 
     df = pd.DataFrame(
         {

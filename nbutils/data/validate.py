@@ -35,7 +35,7 @@ from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from .. import stages
 from ..config import StageConfig, param
-from ..errors import DataError, is_int, short_error
+from ..errors import DataError, check_columns, is_int, short_error
 from ..files import atomic_path, write_table
 from ..parallel import map_chunks, process_pool, split_into_chunks
 from ..reporting.tables import breakdown, count, counts_table, duration, facts_table, number, share
@@ -514,13 +514,7 @@ def reasons_table(summary: dict, key: str = "rejected_by_reason"):
 
 
 def _check_table(table: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(table, pd.DataFrame):
-        raise DataError(f"validate_images: table must be a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in ("image_path", "text") if c not in table.columns]
-    if missing:
-        raise DataError(
-            f"validate_images: table is missing column(s) {missing}; it has {list(table.columns)}"
-        )
+    check_columns(table, ("image_path", "text"), "validate_images: table")
     if len(table) == 0:
         raise DataError("validate_images: table has no rows")
     return table.reset_index(drop=True)

@@ -31,7 +31,11 @@ from ..parallel import map_chunks, process_pool
 # -----------------------------------------------------------------------------
 # config
 FORMAT_VERSION = 1
-GENERATOR = "nbutils.demo_data"  # recorded in meta.json (a stable id); only folders carrying it are replaced
+# Recorded in meta.json (a stable id); only folders carrying it are replaced. Also recognised when reading:
+# "nbutils.demo_data", the id in the meta.json of sets already under data/, so those are reused, not refused
+# or regenerated.
+GENERATOR = "nbutils.demo.scenes"
+GENERATOR_IDS = (GENERATOR, "nbutils.demo_data")
 JPEG_QUALITY = 92
 SUPERSAMPLE = 4  # draw at 4x and downsample with LANCZOS: anti-aliased edges
 NOISE_STD = 3.0  # per-pixel Gaussian noise after downsampling (uint8 units)
@@ -646,7 +650,7 @@ def _read_meta(out_dir: Path) -> dict | None:
         meta = read_json(out_dir / "meta.json")
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("generator") == GENERATOR else None
+    return meta if isinstance(meta, dict) and meta.get("generator") in GENERATOR_IDS else None
 
 
 def _existing_matches(out_dir: Path, params: dict) -> bool:

@@ -11,6 +11,8 @@ url what the downloader and the validator are expected to conclude.
     with serve(site) as server:
         write_manifest(site, server.base_url, "outputs/raw/manifest.csv")
         ...download, validate, compare with site.expected...
+
+processdata_01 generates, serves and writes the manifest in one call: `nbutils.demo.source.serve_demo`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ from PIL import Image, ImageDraw
 
 from ..errors import DataError, check_int
 from ..files import read_json, write_table
-from ..stages import DataOrigin
-from . import scenes
 from .fault_server import FaultServer, Route
 from .scenes import describe_objects
 
@@ -287,46 +287,6 @@ def serve(site: DemoSite, port: int = DEMO_PORT) -> FaultServer:
         return FaultServer(site.routes, port=port)
     except OSError:
         return FaultServer(site.routes)
-
-
-@dataclass
-class ServedDemo:
-    """The demo set being served for processdata_01: its site, the running server, the url manifest."""
-
-    site: DemoSite
-    server: FaultServer
-    manifest_path: Path
-    origin: DataOrigin
-
-    def describe(self) -> str:
-        faulty = (self.site.expected["fault"] != "ok").mean()
-        return f"serving {len(self.site.expected):,} urls on {self.server.base_url} ({faulty:.0%} of them faulty)"
-
-
-def serve_demo(config) -> ServedDemo:
-    """Generate the demo set (`config`: processdata_01's DownloadConfig), serve it, write its url manifest.
-
-    Stop `.server` when the downloads are done.
-    """
-    demo_dir = scenes.demo_dir(
-        config.data_dir, config.language, config.n_images, config.image_size, config.seed
-    )
-    scenes.generate_demo_dataset(
-        demo_dir,
-        n_images=config.n_images,
-        image_size=config.image_size,
-        language=config.language,
-        seed=config.seed,
-    )
-    site = build_demo_site(demo_dir, seed=config.seed, max_bytes=config.max_bytes)
-    server = serve(site).start()
-    try:
-        manifest_path = write_manifest(site, server.base_url, Path(config.output_dir) / "manifest.csv")
-    except BaseException:
-        server.stop()
-        raise
-    origin = DataOrigin(config.language, str((demo_dir / "objects.jsonl").resolve()))
-    return ServedDemo(site, server, manifest_path, origin)
 
 
 # -----------------------------------------------------------------------------

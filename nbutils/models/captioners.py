@@ -101,9 +101,9 @@ def load_any_captioner(
             ) from e
         return LoadedCaptioner(name, "clipcap", bundle.model, bundle.tokenizer, clip.image_processor, clip)
     if model_type == "vision-encoder-decoder":
-        from .captioner import load_saved_captioner
+        from .encoder_decoder import load_saved_encoder_decoder
 
-        bundle = load_saved_captioner(location)
+        bundle = load_saved_encoder_decoder(location)
         return LoadedCaptioner(
             name, "encoder_decoder", bundle.model, bundle.tokenizer, bundle.image_processor
         )

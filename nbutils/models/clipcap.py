@@ -32,6 +32,7 @@ after `import nbutils.models.clipcap`, and `GPT2LMHeadModel.from_pretrained` loa
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,26 +263,25 @@ def caption_collator(bundle: ClipCapBundle, max_length: int) -> CaptionCollator:
     return CaptionCollator(bundle.tokenizer, start, stop, config.pad_token_id, max_length)
 
 
-def mapper_settings(
-    prefix_dim: int,
-    prefix_len: int = 10,
-    mapping: str = "mlp",
-    constant_len: int = 10,
-    mapping_layers: int = 8,
-    mapping_heads: int = 8,
-    normalize_prefix: bool = False,
-) -> dict:
-    """The ClipCapConfig fields of the mapper, checked (ValueError names the bad one)."""
-    settings = dict(
-        prefix_dim=prefix_dim,
-        prefix_len=prefix_len,
-        mapping=mapping,
-        constant_len=constant_len,
-        mapping_layers=mapping_layers,
-        mapping_heads=mapping_heads,
-        normalize_prefix=normalize_prefix,
-    )
-    n_embd = mapping_heads * 8 if mapping in SEQUENCE_MAPPINGS else 8
+MAPPER_FIELDS = (
+    "prefix_len",
+    "mapping",
+    "constant_len",
+    "mapping_layers",
+    "mapping_heads",
+    "normalize_prefix",
+)
+
+
+def mapper_settings(prefix_dim: int, **settings) -> dict:
+    """The ClipCapConfig fields of the mapper: `settings` (keys of MAPPER_FIELDS), the config's defaults for the
+    rest; checked (ValueError names the bad one)."""
+    unknown = set(settings) - set(MAPPER_FIELDS)
+    if unknown:
+        raise TypeError(f"mapper_settings: {', '.join(sorted(unknown))} not among {', '.join(MAPPER_FIELDS)}")
+    defaults = inspect.signature(ClipCapConfig.__init__).parameters
+    settings = {"prefix_dim": prefix_dim, **{k: settings.get(k, defaults[k].default) for k in MAPPER_FIELDS}}
+    n_embd = settings["mapping_heads"] * 8 if settings["mapping"] in SEQUENCE_MAPPINGS else 8
     ClipCapConfig(**settings, n_embd=n_embd)  # raises on bad values
     return settings
 

@@ -63,7 +63,7 @@ class CaptionScorer:
 
     @classmethod
     def from_infer(cls, run, config=None) -> CaptionScorer:
-        """The scoring tools of an `nbutils.infer.InferRun`: its images' references, the demo's ground truth
+        """The scoring tools of an `nbutils.infer.InferResult`: its images' references, the demo's ground truth
         (infer attributes errors only where there are references), its CLIP and CLIPScore prompt; `config`
         (an InferConfig) gives the metrics' tokenization."""
         from ..demo import scenes
@@ -171,7 +171,7 @@ class CaptionBrowser:
     def from_infer(
         cls, run, captioners: dict | None = None, preset: str | None = None, config=None
     ) -> CaptionBrowser:
-        """A browser over an `nbutils.infer.InferRun`: its images, captions, scores and image caches;
+        """A browser over an `nbutils.infer.InferResult`: its images, captions, scores and image caches;
         re-captioning with `captioners` (model name -> LoadedCaptioner, e.g. `run.captioners`) under the run's
         decoding settings, re-scoring with its references, ground truth and CLIP (`CaptionScorer.from_infer`).
 

@@ -15,14 +15,15 @@ import html
 import json
 import math
 import os
-import re
+import statistics
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
+from .. import summaries
 from ..files import read_json, write_text
 from .notebook_report import render_report
-from .tables import MISSING, count, number, percent
+from .tables import MISSING
 
 __all__ = ["HEADLINE_FIGURES", "render_report", "summary_headline", "write_index", "write_runs_index"]
 
@@ -52,37 +53,7 @@ pre.error{background:#fdecea;padding:.5em;white-space:pre-wrap} details{font-siz
 """
 
 
-# --------------------------------------------------------------------------------------------- formatting
-
-# A float is a percentage when a key on its path names one (the summaries store them as 0-100).
-_PERCENT = re.compile(
-    r"(?:^|_)(?:r\d+|recall|accuracy|chance|precision|coverage|no_false_statement|hallucination_rate)$|\(%\)$"
-)
-# Caption metrics and CLIPScores: three decimals.
-_METRIC = re.compile(r"^(?:bleu-?\d|meteor|rouge[_-]l|cider(?:-d)?|baseline_cider|(?:ref)?clipscore)$", re.I)
-
-
-def format_value(value, path: tuple[str, ...] = ()) -> str:
-    """A summary value for a person: counts with thousands separators, percentages (keys such as `i2t_r1`,
-    `*_accuracy`, `chance_r1`, `precision`, `hallucination_rate`) to one decimal with " %", caption metrics and
-    CLIPScores to three decimals."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return count(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if any(_PERCENT.search(k) for k in path):
-            return percent(value)
-        if any(_METRIC.match(k) for k in path):
-            return number(value, 3)
-        if value == 0 or 1e-3 <= abs(value) < 1e4:
-            return f"{value:.4g}"
-        return f"{value:,.1f}" if abs(value) >= 1e4 else f"{value:.3e}"
-    return str(value)
+# --------------------------------------------------------------------------------------------- summary tables
 
 
 def _is_scalar(v) -> bool:
@@ -98,21 +69,28 @@ def _is_row_list(v) -> bool:
     )
 
 
-def summary_tables(summary: Mapping, skip: tuple[str, ...] = ("headline",)) -> str:
+def summary_tables(summary: Mapping, stage: str | None = None, skip: tuple[str, ...] = ("headline",)) -> str:
     """A summary.json as small HTML tables: its top-level numbers in one, each nested group (e.g. failures by
     kind) in its own, side by side. Groups of alike flat groups (per_attribute / single_object) become one
-    table with a column per key; lists of flat rows a table with a row each; other lists are left out."""
+    table with a column per key; lists of flat rows a table with a row each; other lists are left out. Values
+    are formatted as `stage`'s schema says (`nbutils.summaries.format_value`; None: any stage's)."""
     tables: list[str] = []
-    _group(None, {k: v for k, v in summary.items() if k not in skip}, (), tables)
+    _group(stage, None, {k: v for k, v in summary.items() if k not in skip}, (), tables)
     return f'<div class="tables">{"".join(tables)}</div>' if tables else ""
 
 
-def _group(title: str | None, mapping: Mapping, path: tuple[str, ...], out: list[str]) -> None:
+def _group(
+    stage: str | None, title: str | None, mapping: Mapping, path: tuple[str, ...], out: list[str]
+) -> None:
     e = html.escape
+
+    def shown(value, *keys) -> str:
+        return summaries.format_value(stage, ".".join((*path, *keys)), value)
+
     caption = f"<caption>{e(title)}</caption>" if title else ""
     scalars = [(str(k), v) for k, v in mapping.items() if _is_scalar(v)]
     if scalars:
-        out.append(_table(caption, None, [(k, [format_value(v, (*path, k))]) for k, v in scalars]))
+        out.append(_table(caption, None, [(k, [shown(v, k)]) for k, v in scalars]))
     children = [(str(k), v) for k, v in mapping.items() if isinstance(v, Mapping) and v]
     alike: dict[tuple, list] = {}  # flat groups with the same keys: one table, a row each, a column per key
     for k, v in children:
@@ -122,15 +100,15 @@ def _group(title: str | None, mapping: Mapping, path: tuple[str, ...], out: list
     for columns, names in alike.items():
         if len(names) >= 2:
             in_matrix.update(names)
-            rows = [(k, [format_value(v, (*path, k, c)) for c, v in mapping[k].items()]) for k in names]
+            rows = [(k, [shown(v, k, str(c)) for c, v in mapping[k].items()]) for k in names]
             out.append(_table(caption, list(columns), rows))
     for k, v in children:
         if k not in in_matrix:
-            _group(f"{title} › {k}" if title else k, v, (*path, k), out)
+            _group(stage, f"{title} › {k}" if title else k, v, (*path, k), out)
     for k, v in mapping.items():
         if _is_row_list(v):
             columns = list(dict.fromkeys(str(c) for row in v for c in row))
-            rows = [[format_value(row.get(c), (*path, str(k), c)) for c in columns] for row in v]
+            rows = [[shown(row.get(c), str(k), c) for c in columns] for row in v]
             name = f"{title} › {k}" if title else str(k)
             out.append(_table(f"<caption>{e(name)}</caption>", columns, [(None, r) for r in rows]))
 
@@ -283,7 +261,7 @@ def _index_section(run_dir: Path, entry: dict) -> str:
             f'<pre class="error">{e(cell)}{e(str(err.get("ename")))}: {e(str(err.get("evalue")))}</pre>'
         )
     if summary is not None:
-        out.append(summary_tables(summary))
+        out.append(summary_tables(summary, nb if nb in summaries.SCHEMAS else None))
     elif summary_error:
         out.append(f'<p class="meta">summary.json unreadable: {e(summary_error)}</p>')
     if status in ("ok", "failed"):
@@ -311,67 +289,33 @@ def _index_section(run_dir: Path, entry: dict) -> str:
 # --------------------------------------------------------------------------------------------- all runs
 
 
-def _at(*keys: str) -> Callable[[dict], object]:
-    def get(summary: dict):
-        value = summary
-        for key in keys:
-            if not isinstance(value, Mapping) or key not in value:
-                return None
-            value = value[key]
-        return value
-
-    return get
-
-
-def _mean_of(key: str) -> Callable[[dict], float | None]:
-    def get(summary: dict):
-        values = [v for v in (summary.get(key) or {}).values() if isinstance(v, (int, float))]
-        return sum(values) / len(values) if values else None
-
-    return get
-
-
-def _best_of(key: str) -> Callable[[dict], float | None]:
-    def get(summary: dict):
-        values = [v for v in (summary.get(key) or {}).values() if isinstance(v, (int, float))]
-        return max(values) if values else None
-
-    return get
-
-
-# The runs table's figure columns: (column title, notebook, value from its summary.json, format).
-# Formats: "count" (thousands separators), "percent" (one decimal; the summaries store 0-100), "metric"
-# (three decimals). A run without the notebook, the summary or the key shows "–".
-HEADLINE_FIGURES: list[tuple[str, str, Callable[[dict], object], str]] = [
-    ("images downloaded", "processdata_01", _at("ok"), "count"),
-    ("download failures", "processdata_01", _at("failed"), "count"),
-    ("clean images", "processdata_02", _at("clean"), "count"),
-    (
-        "train / test images",
-        "processdata_03",
-        lambda s: (s.get("train_images"), s.get("test_images")),
-        "pair",
-    ),
-    ("CLIP R@1 image→text", "train_clip", _at("i2t_r1"), "percent"),
-    ("CLIP zero-shot accuracy (mean)", "train_clip", _mean_of("zero_shot_accuracy"), "percent"),
-    ("encoder-decoder CIDEr", "train_encoder_decoder", _at("cider"), "metric"),
-    ("ClipCap CIDEr", "train_clipcap", _at("cider"), "metric"),
-    ("CLIPScore (best captioner)", "infer", _best_of("clipscore"), "metric"),
+# The runs table's figure columns: (column title, stage, keys of its summary.json, how to combine a key's values).
+# A key with a "*" stands for all its values ("zero_shot_accuracy.*": one per attribute), of which `combine`
+# shows one; several keys are shown side by side ("2,269 / 267"). Values are formatted as the stage's schema
+# says (nbutils.summaries); a run without the stage, the summary or the key shows "–".
+HEADLINE_FIGURES: list[tuple[str, str, tuple[str, ...], Callable | None]] = [
+    ("images downloaded", "processdata_01", ("ok",), None),
+    ("download failures", "processdata_01", ("failed",), None),
+    ("clean images", "processdata_02", ("clean",), None),
+    ("train / test images", "processdata_03", ("train_images", "test_images"), None),
+    ("CLIP R@1 image→text", "train_clip", ("i2t_r1",), None),
+    ("CLIP zero-shot accuracy (mean)", "train_clip", ("zero_shot_accuracy.*",), statistics.fmean),
+    ("encoder-decoder CIDEr", "train_encoder_decoder", ("cider",), None),
+    ("ClipCap CIDEr", "train_clipcap", ("cider",), None),
+    ("CLIPScore (best captioner)", "infer", ("clipscore.*",), max),
 ]
 
 
-def _figure(value, kind: str) -> str:
-    if kind == "pair":
-        if not isinstance(value, tuple) or all(v is None for v in value):
-            return MISSING
-        return " / ".join(_figure(v, "count") for v in value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return MISSING
-    if kind == "count":
-        return count(value)
-    if kind == "percent":
-        return percent(value)
-    return number(value, 3)
+def _figure(summary: dict | None, stage: str, keys: tuple[str, ...], combine: Callable | None) -> str:
+    """One cell of the runs table: the values of `keys` in `summary`, each formatted as the schema says."""
+    numbers = summaries.flatten(summary)
+    shown = []
+    for key in keys:
+        wanted = summaries.field(stage, key)  # a "*" key: every key of that field
+        values = [v for k, v in numbers.items() if math.isfinite(v) and summaries.field(stage, k) == wanted]
+        value = (combine(values) if combine else values[0]) if values and wanted else None
+        shown.append(summaries.format_value(stage, key, value))
+    return MISSING if all(s == MISSING for s in shown) else " / ".join(shown)
 
 
 def _run_row(run_dir: Path) -> dict:
@@ -396,17 +340,13 @@ def _run_row(run_dir: Path) -> dict:
         )
     except (OSError, ValueError, TypeError, AttributeError) as ex:
         entries, row["error"] = {}, f"run.json unreadable: {ex}"
-    summaries: dict[str, dict | None] = {}
+    read: dict[str, dict | None] = {}
     figures = []
-    for _, nb, get, kind in HEADLINE_FIGURES:
-        if nb not in summaries:
+    for _, nb, keys, combine in HEADLINE_FIGURES:
+        if nb not in read:
             rel = (entries.get(nb) or {}).get("summary") or f"{nb}/summary.json"
-            summaries[nb] = _read_summary(run_dir / rel)
-        try:
-            value = get(summaries[nb]) if summaries[nb] is not None else None
-        except (TypeError, AttributeError, KeyError):
-            value = None
-        figures.append(_figure(value, kind))
+            read[nb] = _read_summary(run_dir / rel)
+        figures.append(_figure(read[nb], nb, keys, combine))
     row["figures"] = figures
     return row
 

@@ -2,6 +2,7 @@
 
     tables.count(2810)                         # "2,810"
     tables.percent(81.27)                      # "81.3 %" (percentages here are already 0-100)
+    tables.significant(0.458194)               # "0.4582" (4 significant digits)
     tables.share(190, 3000)                    # "6.3 %"
     tables.duration(209.4)                     # "3.5 min"
     tables.breakdown({"http_404": 81, "timeout": 4})         # "http_404 81, timeout 4"
@@ -42,6 +43,17 @@ def count(n) -> str:
 def number(value, decimals: int = 1) -> str:
     """A float with `decimals` places and thousands separators: 1234.567 -> "1,234.6"."""
     return MISSING if _missing(value) else f"{float(value):,.{decimals}f}"
+
+
+def significant(value, digits: int = 4) -> str:
+    """A float to `digits` significant digits: 0.458194 -> "0.4582", 5.0 -> "5"; from 10,000 up in full with
+    separators and one decimal (123456.0 -> "123,456.0"), below 0.001 in e-notation (1.234e-05)."""
+    if _missing(value):
+        return MISSING
+    value = float(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.{digits}g}"
+    return f"{value:,.1f}" if abs(value) >= 1e4 else f"{value:.{digits - 1}e}"
 
 
 def percent(value, decimals: int = 1) -> str:

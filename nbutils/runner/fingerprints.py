@@ -6,8 +6,9 @@ A stage's fingerprint is a hash of everything its results depend on:
     code          every nbutils source file the kernels import (the runner itself excluded)
     environment   the device and the torch / transformers / python versions
     parameters    the exact values papermill injects
-    upstream      for each stage it reads (READS below), the digest of that stage's outputs
-    files         for each input parameter (INPUT_PARAMETERS) naming an existing file or folder: paths, sizes, mtimes
+    upstream      for each stage it reads (READS, from nbutils/pipeline.py), the digest of that stage's outputs
+    files         for each input parameter (INPUT_PARAMETERS, from the same table) naming an existing file or
+                  folder: paths, sizes, mtimes
     extra         files a stage reads beyond its upstream stages (analyze_loss: other runs' trainings)
 
 After a stage succeeds the runner lists what it wrote (`<run>/<stage>/` and `<run>/<stage>.ipynb`: path, size,
@@ -27,36 +28,18 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import pipeline
 from ..config import RUNNER_MANIFESTS
 from ..files import read_json, write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MANIFEST_DIR = RUNNER_MANIFESTS  # defined beside the configs, which must not import the runner
 
-# Which earlier stages each pipeline notebook reads (its results change when theirs do).
-READS = {
-    "processdata_01": [],
-    "processdata_02": ["processdata_01"],
-    "processdata_03": ["processdata_02"],
-    "train_clip": ["processdata_03"],
-    "train_encoder_decoder": ["processdata_03"],
-    "train_clipcap": ["processdata_03", "train_clip"],
-    "infer": ["processdata_03", "train_clip", "train_encoder_decoder", "train_clipcap"],
-    "analyze_loss": ["train_clip", "train_encoder_decoder", "train_clipcap"],
-}
-
-# Parameters that may name files or folders a stage reads (comma lists allowed). Only these: other path
-# parameters name where a stage writes or caches (data_dir, cache_dir, images_dir, embeddings_dir), and their
-# contents change as later stages add to them.
-INPUT_PARAMETERS = {
-    "processdata_01": ["source"],
-    "processdata_02": ["source"],
-    "processdata_03": ["source"],
-    "train_clip": ["model", "vision_model", "text_model", "resume"],
-    "train_encoder_decoder": ["encoder", "decoder_model", "resume"],
-    "train_clipcap": ["clip_model", "language_model", "resume"],
-    "infer": ["captioners", "images", "clip_model"],
-}
+# Which earlier stages each pipeline notebook reads (its results change when theirs do), and the parameters that
+# may name files or folders it reads (comma lists allowed). Only those: other path parameters name where a stage
+# writes or caches (images_dir, embeddings_dir, ...), and their contents change as later stages add to them.
+READS = {stage.name: list(stage.reads) for stage in pipeline.STAGES}
+INPUT_PARAMETERS = {stage.name: list(stage.input_parameters) for stage in pipeline.STAGES}
 
 # Stages that read files beyond their upstream stages: "module:function" taking the notebook's parameters
 # (a dict) and returning the paths it will read.

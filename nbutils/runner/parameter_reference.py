@@ -2,48 +2,35 @@
 
 `python -m nbutils parameters --output docs/parameters.md` (or `make docs`) writes it;
 tests/runner/test_parameter_reference.py fails when the file and the code disagree. A notebook's config
-class is the StageConfig subclass whose `stage` is the notebook's name (the notebook tests check that its
-config cell builds that class); the notebooks come in PIPELINE order, each with the title of its first
-markdown cell.
+class is the one the stage table names (nbutils/pipeline.py; the notebook tests check that its config cell builds
+that class); the notebooks come in pipeline order, each with the title of its first markdown cell.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
-import pkgutil
 from pathlib import Path
 
-from ..config import StageConfig, field_types
-from .profiles import NOTEBOOKS_DIR, PIPELINE, RUNNER_PARAMETERS
+from .. import pipeline
+from ..config import field_types
+from .profiles import NOTEBOOKS_DIR, RUNNER_PARAMETERS
 
 COMMAND = "python -m nbutils parameters --output docs/parameters.md"
 
 
 def stage_configs() -> dict[str, type]:
-    """{notebook name: its config class} in PIPELINE order, from every StageConfig subclass in nbutils."""
-    package = importlib.import_module("..", __package__)
-    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if not module.name.endswith(".__main__"):
-            importlib.import_module(module.name)  # a subclass exists once its module is imported
-    found: dict[str, list[type]] = {}
-    pending = [StageConfig]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if cls.stage and cls.__module__.startswith(package.__name__ + "."):  # not a test's own config
-            found.setdefault(cls.stage, []).append(cls)
-    problems = [f"{stage}: no config class declares it" for stage in PIPELINE if stage not in found]
-    problems += [
-        f"{stage}: claimed by {', '.join(c.__qualname__ for c in classes)}"
-        for stage, classes in found.items()
-        if len(classes) > 1 or stage not in PIPELINE
+    """{notebook name: its config class} in pipeline order, from the stage table (nbutils/pipeline.py)."""
+    configs = {stage.name: stage.config_class() for stage in pipeline.STAGES}
+    wrong = [
+        f"{name}: {cls.__qualname__}.stage is {cls.stage!r}"
+        for name, cls in configs.items()
+        if cls.stage != name
     ]
-    if problems:
-        raise LookupError("config classes do not match the pipeline: " + "; ".join(problems))
-    return {stage: found[stage][0] for stage in PIPELINE}
+    if wrong:
+        raise LookupError("config classes do not match the stage table: " + "; ".join(wrong))
+    return configs
 
 
 def notebook_title(path: str | os.PathLike) -> str:

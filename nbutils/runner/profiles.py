@@ -10,16 +10,9 @@ from pathlib import Path
 
 import yaml
 
-PIPELINE = [
-    "processdata_01",
-    "processdata_02",
-    "processdata_03",
-    "train_clip",
-    "train_encoder_decoder",
-    "train_clipcap",
-    "infer",
-    "analyze_loss",
-]
+from .. import pipeline
+
+PIPELINE = pipeline.NAMES  # the notebooks in the order they run (nbutils/pipeline.py)
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"

@@ -28,10 +28,9 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from .. import stages
+from .. import stages, summaries
 from ..config import command_line_main, param
-from ..data.cache import ImageGeometry
-from ..data.caption_words import CaptionWords
+from ..data.caption_words import CaptionWords, caption_word_loss
 from ..data.datasets import ContrastiveCollator, ImageTextDataset
 from ..data.hard_negatives import MIN_SIMILARITY, HardNegatives
 from ..evaluation import retrieval
@@ -39,20 +38,15 @@ from ..evaluation.embeddings import embed, embed_images, embed_texts
 from ..evaluation.zero_shot import demo_linear_probe, demo_zero_shot
 from ..models import clip as clip_models
 from ..models.tokenizer import train_tokenizer
-from ..reporting.tables import count, duration, facts_table, formatted, number, percent
-from .clip_loss import caption_word_loss, clamp_logit_scale_, clip_loss
-from .trainer import ImageBatchTrainer, TrainingConfig, resume_checkpoint, training_arguments
-
-# Learning rates that work per mode: towers trained from scratch tolerate a large rate; pretrained
-# towers are destroyed by it (the original project's 5e-4 on pretrained towers never learned).
-DEFAULT_LEARNING_RATE = {"demo": 5e-4, "compose": 5e-5, "pretrained": 1e-5}
-
+from ..reporting.tables import count, duration, formatted, percent
+from . import job
+from .clip_loss import chance_loss, clamp_logit_scale_, clip_loss
 
 # -----------------------------------------------------------------------------
 # the Trainer
 
 
-class ContrastiveTrainer(ImageBatchTrainer):
+class ContrastiveTrainer(job.ImageBatchTrainer):
     """Trainer whose loss is symmetric InfoNCE, gathered across ranks, with the temperature kept sane.
 
     With `word_targets` ((training images, words) bool, nbutils.data.caption_words) the model carries a
@@ -165,18 +159,24 @@ class TemperatureAndEpochCallback(TrainerCallback):
 
 
 @dataclass(frozen=True)
-class TrainClipConfig(TrainingConfig):
+class TrainClipConfig(job.TrainingConfig):
     """train_clip's parameters (the notebook's `parameters` cell and the command line).
 
-    The shared training fields come first (nbutils.training.trainer.TrainingConfig); those re-declared
-    here keep their place and change their default or help.
+    The shared training fields come first (nbutils.training.job.TrainingConfig); those re-declared
+    here keep their place and change their help.
     """
 
+    # Towers trained from scratch tolerate a large rate; pretrained towers are destroyed by it (the original
+    # project's 5e-4 on pretrained towers never learned).
+    LEARNING_RATES = {"demo": 5e-4, "compose": 5e-5, "pretrained": 1e-5}
+
     stage = "train_clip"
-    epochs: float = param(10.0, "passes over the training images")
-    batch_size: int = param(64, "per process; the loss sees batch_size x processes negatives")
-    learning_rate: float = param(0.0, "0 picks the mode's default: 5e-4 demo, 5e-5 compose, 1e-5 pretrained")
-    weight_decay: float = param(0.1, "AdamW weight decay (never on the temperature)")
+    epochs: float = job.reworded("epochs", "passes over the training images")
+    batch_size: int = job.reworded(
+        "batch_size", "per process; the loss sees batch_size x processes negatives"
+    )
+    learning_rate: float = job.reworded("learning_rate", job.learning_rate_help(LEARNING_RATES))
+    weight_decay: float = job.reworded("weight_decay", "AdamW weight decay (never on the temperature)")
     model: str = param(
         "demo",
         '"demo" (small towers from configs), "compose" (vision_model + text_model), '
@@ -249,7 +249,7 @@ def _retrieval_label(key: str) -> str:
 
 
 @dataclass
-class ClipRun:
+class ClipResult:
     """What `train_clip` returns to the notebook."""
 
     bundle: object
@@ -264,19 +264,9 @@ class ClipRun:
 
     def overview(self):
         """The run in one small table, formatted for reading: steps, time, losses against chance, R@1 against
-        chance."""
-        s = self.summary
-        return facts_table(
-            {
-                "training steps": count(s["steps"]),
-                "training time": duration(s.get("train_seconds")),
-                "final training loss": number(s["final_train_loss"], 3),
-                "chance loss": number(s["chance_loss"], 3),
-                "image→text R@1": percent(s["i2t_r1"]),
-                "text→image R@1": percent(s["t2i_r1"]),
-                "chance R@1": percent(s["chance_r1"]),
-            }
-        )
+        chance, the learning rate and batch it trained with."""
+        keys = ["steps", "train_seconds", "final_train_loss", "chance_loss", "i2t_r1", "t2i_r1", "chance_r1"]
+        return summaries.facts("train_clip", self.summary, [*keys, "learning_rate", "batch_size"])
 
     def retrieval_table(self):
         """Retrieval before and after training (recall in %, median ranks), formatted for reading."""
@@ -342,19 +332,6 @@ def attach_word_head(model, n_words: int) -> None:
     model.add_module("word_head", torch.nn.Linear(model.config.vision_config.hidden_size, n_words))
 
 
-def check_geometry(bundle, prepared: stages.PreparedDataset) -> None:
-    """The cache must hold images exactly as this model's processor would make them."""
-    clip_models.check_image_size(
-        bundle.model, prepared.cache.geometry.height, parameter="processdata_03 image_size"
-    )
-    want = ImageGeometry.from_processor(bundle.image_processor)
-    if want != prepared.cache.geometry:
-        raise ValueError(
-            f"the image cache was built as {prepared.cache.geometry.to_dict()} but the model's processor "
-            f"wants {want.to_dict()}: rerun processdata_03 with image_processor set to this checkpoint"
-        )
-
-
 SUMMARY_METRICS = (
     "i2t_r1",
     "i2t_r5",
@@ -368,7 +345,7 @@ SUMMARY_METRICS = (
 )
 
 
-def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
+def train_clip(config: TrainClipConfig, callbacks=()) -> ClipResult:
     """Train a dual encoder on `config.run_dir`'s processdata_03 splits; evaluate retrieval before and after."""
     if config.text_buckets < 1:
         raise ValueError(f"text_buckets must be at least 1, got {config.text_buckets}")
@@ -377,7 +354,10 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     torch.manual_seed(config.seed)
     bundle, mode = load_bundle(config, prepared)
     if mode != "demo":
-        check_geometry(bundle, prepared)
+        clip_models.check_image_size(
+            bundle.model, prepared.cache.geometry.height, "processdata_03 image_size"
+        )
+        job.check_image_cache(prepared, bundle.image_processor, "this checkpoint")
     frozen = clip_models.apply_freezing(
         bundle.model,
         lock_image=config.lock_image,
@@ -390,7 +370,6 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     test = prepared.dataset("test", seed=config.seed, fixed_caption=True)
     if len(train) < config.batch_size:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train)} training images")
-    lr = config.learning_rate or DEFAULT_LEARNING_RATE[mode]
     # Batches are dropped when ragged (see dataloader_drop_last), so a tiny val split has none.
     evaluate = len(val) >= config.batch_size
     if not evaluate:
@@ -427,23 +406,20 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     # graph for unused ones. It must not: that search starts from model(...)'s outputs, so it would take the
     # caption-word head and text buckets run beside that call (ContrastiveTrainer.compute_loss) for unused
     # and mark them ready before their gradients exist.
-    args = training_arguments(
+    trainer = job.build_trainer(
+        ContrastiveTrainer,
         config,
-        output_dir / "checkpoints",
-        learning_rate=lr,
-        dataloader_drop_last=True,
-        evaluate=evaluate,
-        ddp_find_unused_parameters=False,
-    )
-    trainer = ContrastiveTrainer(
-        model=bundle.model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=val,
-        data_collator=ContrastiveCollator(
+        mode,
+        bundle.model,
+        train,
+        val,
+        ContrastiveCollator(
             bundle.tokenizer, config.max_text_length, hard_negatives, config.negatives_per_caption
         ),
-        callbacks=[TemperatureAndEpochCallback(train), *callbacks],
+        [TemperatureAndEpochCallback(train), *callbacks],
+        drop_last=True,
+        evaluate=evaluate,
+        ddp_find_unused_parameters=False,
         mean=mean,
         std=std,
         word_targets=word_targets,
@@ -452,9 +428,7 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     )
 
     before = retrieval.retrieval_metrics(*embed(bundle, test, mean, std, max_length=config.max_text_length))
-    output = trainer.train(
-        resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
-    )
+    training = job.fit(trainer, config)
     if caption_words is not None:
         del bundle.model.word_head  # a training aid: the saved model is a plain dual encoder
     image_embeds, text_embeds, text_to_image = embed(
@@ -472,23 +446,16 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
             train, train_embeds, test, image_embeds, prepared.origin.ground_truth
         )
 
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    negatives = config.negatives_per_caption if hard_negatives else 0
     summary = {key: after[key] for key in (*SUMMARY_METRICS, "chance_r1", "n_test_images")}
     summary.update(
         {
             "initial": {k: before[k] for k in SUMMARY_METRICS},
-            "final_train_loss": losses[-1] if losses else None,
-            # ln(candidates) per direction: image->text also has the batch's hard negatives.
-            "chance_loss": (
-                math.log(config.batch_size)
-                + math.log(config.batch_size * (1 + (config.negatives_per_caption if hard_negatives else 0)))
-            )
-            / 2,
-            "batch_size": config.batch_size,
-            "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
-            "learning_rate": lr,
-            "steps": trainer.state.global_step,
-            "train_seconds": output.metrics.get("train_runtime"),
+            **training,
+            "negatives_per_caption": negatives,
+            # Evaluation scores each process's own batch; training the batches gathered from every process.
+            "chance_loss": chance_loss(config.batch_size, negatives),
+            "chance_train_loss": chance_loss(config.batch_size * training["world_size"], negatives),
             "mode": mode,
             "trainable_parameters": frozen,
             "hard_negatives": hard_negatives.summary() if hard_negatives else None,
@@ -502,10 +469,10 @@ def train_clip(config: TrainClipConfig, callbacks=()) -> ClipRun:
     if linear_probe is not None and len(linear_probe):
         summary["linear_probe_accuracy"] = {r.attribute: r.accuracy for r in linear_probe.itertuples()}
     summary = {"headline": headline(summary), **summary}
-    if trainer.is_world_process_zero():
-        stages.save_clip_run(output_dir, bundle, summary)
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    return ClipRun(
+    job.save_on_main_process(
+        trainer, output_dir, lambda: stages.save_trained_clip(output_dir, bundle, summary)
+    )
+    return ClipResult(
         bundle, summary, trainer.state.log_history, before, after, zero_shot, test, image_embeds, linear_probe
     )
 

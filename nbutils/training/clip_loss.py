@@ -21,6 +21,9 @@ against all columns. DDP's gradient averaging then reproduces the single-process
 batch exactly. A plain `dist.all_gather` returns tensors without autograd history, so the other ranks'
 loss terms never reach this rank's towers and the gradient is wrong (tests/training/test_clip_loss.py
 shows both).
+
+Chance level: `chance_loss(batch, negatives_per_caption)`, the loss of a model that scores every candidate alike
+(train_clip records it; analyze_loss draws it).
 """
 
 from __future__ import annotations
@@ -133,23 +136,6 @@ def clip_loss(
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
-def caption_word_loss(word_logits: torch.Tensor, word_targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of (n, V) word logits against (n, V) 0/1 (or bool) targets, summed over the V words and
-    averaged over the n images (nbutils.data.caption_words: each image's grounded caption words).
-
-    Summed, not averaged, over the words: each word keeps the weight of one binary label whatever the
-    vocabulary's size, so `word_loss_weight` means the same on any data set.
-    """
-    if word_logits.shape != word_targets.shape:
-        raise ValueError(
-            f"word_logits {tuple(word_logits.shape)} and word_targets {tuple(word_targets.shape)} differ"
-        )
-    per_word = F.binary_cross_entropy_with_logits(
-        word_logits, word_targets.to(word_logits.dtype), reduction="none"
-    )
-    return per_word.sum(dim=1).mean()
-
-
 class ClipLoss(torch.nn.Module):
     """Module form of `clip_loss` (same arguments)."""
 
@@ -184,6 +170,12 @@ def clamp_logit_scale_(param: torch.Tensor) -> torch.Tensor:
     return param
 
 
-def chance_loss(batch_size: int) -> float:
-    """Loss of a model that knows nothing: ln(batch_size). Training should go below it quickly."""
-    return math.log(batch_size)
+def chance_loss(batch_size: int, negatives_per_caption: int = 0) -> float:
+    """The loss of a model that scores every candidate alike: the contrastive chance level.
+
+    The mean over the two directions of ln(candidates): text→image has `batch_size` images to choose from,
+    image→text `batch_size` captions and their hard negatives (ln batch_size without any). Identical captions
+    masked out of a batch remove a few candidates, so the true chance is at most this. Training should go below
+    it quickly.
+    """
+    return (math.log(batch_size) + math.log(batch_size * (1 + negatives_per_caption))) / 2

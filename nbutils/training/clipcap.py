@@ -41,27 +41,26 @@ from ..evaluation.caption_metrics import check_tokenization
 from ..evaluation.caption_scores import caption_headline, score_test_captions
 from ..models import clip as clip_models
 from ..models import clipcap
-from ..models.decoding import decoding_request, generate_captions, resolve_decoding
+from ..models.decoding import decoding_request, resolve_decoding
 from ..models.model_names import resolve_model_name
 from ..models.tokenizer import train_caption_tokenizer
 from ..reporting.tables import duration, formatted, number
-from .encoder_decoder import CaptionRun, CaptionTrainer
-from .trainer import TrainingConfig, resume_checkpoint, training_arguments
-
-# What learning_rate=0 means: a GPT-2 built from a config trains fast at a large rate; the reference
-# recipe for pretrained GPT-2 (with or without fine-tuning) is 2e-5.
-DEFAULT_LEARNING_RATE = {"demo": 2e-3, "pretrained": 2e-5}
-GENERATION_BATCH_SIZE = 64  # test images captioned per generate() call
+from . import job
+from .captioning import CaptionResult, CaptionTrainer, caption_in_batches
 
 
 @dataclass(frozen=True)
-class TrainClipCapConfig(TrainingConfig):
+class TrainClipCapConfig(job.TrainingConfig):
     """train_clipcap's parameters (the notebook's `parameters` cell and the command line)."""
 
+    # A GPT-2 built from a config trains fast at a large rate; the reference recipe for a pretrained GPT-2 (with
+    # or without fine-tuning) is 2e-5.
+    LEARNING_RATES = {"demo": 2e-3, "pretrained": 2e-5}
+
     stage = "train_clipcap"
-    epochs: float = param(10.0, "passes over the training caption rows")
-    batch_size: int = param(64, "caption rows per batch, per process (the reference: 40)")
-    learning_rate: float = param(0.0, "0 picks the mode's default: 2e-3 demo, 2e-5 pretrained GPT-2")
+    epochs: float = job.reworded("epochs", "passes over the training caption rows")
+    batch_size: int = job.reworded("batch_size", "caption rows per batch, per process (the reference: 40)")
+    learning_rate: float = job.reworded("learning_rate", job.learning_rate_help(LEARNING_RATES))
     weight_decay: float = param(0.01, "AdamW weight decay")
     warmup_ratio: float = param(0.05, "share of the steps spent warming up the learning rate")
     clip_model: str = param(
@@ -118,6 +117,12 @@ def decoding_spec(config: TrainClipCapConfig) -> dict:
     )
 
 
+def mapper_of(config: TrainClipCapConfig, mapping: str, prefix_dim: int) -> dict:
+    """The mapper settings of one `mapping` type with `config`'s other mapper fields (checked)."""
+    fields = {name: getattr(config, name) for name in clipcap.MAPPER_FIELDS}
+    return clipcap.mapper_settings(prefix_dim, **{**fields, "mapping": mapping})
+
+
 def check_config(config: TrainClipCapConfig) -> None:
     """Reject bad parameters by name before any data or model is loaded."""
     listed = mappings(config)
@@ -126,9 +131,7 @@ def check_config(config: TrainClipCapConfig) -> None:
             f"mapping={config.mapping!r}: list one or more of {clipcap.MAPPINGS}, comma-separated, each once"
         )
     for mapping in listed:
-        clipcap.mapper_settings(
-            1, config.prefix_len, mapping, config.constant_len, config.mapping_layers, config.mapping_heads
-        )
+        mapper_of(config, mapping, prefix_dim=1)
     if config.max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0 (0: the preset's), got {config.max_new_tokens}")
     resolve_decoding(decoding_spec(config))  # ValueError naming what is wrong
@@ -145,20 +148,19 @@ def check_config(config: TrainClipCapConfig) -> None:
 # models
 
 
-def load_clip(config: TrainClipCapConfig, prepared: stages.PreparedDataset):
+def choose_clip(config: TrainClipCapConfig, prepared: stages.PreparedDataset):
     """(ClipBundle, name, where it loads from): this run's train_clip model, or `config.clip_model`, checked against
     the image cache."""
-    from .clip import check_geometry
-
     if not config.clip_model:
-        trained = stages.load_clip(config.run_dir)
+        trained = stages.load_trained_clip(config.run_dir)
         return (
             trained.bundle,
             f"train_clip of {Path(config.run_dir).name}",
             str(Path(trained.model_dir).resolve()),
         )
     bundle = clip_models.load_clip_model(config.clip_model, parameter="clip_model")
-    check_geometry(bundle, prepared)
+    clip_models.check_image_size(bundle.model, prepared.cache.geometry.height, "processdata_03 image_size")
+    job.check_image_cache(prepared, bundle.image_processor, "this checkpoint")
     return bundle, config.clip_model, config.clip_model
 
 
@@ -166,15 +168,7 @@ def load_bundle(
     config: TrainClipCapConfig, mapping: str, prefix_dim: int, train_texts: list[str], language: str
 ):
     """(ClipCapBundle, mode): "demo" (a small GPT-2, tokenizer trained on the captions) or "pretrained"."""
-    mapper = clipcap.mapper_settings(
-        prefix_dim,
-        config.prefix_len,
-        mapping,
-        config.constant_len,
-        config.mapping_layers,
-        config.mapping_heads,
-        config.normalize_prefix,
-    )
+    mapper = mapper_of(config, mapping, prefix_dim)
     if config.language_model:
         return clipcap.load_clipcap_language_model(config.language_model, mapper), "pretrained"
     tokenizer = train_caption_tokenizer(train_texts, language)
@@ -192,44 +186,21 @@ def load_bundle(
     return bundle, "demo"
 
 
-def caption_embeddings(
-    bundle,
-    image_embeds: torch.Tensor,
-    decoding: str | dict = "greedy",
-    batch_size: int = GENERATION_BATCH_SIZE,
-    seed: int | None = None,
-) -> list[list[dict]]:
-    """Captions for (N, D) image embeddings, batched: per image, num_return_sequences candidates, best first."""
-    model = bundle.model
-    was_training = model.training
-    model.eval()
-    results = []
-    try:
-        for start in range(0, len(image_embeds), batch_size):
-            batch = image_embeds[start : start + batch_size]
-            results.extend(
-                generate_captions(model, bundle.tokenizer, decoding=decoding, seed=seed, image_embeds=batch)
-            )
-    finally:
-        model.train(was_training)
-    return results
-
-
 # -----------------------------------------------------------------------------
 # the whole job
 
 
 @dataclass
-class ClipCapRun(CaptionRun):
-    """What `train_clipcap` returns to the notebook: the first mapping's run (CaptionRun's fields), and all of them."""
+class ClipCapResult(CaptionResult):
+    """What `train_clipcap` returns to the notebook: the first mapping's result (CaptionResult's fields), and all."""
 
-    runs: dict = field(default_factory=dict)  # mapping -> ClipCapRun (this one included)
+    results: dict = field(default_factory=dict)  # mapping -> ClipCapResult (this one included)
 
     def comparison(self, true_captions: bool = False) -> pd.DataFrame:
         """One row per mapping type: metrics, attribute scores (demo: single-object colour and shape precision,
         hallucination), trainable parameters, seconds. With `true_captions`, a last row for the true captions
         scored the same way (held-out references; summary.json's `true_captions`)."""
-        scored = [(mapping, run.summary) for mapping, run in self.runs.items()]
+        scored = [(mapping, result.summary) for mapping, result in self.results.items()]
         if true_captions and self.summary.get("true_captions"):
             scored.append((TRUE_CAPTIONS, self.summary["true_captions"]))
         rows = []
@@ -275,14 +246,14 @@ class ClipCapRun(CaptionRun):
         )
 
 
-def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapRun:
+def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapResult:
     """Train one ClipCap per mapping type listed on `config.run_dir`'s splits; caption and score the test split."""
     check_config(config)
     output_dir = Path(config.output_dir)
     prepared = stages.load_prepared(config.run_dir)
     language = prepared.language
     tokenization = check_tokenization(language, config.tokenization or None)
-    clip, clip_name, clip_source = load_clip(config, prepared)
+    clip, clip_name, clip_source = choose_clip(config, prepared)
     mean, std = processor_mean_std(clip.image_processor)
     embeddings_dir = Path(config.embeddings_dir or Path(prepared.cache.cache_dir).parent / "clip_embeddings")
     embeddings, embeddings_file, reused = cached_image_embeddings(
@@ -294,33 +265,34 @@ def train_clipcap(config: TrainClipCapConfig, callbacks=()) -> ClipCapRun:
     )
     embedding_info = {"file": str(embeddings_file), "reused": reused, "dim": int(embeddings.shape[1])}
 
-    runs, folders = {}, {}
+    results, folders = {}, {}
     listed = mappings(config)
     for mapping in listed:
         folders[mapping] = output_dir if mapping == listed[0] else output_dir / "mappings" / mapping
         one = dataclasses.replace(config, mapping=mapping, output_dir=str(folders[mapping]))
-        runs[mapping] = _train_one(one, prepared, embeddings, language, tokenization, callbacks)
-        runs[mapping].bundle.model.config.clip_model = clip_source  # saved with it: captions new images
-        runs[mapping].summary.update({"clip_model": clip_name, "clip_embeddings": embedding_info})
-    first = runs[listed[0]]
-    first.runs = runs
+        result = _train_one(one, prepared, embeddings, language, tokenization, callbacks)
+        result.bundle.model.config.clip_model = clip_source  # saved with it: captions new images
+        result.summary.update({"clip_model": clip_name, "clip_embeddings": embedding_info})
+        results[mapping] = result
+    first = results[listed[0]]
+    first.results = results
     comparison = first.comparison()
     first.summary["comparison"] = (
-        comparison.reset_index().to_dict(orient="records") if len(runs) > 1 else None
+        comparison.reset_index().to_dict(orient="records") if len(results) > 1 else None
     )
-    for run in runs.values():
-        run.summary = {"headline": headline(run.summary), **run.summary}
+    for result in results.values():
+        result.summary = {"headline": headline(result.summary), **result.summary}
     if (
         int(os.environ.get("RANK", "0")) == 0
     ):  # the main process writes (as the Trainer's is_world_process_zero)
-        for mapping, run in runs.items():
-            stages.save_clipcap_run(folders[mapping], run.bundle, run.summary, run.predictions)
-        if len(runs) > 1:
+        for mapping, result in results.items():
+            stages.save_trained_clipcap(folders[mapping], result.bundle, result.summary, result.predictions)
+        if len(results) > 1:
             comparison.to_csv(output_dir / "comparison.csv")
     return first
 
 
-def _train_one(config, prepared, embeddings, language: str, tokenization: str, callbacks) -> ClipCapRun:
+def _train_one(config, prepared, embeddings, language: str, tokenization: str, callbacks) -> ClipCapResult:
     """Train and score one mapping type (`config.mapping` is a single type here)."""
     output_dir = Path(config.output_dir)
     train_texts = list(prepared.tables["train"]["text"])
@@ -331,28 +303,21 @@ def _train_one(config, prepared, embeddings, language: str, tokenization: str, c
     train = ImageEmbeddingDataset(prepared.dataset("train", sampling="caption", seed=config.seed), embeddings)
     val = ImageEmbeddingDataset(prepared.dataset("val", sampling="caption", seed=config.seed), embeddings)
     test = ImageEmbeddingDataset(prepared.dataset("test", seed=config.seed, fixed_caption=True), embeddings)
-    lr = config.learning_rate or DEFAULT_LEARNING_RATE[mode]
-    args = training_arguments(
-        config, output_dir / "checkpoints", learning_rate=lr, dataloader_drop_last=False
-    )
-    trainer = CaptionTrainer(
-        model=bundle.model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=val,
-        data_collator=collator,
-        callbacks=list(callbacks),
-    )
-    output = trainer.train(
-        resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
-    )
+    trainer = job.build_trainer(CaptionTrainer, config, mode, bundle.model, train, val, collator, callbacks)
+    training = job.fit(trainer, config)
 
     decoding = decoding_spec(config)
-    candidates = caption_embeddings(bundle, test.image_embeds(), decoding, seed=config.seed)
-    captions = [c[0]["caption"] for c in candidates]
+    image_embeds = test.image_embeds()
+    candidates = caption_in_batches(
+        bundle,
+        len(image_embeds),
+        lambda rows: {"image_embeds": image_embeds[rows.start : rows.stop]},
+        decoding,
+        seed=config.seed,
+    )
     scores = score_test_captions(
         test.image_paths,
-        captions,
+        [c[0]["caption"] for c in candidates],
         test.captions,
         train_texts,
         language,
@@ -361,7 +326,6 @@ def _train_one(config, prepared, embeddings, language: str, tokenization: str, c
     )
     if config.num_return_sequences > 1:  # every candidate beside the scored first one
         scores.predictions["candidates"] = [" | ".join(c["caption"] for c in cands) for cands in candidates]
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = dict(scores.summary)
     summary.update(
         {
@@ -375,17 +339,13 @@ def _train_one(config, prepared, embeddings, language: str, tokenization: str, c
             "trainable_parameters": counts,
             "mode": mode,
             "language": language,
-            "steps": trainer.state.global_step,
-            "train_seconds": output.metrics.get("train_runtime"),
-            "final_train_loss": losses[-1] if losses else output.training_loss,
-            "learning_rate": lr,
-            "batch_size": config.batch_size,
-            "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
+            **training,
         }
     )
-    if trainer.is_world_process_zero():
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    return ClipCapRun.from_scores(bundle, summary, trainer.state.log_history, scores, test)
+    job.save_on_main_process(
+        trainer, output_dir
+    )  # the model is saved with the other mappings' (train_clipcap)
+    return ClipCapResult.from_scores(bundle, summary, trainer.state.log_history, scores, test)
 
 
 def headline(summary: dict) -> str:

@@ -9,9 +9,7 @@ The same function runs from a notebook, from the command line, and under
     python -m nbutils.train_encoder_decoder --run-dir outputs/flickr --encoder google/vit-base-patch16-224 \\
         --decoder-model uer/gpt2-chinese-cluecorpussmall --encoder-learning-rate 1e-5
 
-The loss is computed here, not by the model or the Trainer: cross-entropy over the label positions that
-are not -100 (`CaptionCollator`: the caption and its end token; never the prompt, never padding), with
-BLIP's `label_smoothing`. The Trainer's own `label_smoothing_factor` is not used: it pops `labels`.
+The captioning loss and Trainer are shared with train_clipcap (`nbutils.training.captioning`).
 One training example per (image, caption) row; images travel as uint8 and are normalised on the device.
 
 After training, every test image is captioned from the cache (batched `generate_captions` with the
@@ -24,70 +22,43 @@ Every field of `TrainEncoderDecoderConfig` is an option (`--freeze-encoder true`
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from .. import stages
 from ..config import command_line_main, param
-from ..data.cache import ImageGeometry
-from ..data.datasets import CaptionCollator, ImageTextDataset, normalize_pixel_values
-from ..evaluation.attributes import formatted_attribute_table
-from ..evaluation.caption_metrics import check_tokenization, formatted_metrics_table
+from ..data.datasets import CaptionCollator, normalize_pixel_values
+from ..evaluation.caption_metrics import check_tokenization
 from ..evaluation.caption_scores import caption_headline, score_test_captions
-from ..models import captioner as captioners
-from ..models.decoding import decoding_request, generate_captions, resolve_decoding
+from ..models import encoder_decoder as encoder_decoders
+from ..models.decoding import decoding_request, resolve_decoding
 from ..models.model_names import resolve_model_name
 from ..models.tokenizer import caption_special_ids, train_caption_tokenizer
-from ..reporting.tables import count, duration, facts_table, number
-from .trainer import ImageBatchTrainer, TrainingConfig, resume_checkpoint, training_arguments
-
-# -----------------------------------------------------------------------------
-# defaults: the recipe, in one place (the config's fields read them; retune here)
-
-DEFAULTS = {
-    "epochs": 10.0,
-    "batch_size": 64,
-    "weight_decay": 0.05,
-    "warmup_ratio": 0.05,
-    "max_caption_length": 32,
-    "decoding": "greedy",
-    # the demo model: a small ViT encoder and a small decoder, built from configs (benchmarks/captioner_recipe.md)
-    "patch_size": 21,  # 64 px images: one token per cell of the demo's 3x3 grid
-    "hidden_size": 128,
-    "encoder_layers": 4,
-    "decoder_layers": 1,
-    "num_heads": 4,
-    "intermediate_size": 512,
-    "dropout": 0.0,
-    "initializer_range": 0.0,  # 1/sqrt(hidden_size)
-}
-# What learning_rate=0 means per mode: a model trained from scratch takes a large rate, pretrained
-# weights want a small one (the original notebook's 5e-4 on a pretrained ViT + GPT-2 is too high).
-DEFAULT_LEARNING_RATE = {"demo": 1e-3, "pretrained": 5e-5}
-GENERATION_BATCH_SIZE = 64  # test images captioned per generate() call
+from . import job
+from .captioning import CaptionResult, CaptionTrainer, caption_in_batches
 
 
 @dataclass(frozen=True)
-class TrainEncoderDecoderConfig(TrainingConfig):
+class TrainEncoderDecoderConfig(job.TrainingConfig):
     """train_encoder_decoder's parameters (the notebook's `parameters` cell and the command line).
 
-    The shared training fields come first (nbutils.training.trainer.TrainingConfig); defaults from DEFAULTS.
+    The shared training fields come first (nbutils.training.job.TrainingConfig). The demo model's fields
+    (patch_size ... initializer_range) describe a small ViT encoder and decoder built from configs
+    (benchmarks/captioner_recipe.md).
     """
 
+    # A model trained from scratch takes a large rate, pretrained weights a small one (the original notebook's
+    # 5e-4 on a pretrained ViT + GPT-2 is too high).
+    LEARNING_RATES = {"demo": 1e-3, "pretrained": 5e-5}
+
     stage = "train_encoder_decoder"
-    epochs: float = param(DEFAULTS["epochs"], "passes over the training caption rows")
-    batch_size: int = param(DEFAULTS["batch_size"], "caption rows per batch, per process")
-    learning_rate: float = param(
-        0.0, "0 picks the mode's default: 1e-3 demo, 5e-5 pretrained (encoder and decoder checkpoints)"
-    )
-    weight_decay: float = param(DEFAULTS["weight_decay"], "AdamW weight decay")
-    warmup_ratio: float = param(
-        DEFAULTS["warmup_ratio"], "share of the steps spent warming up the learning rate"
-    )
+    epochs: float = job.reworded("epochs", "passes over the training caption rows")
+    batch_size: int = job.reworded("batch_size", "caption rows per batch, per process")
+    learning_rate: float = job.reworded("learning_rate", job.learning_rate_help(LEARNING_RATES))
+    weight_decay: float = param(0.05, "AdamW weight decay")
+    warmup_ratio: float = param(0.05, "share of the steps spent warming up the learning rate")
     decoder: str = param("gpt2", '"gpt2" (GPT-2 with cross-attention) or "bert" (BLIP\'s BERT-LM decoder)')
     encoder: str = param(
         "demo",
@@ -106,102 +77,22 @@ class TrainEncoderDecoderConfig(TrainingConfig):
         False, "freeze the vision encoder, train the decoder and its cross-attention"
     )
     encoder_learning_rate: float = param(0.0, "the encoder's learning rate (0: the same as learning_rate)")
-    max_caption_length: int = param(
-        DEFAULTS["max_caption_length"], "tokens per training target, prompt and end token included"
-    )
-    decoding: str = param(
-        DEFAULTS["decoding"], "test captions' decoding preset: greedy, beam, blip_beam, original, ..."
-    )
+    max_caption_length: int = param(32, "tokens per training target, prompt and end token included")
+    decoding: str = param("greedy", "test captions' decoding preset: greedy, beam, blip_beam, original, ...")
     max_new_tokens: int = param(
         0, "0 keeps the decoding preset's limit; else the most tokens a test caption may have"
     )
     tokenization: str = param("", 'metrics tokenisation: "" (the language\'s default), jieba, char, words')
-    patch_size: int = param(DEFAULTS["patch_size"], "demo encoder: patch size in pixels")
-    hidden_size: int = param(DEFAULTS["hidden_size"], "demo model: width of encoder and decoder")
-    encoder_layers: int = param(DEFAULTS["encoder_layers"], "demo encoder: transformer layers")
-    decoder_layers: int = param(DEFAULTS["decoder_layers"], "demo decoder: transformer layers")
-    num_heads: int = param(DEFAULTS["num_heads"], "demo model: attention heads")
-    intermediate_size: int = param(DEFAULTS["intermediate_size"], "demo model: MLP width")
-    dropout: float = param(DEFAULTS["dropout"], "demo decoder: dropout (the configs' 0.1 slows a short run)")
-    initializer_range: float = param(
-        DEFAULTS["initializer_range"], "demo model: init std of the weights (0: 1/sqrt(hidden_size))"
+    patch_size: int = param(
+        21, "demo encoder: patch size in pixels (21: one token per cell of a 64 px 3x3 grid)"
     )
-
-
-# -----------------------------------------------------------------------------
-# the loss and the Trainer
-
-
-def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy over the positions where `labels` != -100, with `label_smoothing` (BLIP: 0.1).
-
-    `logits` (B, T, V) predict `labels` (B, T) position by position: the collator already aligned them
-    (`decoder_input_ids` = [start] + targets[:-1]), so nothing is shifted here.
-    """
-    return F.cross_entropy(
-        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing
-    )
-
-
-class CaptionTrainer(ImageBatchTrainer):
-    """Trainer whose loss is `caption_loss` on the decoder's logits, with an optional lower encoder rate.
-
-    Batches carry uint8 `pixel_values` (an encoder-decoder) or `image_embeds` (a prefix captioner, ClipCap).
-    """
-
-    def __init__(self, *args, label_smoothing: float = 0.0, encoder_learning_rate: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.label_smoothing, self.encoder_learning_rate = label_smoothing, encoder_learning_rate
-        # The loss is a per-batch mean computed here, so the Trainer must divide it by the accumulation
-        # steps itself. (With model_accepts_loss_kwargs it expects a sum over its own token count, which
-        # for encoder-decoder heads counts labels[..., 1:] in transformers 5.x: too few tokens.)
-        self.model_accepts_loss_kwargs = False
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if (
-            "image_embeds" in inputs
-        ):  # a prefix captioner (ClipCap): GPT-2 reads [prefix] + the decoder inputs
-            outputs = model(
-                input_ids=inputs["decoder_input_ids"],
-                attention_mask=inputs["decoder_attention_mask"],
-                image_embeds=inputs["image_embeds"],
-            )
-            logits = outputs.logits[:, -inputs["labels"].shape[1] :]  # the prefix's positions predict nothing
-        else:
-            outputs = model(
-                pixel_values=self.normalized_pixels(model, inputs),
-                decoder_input_ids=inputs["decoder_input_ids"],
-                decoder_attention_mask=inputs["decoder_attention_mask"],
-            )
-            logits = outputs.logits
-        loss = caption_loss(logits, inputs["labels"], self.label_smoothing)
-        return (loss, outputs) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def create_optimizer(self, model=None):
-        if self.optimizer is not None or not self.encoder_learning_rate:
-            return super().create_optimizer(model)
-        opt_model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(opt_model))
-        groups = []
-        for in_encoder, lr in ((True, self.encoder_learning_rate), (False, self.args.learning_rate)):
-            for decayed in (True, False):
-                params = [
-                    p
-                    for n, p in opt_model.named_parameters()
-                    if p.requires_grad and n.startswith("encoder.") == in_encoder and (n in decay) == decayed
-                ]
-                if params:
-                    weight_decay = self.args.weight_decay if decayed else 0.0
-                    groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        return self.optimizer
+    hidden_size: int = param(128, "demo model: width of encoder and decoder")
+    encoder_layers: int = param(4, "demo encoder: transformer layers")
+    decoder_layers: int = param(1, "demo decoder: transformer layers")
+    num_heads: int = param(4, "demo model: attention heads")
+    intermediate_size: int = param(512, "demo model: MLP width")
+    dropout: float = param(0.0, "demo decoder: dropout (the configs' 0.1 slows a short run)")
+    initializer_range: float = param(0.0, "demo model: init std of the weights (0: 1/sqrt(hidden_size))")
 
 
 # -----------------------------------------------------------------------------
@@ -210,8 +101,8 @@ class CaptionTrainer(ImageBatchTrainer):
 
 def check_config(config: TrainEncoderDecoderConfig) -> None:
     """Reject bad parameters by name before any data or model is loaded."""
-    if config.decoder not in captioners.DECODERS:
-        raise ValueError(f"decoder must be one of {captioners.DECODERS}, got {config.decoder!r}")
+    if config.decoder not in encoder_decoders.DECODERS:
+        raise ValueError(f"decoder must be one of {encoder_decoders.DECODERS}, got {config.decoder!r}")
     if (config.encoder == "demo") != (config.decoder_model == ""):
         raise ValueError(
             f'encoder={config.encoder!r} with decoder_model={config.decoder_model!r}: use encoder="demo" with '
@@ -238,10 +129,12 @@ def decoding_spec(config: TrainEncoderDecoderConfig) -> dict:
 
 
 def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedDataset, language: str):
-    """(CaptionerBundle, mode): "demo" (small configs + a tokenizer trained on the train captions) or
+    """(EncoderDecoderBundle, mode): "demo" (small configs + a tokenizer trained on the train captions) or
     "pretrained" (encoder and decoder_model checkpoints with fresh cross-attention)."""
     if config.encoder != "demo":
-        return captioners.load_captioner(config.encoder, config.decoder_model, config.decoder), "pretrained"
+        return encoder_decoders.load_encoder_decoder(
+            config.encoder, config.decoder_model, config.decoder
+        ), "pretrained"
     tokenizer = train_caption_tokenizer(list(prepared.tables["train"]["text"]), language)
     settings = resolve_decoding(decoding_spec(config))
     prompt_tokens = (
@@ -253,7 +146,7 @@ def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedData
         1 + prompt_tokens + settings.get("max_new_tokens", 0),
         settings.get("max_length", 0),
     )
-    bundle = captioners.build_demo_captioner(
+    bundle = encoder_decoders.build_demo_encoder_decoder(
         tokenizer,
         image_size=prepared.cache.geometry.height,
         decoder=config.decoder,
@@ -271,20 +164,14 @@ def load_bundle(config: TrainEncoderDecoderConfig, prepared: stages.PreparedData
     return bundle, "demo"
 
 
-def check_geometry(bundle, prepared: stages.PreparedDataset) -> None:
-    """The cache must hold images exactly as the encoder's processor would make them."""
+def check_image_size(bundle, prepared: stages.PreparedDataset) -> None:
+    """A pretrained encoder must see images of the size it was trained on."""
     expected = getattr(bundle.model.config.encoder, "image_size", None)
     size = prepared.cache.geometry.height
     if expected is not None and expected != size:
         raise ValueError(
             f"processdata_03 image_size={size} but the encoder expects {expected}-pixel images; rebuild the "
             f"image cache at {expected} pixels (image_processor set to the encoder)"
-        )
-    want = ImageGeometry.from_processor(bundle.image_processor)
-    if want != prepared.cache.geometry:
-        raise ValueError(
-            f"the image cache was built as {prepared.cache.geometry.to_dict()} but the encoder's processor "
-            f"wants {want.to_dict()}: rerun processdata_03 with image_processor set to this encoder"
         )
 
 
@@ -297,107 +184,11 @@ def freeze_encoder(model, freeze: bool) -> dict:
     return {"trainable": trainable, "frozen": total - trainable, "total": total}
 
 
-def caption_test_images(
-    bundle,
-    dataset: ImageTextDataset,
-    mean,
-    std,
-    decoding: str | dict = "greedy",
-    prompt: str = "",
-    batch_size: int = GENERATION_BATCH_SIZE,
-    seed: int | None = None,
-) -> list[str]:
-    """The best caption for every image of `dataset` (in `dataset.image_paths` order), batched from the cache."""
-    model = bundle.model
-    was_training = model.training
-    model.eval()
-    parameter = next(model.parameters())
-    captions = []
-    try:
-        for start in range(0, len(dataset.image_paths), batch_size):
-            rows = range(start, min(start + batch_size, len(dataset.image_paths)))
-            uint8 = torch.stack([dataset[i]["pixel_values"] for i in rows]).to(parameter.device)
-            pixels = normalize_pixel_values(uint8, mean, std, dtype=parameter.dtype)
-            results = generate_captions(model, bundle.tokenizer, pixels, decoding, prompt=prompt, seed=seed)
-            captions.extend(candidates[0]["caption"] for candidates in results)
-    finally:
-        model.train(was_training)
-    return captions
-
-
 # -----------------------------------------------------------------------------
 # the whole job
 
 
-@dataclass
-class CaptionRun:
-    """What `train_encoder_decoder` returns to the notebook."""
-
-    bundle: object
-    summary: dict
-    log_history: list = field(default_factory=list)
-    predictions: pd.DataFrame | None = None  # image_path, references, prediction, cider, bleu4
-    metrics: dict = field(default_factory=dict)  # caption_metrics of the model (per_image included)
-    baseline: dict = field(default_factory=dict)  # caption_metrics of the constant caption
-    attributes: dict | None = None  # attribute_scores of the model's captions (demo), else None
-    test: ImageTextDataset | None = None
-    baseline_caption: str = ""
-    true_captions: dict = field(default_factory=dict)  # caption_metrics of held-out references
-    true_caption_attributes: dict | None = None  # attribute_scores of the held-out references (demo)
-
-    @classmethod
-    def from_scores(cls, bundle, summary: dict, log_history: list, scores, test, **extra):
-        """A run from its scored test captions (`nbutils.evaluation.caption_scores.CaptionScores`)."""
-        return cls(
-            bundle,
-            summary,
-            log_history,
-            predictions=scores.predictions,
-            metrics=scores.metrics,
-            baseline=scores.baseline,
-            attributes=scores.attributes,
-            test=test,
-            baseline_caption=scores.baseline_caption,
-            true_captions=scores.true_captions,
-            true_caption_attributes=scores.true_caption_attributes,
-            **extra,
-        )
-
-    def overview(self):
-        """The run in one small table, formatted for reading: model, steps, time, loss, settings."""
-        s = self.summary
-        params, preset = s["trainable_parameters"], s["decoding"]["preset"]
-        facts = {"decoder": s["decoder"]} if "decoder" in s else {"mapping": s["mapping"]}
-        facts.update(
-            {
-                "mode": s["mode"],
-                "training steps": count(s["steps"]),
-                "training time": duration(s.get("train_seconds")),
-                "final training loss": number(s["final_train_loss"], 3),
-                "learning rate": f"{s['learning_rate']:g}",
-                "batch size": count(s["batch_size"]),
-                "trainable parameters": f"{count(params['trainable'])} of {count(params['total'])}",
-                "test captions decoded with": (
-                    "custom settings" if str(preset).strip().startswith("{") else preset
-                ),
-                "metrics tokenisation": s["tokenization"],
-            }
-        )
-        return facts_table(facts)
-
-    def metrics_table(self):
-        """Caption metrics of the model beside the constant caption's and the true captions', for reading."""
-        return formatted_metrics_table(self.metrics, self.baseline, self.true_captions)
-
-    def attribute_table(self):
-        """What the captions state about the demo images, the model's beside the true captions', formatted
-        for reading (`formatted_attribute_table`); None without ground truth."""
-        if not self.attributes:
-            return None
-        return formatted_attribute_table({"model": self.attributes}, self.true_caption_attributes)
-
-
-def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> CaptionRun:
+def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> CaptionResult:
     """Train a captioner on `config.run_dir`'s processdata_03 splits; caption and score the test split."""
     check_config(config)
     output_dir = Path(config.output_dir)
@@ -408,49 +199,49 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
     torch.manual_seed(config.seed)
     bundle, mode = load_bundle(config, prepared, language)
     if mode != "demo":
-        check_geometry(bundle, prepared)
+        check_image_size(bundle, prepared)
+        job.check_image_cache(prepared, bundle.image_processor, "this encoder")
     counts = freeze_encoder(bundle.model, config.freeze_encoder)
     ids = caption_special_ids(bundle.tokenizer)
     collator = CaptionCollator(
         bundle.tokenizer, ids["start"], ids["end"], ids["pad"], config.max_caption_length, config.prompt
     )
     mean, std = prepared.mean_std
-    train = prepared.dataset("train", sampling="caption", seed=config.seed)
-    val = prepared.dataset("val", sampling="caption", seed=config.seed)
     test = prepared.dataset("test", seed=config.seed, fixed_caption=True)
-    lr = config.learning_rate or DEFAULT_LEARNING_RATE[mode]
-    args = training_arguments(
-        config, output_dir / "checkpoints", learning_rate=lr, dataloader_drop_last=False
-    )
-    trainer = CaptionTrainer(
-        model=bundle.model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=val,
-        data_collator=collator,
-        callbacks=list(callbacks),
+    trainer = job.build_trainer(
+        CaptionTrainer,
+        config,
+        mode,
+        bundle.model,
+        prepared.dataset("train", sampling="caption", seed=config.seed),
+        prepared.dataset("val", sampling="caption", seed=config.seed),
+        collator,
+        callbacks,
         mean=mean,
         std=std,
         label_smoothing=config.label_smoothing,
         encoder_learning_rate=config.encoder_learning_rate,
     )
-    output = trainer.train(
-        resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
-    )
+    training = job.fit(trainer, config)
 
-    captions = caption_test_images(
-        bundle, test, mean, std, decoding_spec(config), config.prompt, seed=config.seed
+    parameter = next(bundle.model.parameters())  # where the Trainer left the model, in its dtype
+    candidates = caption_in_batches(
+        bundle,
+        len(test.image_paths),
+        lambda rows: {"pixel_values": normalized_images(test, rows, mean, std, parameter)},
+        decoding_spec(config),
+        config.prompt,
+        seed=config.seed,
     )
     scores = score_test_captions(
         test.image_paths,
-        captions,
+        [c[0]["caption"] for c in candidates],
         test.captions,
         list(prepared.tables["train"]["text"]),
         language,
         tokenization,
         prepared.origin.ground_truth,
     )
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = dict(scores.summary)
     summary.update(
         {
@@ -461,20 +252,23 @@ def train_encoder_decoder(config: TrainEncoderDecoderConfig, callbacks=()) -> Ca
             "prompt": config.prompt,
             "label_smoothing": config.label_smoothing,
             "trainable_parameters": counts,
-            "steps": trainer.state.global_step,
-            "train_seconds": output.metrics.get("train_runtime"),
-            "final_train_loss": losses[-1] if losses else output.training_loss,
-            "learning_rate": lr,
-            "encoder_learning_rate": config.encoder_learning_rate or lr,
-            "batch_size": config.batch_size,
-            "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
+            **training,
+            "encoder_learning_rate": config.encoder_learning_rate or training["learning_rate"],
         }
     )
     summary = {"headline": headline(summary), **summary}
-    if trainer.is_world_process_zero():
-        stages.save_captioner_run(output_dir, bundle, summary, scores.predictions)
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    return CaptionRun.from_scores(bundle, summary, trainer.state.log_history, scores, test)
+    job.save_on_main_process(
+        trainer,
+        output_dir,
+        lambda: stages.save_trained_captioner(output_dir, bundle, summary, scores.predictions),
+    )
+    return CaptionResult.from_scores(bundle, summary, trainer.state.log_history, scores, test)
+
+
+def normalized_images(dataset, rows: range, mean, std, parameter: torch.Tensor) -> torch.Tensor:
+    """The images of `rows` from the uint8 cache, normalised on the device of the model's `parameter`, in its dtype."""
+    uint8 = torch.stack([dataset[i]["pixel_values"] for i in rows]).to(parameter.device)
+    return normalize_pixel_values(uint8, mean, std, dtype=parameter.dtype)
 
 
 DECODER_NAMES = {"gpt2": "GPT-2", "bert": "BERT"}

@@ -1,9 +1,11 @@
 """Caption words as image labels, on small corpora whose grounded words are known by construction."""
 
+import math
+
 import pytest
 import torch
 
-from nbutils.data.caption_words import CaptionWords
+from nbutils.data.caption_words import CaptionWords, caption_word_loss
 from nbutils.data.hard_negatives import HardNegatives
 from tests.data.test_hard_negatives import (
     COLOURS,
@@ -48,3 +50,18 @@ def test_captions_without_grounded_words_are_an_error():
         CaptionWords.from_captions(captions, images, "en")
     with pytest.raises(ValueError, match="several captions per image"):
         CaptionWords.from_captions(["a red circle", "a blue star"], ["a", "b"], "en")
+
+
+def test_caption_word_loss_matches_a_naive_loop():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6)
+    targets = (torch.rand(4, 6) > 0.5).float()
+    want = 0.0
+    for i in range(4):
+        for k in range(6):
+            p = 1 / (1 + math.exp(-logits[i, k].item()))
+            y = targets[i, k].item()
+            want -= y * math.log(p) + (1 - y) * math.log(1 - p)
+    assert caption_word_loss(logits, targets).item() == pytest.approx(want / 4, rel=1e-5)  # summed, per image
+    with pytest.raises(ValueError, match="differ"):
+        caption_word_loss(logits, targets[:, :5])

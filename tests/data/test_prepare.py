@@ -11,10 +11,12 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 
 from nbutils import stages
+from nbutils.data import importers
 from nbutils.data.datasets import normalize_pixel_values
 from nbutils.data.prepare import PrepareConfig, load_source, prepare_dataset
+from nbutils.demo.source import DemoSource
 from nbutils.errors import DataError
-from nbutils.files import read_json
+from nbutils.files import read_json, write_table
 
 
 def test_prepare_dataset_writes_clean_splits_and_a_matching_cache(tmp_path, make_jpeg):
@@ -133,3 +135,134 @@ def test_headline_says_what_happened_in_one_sentence():
     assert prepare.headline(dropped).endswith(
         "at 64 px; 7 caption rows dropped (empty caption 5, too long 2)."
     )
+
+
+# ----------------------------------------------------------------------------- the captions' language
+
+EN = ["a red circle in the top left", "a small blue square", "two green triangles", "a large yellow star"]
+ZH = ["左上角有一个红色圆形", "一个蓝色的小正方形", "两个绿色三角形", "一颗黄色的大星星"]
+
+
+def _caption_csv(folder, make_jpeg, captions) -> Path:
+    """A text_image_csv of 10 images with two of `captions` each (image paths relative to the CSV)."""
+    rows = []
+    for i in range(10):
+        make_jpeg(folder / f"{i}.jpg", 24, 24, seed=i)
+        rows += [{"image_path": f"{i}.jpg", "text": captions[(i + k) % len(captions)]} for k in range(2)]
+    path = folder / "captions.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _prepare(config: PrepareConfig) -> stages.PreparedDataset:
+    """processdata_03 as its notebook runs it: load_source, then prepare_dataset; read back with load_prepared."""
+    table, name, origin = load_source(config)
+    prepare_dataset(table, config, name, origin)
+    return stages.load_prepared(config.run_dir)
+
+
+def _validated(tmp_path, make_jpeg, language) -> None:
+    """A finished processdata_02 in <tmp_path>/run whose English table records `language` (None: unknown)."""
+    table = importers.import_captions("text_image_csv", _caption_csv(tmp_path / "photos", make_jpeg, EN))
+    stage_dir = tmp_path / "run" / "processdata_02"
+    for name in ("clean", "rejects", "checks"):
+        write_table(table if name == "clean" else table.iloc[:0], stage_dir / f"{name}.csv")
+    stages.save_validated(stage_dir, table, stages.DataOrigin(language, None))
+
+
+def _config(tmp_path, **params) -> PrepareConfig:
+    return PrepareConfig(
+        run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), image_size=16, num_workers=1, **params
+    )
+
+
+@pytest.mark.parametrize(
+    "captions, language, expected",
+    [
+        (EN, "", "en"),  # from the data: a caption file records none, so it is detected from the captions
+        (ZH, "", "zh"),
+        (EN, "zh", "zh"),  # an explicit language is kept
+        (ZH, "en", "en"),
+    ],
+)
+def test_a_caption_file_has_the_language_of_its_captions_unless_set(
+    tmp_path, make_jpeg, captions, language, expected
+):
+    path = _caption_csv(tmp_path / "photos", make_jpeg, captions)
+    prepared = _prepare(_config(tmp_path, source=str(path), language=language))
+    # Recorded in stage.json and the summary, so that every later stage reads the same language.
+    assert prepared.origin.language == prepared.language == prepared.summary()["language"] == expected
+    assert read_json(tmp_path / "run" / "processdata_03" / "stage.json")["origin"]["language"] == expected
+
+
+@pytest.mark.parametrize(
+    "recorded, language, expected",
+    [
+        (None, "", "en"),  # processdata_01 downloaded a manifest: detected from the (English) captions
+        (None, "zh", "zh"),
+        ("en", "", "en"),  # processdata_01 served the demo set: its language
+        ("en", "en", "en"),
+    ],
+)
+def test_processdata_02s_table_keeps_the_language_it_records(
+    tmp_path, make_jpeg, recorded, language, expected
+):
+    _validated(tmp_path, make_jpeg, recorded)
+    prepared = _prepare(_config(tmp_path, source="processdata_02", language=language))
+    assert prepared.origin.language == expected
+
+
+def test_an_explicit_language_that_contradicts_the_recorded_one_is_an_error(tmp_path, make_jpeg):
+    _validated(tmp_path, make_jpeg, "en")
+    with pytest.raises(ValueError, match=r"language='zh', but source='processdata_02' holds 'en' captions"):
+        load_source(_config(tmp_path, source="processdata_02", language="zh"))
+    with pytest.raises(ValueError, match=r"holds 'zh' captions.*demo\?language=en"):
+        load_source(_config(tmp_path, source="demo?n_images=4", language="en"))
+
+
+@pytest.mark.parametrize("language", ["fr", "EN", "chinese", " "])
+def test_a_language_other_than_empty_zh_or_en_is_refused_naming_the_parameter(language):
+    with pytest.raises(
+        ValueError, match=rf'language must be "" \(from the data\), "zh" or "en"; got {language!r}'
+    ):
+        PrepareConfig(language=language)
+
+
+# ----------------------------------------------------------------------------- the demo set as the source
+
+
+def test_the_demo_source_takes_processdata_01s_spec_with_this_notebooks_defaults(tmp_path):
+    data = str(tmp_path / "data")
+    assert (
+        PrepareConfig(source="processdata_02").demo() is None
+        and PrepareConfig(source="demo.csv").demo() is None
+    )
+    # data_dir and image_size come from processdata_03's parameters where the spec leaves them out ...
+    assert PrepareConfig(source="demo?n_images=8", data_dir=data, image_size=32).demo() == DemoSource(
+        n_images=8, image_size=32, data_dir=data
+    )
+    # ... except image_size 0 (the checkpoint processor's size), which leaves the demo's own default ...
+    assert PrepareConfig(source="demo", image_size=0).demo().image_size == DemoSource().image_size
+    # ... and the spec's own keys win.
+    spec = "demo?language=en&image_size=48&data_dir=/elsewhere"
+    assert PrepareConfig(source=spec, data_dir=data, image_size=32).demo() == DemoSource(
+        language="en", image_size=48, data_dir="/elsewhere"
+    )
+
+
+def test_a_wrong_demo_spec_fails_when_the_config_is_built_naming_the_key():
+    with pytest.raises(ValueError, match=r"unknown key 'n_image'.*did you mean 'n_images'"):
+        PrepareConfig(source="demo?n_image=30")
+    with pytest.raises(ValueError, match=r"source='demo': image_size must be an integer >= 16; got 8"):
+        PrepareConfig(source="demo", image_size=8)  # the notebook's image_size is the demo's too
+
+
+def test_load_source_generates_the_demo_set_the_spec_names(tmp_path):
+    config = _config(tmp_path, source="demo?language=en&n_images=6")
+    table, name, origin = load_source(config)
+    folder = tmp_path / "data" / "demo" / "en-n6-16px-seed0"
+    assert name == "demo-en-n6-16px-seed0" and (folder / "meta.json").is_file()
+    assert (
+        table["image_path"].nunique() == 6 and Path(table["image_path"].iloc[0]).parent == folder / "images"
+    )
+    assert origin == stages.DataOrigin("en", str((folder / "objects.jsonl").resolve()))

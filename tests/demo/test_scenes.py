@@ -377,6 +377,28 @@ def test_rerun_with_same_parameters_rewrites_nothing(tmp_path):
     assert json.loads((out / "meta.json").read_text())["params"]["n_images"] == 15
 
 
+def test_meta_json_names_the_generator_module_and_sets_with_the_other_id_are_reused(tmp_path):
+    assert scenes.GENERATOR == "nbutils.demo.scenes" == scenes.__name__
+    assert scenes.GENERATOR_IDS == ("nbutils.demo.scenes", "nbutils.demo_data")
+    out = tmp_path / "demo"
+    first = generate_demo_dataset(out, n_images=6, image_size=16, captions_per_image=4, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["generator"] == "nbutils.demo.scenes"
+    # A set already on disk under the id "nbutils.demo_data": recognised, so reused as it is.
+    (out / "meta.json").write_text(json.dumps({**meta, "generator": "nbutils.demo_data"}))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = generate_demo_dataset(out, n_images=6, image_size=16, captions_per_image=4, progress=False)
+    pd.testing.assert_frame_equal(first, again)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+    # ... and replaced like any demo set when other parameters are asked for.
+    generate_demo_dataset(out, n_images=7, image_size=16, captions_per_image=4, progress=False)
+    assert json.loads((out / "meta.json").read_text())["generator"] == "nbutils.demo.scenes"
+    # Any other id is not a demo set: refused.
+    (out / "meta.json").write_text(json.dumps({**meta, "generator": "someone.else"}))
+    with pytest.raises(DataError, match="is not a demo data set"):
+        generate_demo_dataset(out, n_images=6, image_size=16, captions_per_image=4, progress=False)
+
+
 def test_failure_leaves_nothing_behind_and_keeps_the_old_set(tmp_path, monkeypatch):
     real = scenes._make_image
 

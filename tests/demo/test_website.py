@@ -1,7 +1,5 @@
 import io
-import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -289,60 +287,3 @@ def test_serve_keeps_a_stable_port_and_falls_back_when_taken(tmp_path):
             assert second.base_url != first.base_url
     with serve(site, port=port) as again:  # free again: the same urls as before
         assert again.base_url == first.base_url
-
-
-def test_serve_demo_generates_serves_and_writes_the_manifest(tmp_path):
-    from nbutils.data.download import DownloadConfig
-    from nbutils.demo import scenes
-    from nbutils.demo.website import serve_demo
-
-    config = DownloadConfig(
-        run_dir=str(tmp_path / "run"),
-        output_dir=str(tmp_path / "run" / "processdata_01"),
-        data_dir=str(tmp_path / "data"),
-        n_images=60,
-        image_size=32,
-        language="en",
-        seed=2,
-        max_bytes=150_000,
-    )
-    served = serve_demo(config)
-    try:
-        demo = scenes.demo_dir(tmp_path / "data", "en", 60, 32, 2)
-        meta = json.loads((demo / "meta.json").read_text(encoding="utf-8"))
-        assert meta["params"] == {
-            "n_images": 60,
-            "image_size": 32,
-            "language": "en",
-            "seed": 2,
-            "captions_per_image": 5,
-        }
-        assert served.site.params["seed"] == 2 and served.site.params["max_bytes"] == 150_000
-        assert served.site.params["demo_dir"] == str(demo.resolve()) and len(served.site.expected) == 60
-
-        # The manifest: where processdata_01 reads it, with the running server's urls.
-        assert served.manifest_path == tmp_path / "run" / "processdata_01" / "manifest.csv"
-        written = pd.read_csv(served.manifest_path, dtype=str, keep_default_na=False, encoding="utf-8")
-        pd.testing.assert_frame_equal(written, manifest(served.site, served.server.base_url))
-        assert written["url"].str.startswith(served.server.base_url + "/images/").all()
-        assert len(written) == len(pd.read_csv(demo / "captions.csv"))
-
-        # The server answers with the demo's bytes, and misbehaves where the site says.
-        ok = rows_of(served.site, "ok").iloc[0]
-        r = requests.get(served.server.url(ok["path"]), timeout=10)
-        assert r.status_code == 200 and r.content == (demo / "images" / ok["demo_filename"]).read_bytes()
-        assert (
-            requests.get(
-                served.server.url(rows_of(served.site, "http_404")["path"].iloc[0]), timeout=10
-            ).status_code
-            == 404
-        )
-        assert served.server.base_url in served.describe() and "60 urls" in served.describe()
-
-        # The origin carries the ground truth to the later stages.
-        assert served.origin.language == "en"
-        assert served.origin.ground_truth == str((demo / "objects.jsonl").resolve())
-        assert len(load_ground_truth(Path(served.origin.ground_truth).parent)) == 60
-    finally:
-        served.server.stop()
-    assert not served.server._thread.is_alive()  # stopped: the serving thread is gone

@@ -12,7 +12,7 @@ from nbutils.data.datasets import CaptionCollator
 from nbutils.models import clipcap
 from nbutils.models.decoding import generate_captions
 from nbutils.models.tokenizer import caption_special_ids, train_caption_tokenizer
-from nbutils.training.encoder_decoder import CaptionTrainer
+from nbutils.training.captioning import CaptionTrainer
 
 from .conftest import ZH
 

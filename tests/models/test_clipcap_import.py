@@ -20,7 +20,7 @@ from nbutils.models.clipcap_import import import_reference_checkpoint, import_re
 from nbutils.models.decoding import clean_caption, generate_captions
 from nbutils.models.image_processors import load_image_processor
 from nbutils.models.tokenizer import train_bpe_tokenizer, train_tokenizer
-from nbutils.training.encoder_decoder import CaptionTrainer
+from nbutils.training.captioning import CaptionTrainer
 
 from .conftest import EN, ZH
 from .reference_clipcap import (
@@ -175,7 +175,9 @@ def test_the_importer_reads_mapper_depth_and_kind_and_refuses_a_stated_mismatch_
     assert import_reference_state_dict(state_dict, tokenizer, n_head=4).config.mapping_layers == 8
 
     def stated(**fields):
-        settings = clipcap.mapper_settings(CLIP_DIM, 10, "transformer", constant_len=10, mapping_layers=8)
+        settings = clipcap.mapper_settings(
+            CLIP_DIM, prefix_len=10, mapping="transformer", constant_len=10, mapping_layers=8
+        )
         gpt2 = {k: v for k, v in gpt2_config(len(tokenizer)).to_dict().items() if k != "model_type"}
         return clipcap.ClipCapConfig(**{**gpt2, **settings, **fields})
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
-from nbutils.models.captioner import build_demo_captioner
 from nbutils.models.decoding import ALLOWED, PRESETS, clean_caption, generate_captions, resolve_decoding
+from nbutils.models.encoder_decoder import build_demo_encoder_decoder
 
 CLS, SEP, PAD = 2, 3, 0
 CJK_SPACE = re.compile(r"[\u4e00-\u9fff] [\u4e00-\u9fff]")
@@ -434,7 +434,7 @@ def test_blip_beam_is_blip_decoder_generate(tokenizer):
     """The blip_beam preset with BLIP's prompt gives BLIP_Decoder.generate's captions (configs/caption_coco.yaml:
     beam 3, max_length 20, min_length 5), on a BLIP-style captioner (a BERT LM head with cross-attention)."""
     torch.manual_seed(0)
-    bundle = build_demo_captioner(
+    bundle = build_demo_encoder_decoder(
         copy.deepcopy(tokenizer),
         image_size=32,
         decoder="bert",

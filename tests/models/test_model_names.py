@@ -11,10 +11,10 @@ import pytest
 from huggingface_hub import constants
 
 from nbutils.models import model_names
-from nbutils.models.captioner import load_captioner
 from nbutils.models.captioners import load_any_captioner
 from nbutils.models.clip import ClipBundle, compose_dual_encoder, load_clip_model, save_clip
 from nbutils.models.clipcap import load_clipcap_language_model, mapper_settings
+from nbutils.models.encoder_decoder import load_encoder_decoder
 from nbutils.models.image_processors import load_image_processor
 from nbutils.models.model_names import resolve_model_name
 
@@ -175,7 +175,7 @@ def test_a_hub_that_does_not_answer_counts_as_unreachable_after_the_short_timeou
         (lambda: load_clip_model("someone/clip-typo"), "model_name_or_path"),
         (lambda: load_clip_model("someone/clip-typo", parameter="clip_model"), "clip_model"),
         (lambda: compose_dual_encoder("google/vit-typo", "bert-base-chinese"), "vision_model"),
-        (lambda: load_captioner("google/vit-typo", "uer/gpt2-typo", "gpt2"), "encoder"),
+        (lambda: load_encoder_decoder("google/vit-typo", "uer/gpt2-typo", "gpt2"), "encoder"),
         (lambda: load_clipcap_language_model("uer/gpt2-typo", mapper_settings(8)), "language_model"),
         (lambda: load_any_captioner("someone/captioner-typo"), "captioner"),
         (lambda: load_image_processor("google/vit-typo"), "image_processor"),

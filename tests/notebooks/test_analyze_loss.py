@@ -25,7 +25,9 @@ def test_analyze_loss_notebook_compares_runs_and_names_what_it_skipped(tmp_path)
     outputs = tmp_path / "outputs"
     _training(
         outputs / "alpha" / "train_clip", "train_clip", [(10, 3.5), (20, 2.0)], [(20, 2.5)], batch=64,
-        summary={"i2t_r1": 81.3456, "steps": 20, "trainable_parameters": {"total": 721409}},
+        summary={"i2t_r1": 81.3456, "steps": 20, "trainable_parameters": {"total": 721409},
+                 "chance_loss": math.log(64), "chance_train_loss": math.log(64), "batch_size": 64,
+                 "negatives_per_caption": 0, "world_size": 1, "word_loss_weight": 0.0},
     )  # fmt: skip
     _training(
         outputs / "alpha" / "train_clipcap", "train_clipcap", [(10, 4.0), (20, 1.25)], [(20, 1.5)],

@@ -329,12 +329,16 @@ PARAMETER_DRIFT = [
     ),
     (
         "type changed",
-        _replace_line("n_images", "n_images = 3000.0"),
-        ["n_images = 3000.0: a float, the field is int"],
+        _replace_line("small_train_images", "small_train_images = 500.0"),
+        ["small_train_images = 500.0: a float, the field is int"],
     ),
     ("bool for int", _replace_line("num_workers", "num_workers = False"), ["a bool, the field is int"]),
     ("not a literal", _replace_line("seed", "seed = int('0')"), ["seed = int('0'): not a literal"]),
-    ("spelt differently", _replace_line("n_images", "n_images = 3_000"), ["parameters_cell(PrepareConfig)"]),
+    (
+        "spelt differently",
+        _replace_line("small_train_images", "small_train_images = 5_00"),
+        ["parameters_cell(PrepareConfig)"],
+    ),
     ("quoted differently", _replace_line("source", "source = 'demo'"), ["parameters_cell(PrepareConfig)"]),
 ]
 

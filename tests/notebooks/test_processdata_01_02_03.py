@@ -16,9 +16,8 @@ from nbutils import runner, stages
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     params = [
-        f"data_dir={tmp / 'data'}",
-        "n_images=150",
-        "image_size=48",
+        f"processdata_01.source=demo?n_images=150&image_size=48&data_dir={tmp / 'data'}",
+        f"data_dir={tmp / 'data'}",  # processdata_03's image cache
         "processdata_03.image_size=32",
         "small_train_images=5",
         "small_test_images=2",

@@ -1,4 +1,4 @@
-"""The real processdata_03 notebook, run once per session by the runner (papermill): the shared
+"""The real processdata_03 notebook, run once per test run by the runner (papermill): the shared
 `prepared_run` fixture (tests/conftest.py: 60 demo images, 32 px, val 0.15, test 0.2, small 5/2)."""
 
 import json
@@ -28,7 +28,7 @@ SUMMARY_KEYS = {
 def test_processdata_03_on_the_demo_set(prepared_run, readable_report):
     result, run_dir, params = prepared_run["result"], prepared_run["run_dir"], prepared_run["params"]
     out = run_dir / "processdata_03"
-    n = params["n_images"]
+    n = prepared_run["demo"].n_images
     # nbutils.data.splits.split_by_image: a non-zero fraction gets round(n * fraction) images, at least one.
     n_val, n_test = max(1, round(n * params["val_fraction"])), max(1, round(n * params["test_fraction"]))
     summary = json.loads((out / "summary.json").read_text())
@@ -80,11 +80,17 @@ def test_processdata_03_on_the_demo_set(prepared_run, readable_report):
     assert Path(manifest["cache_dir"]).parent == (prepared_run["data_dir"] / "cache").resolve()
     assert len(cache) == n and manifest["geometry"]["height"] == manifest["geometry"]["width"] == 32
     assert prepared.origin.language == "zh" and prepared.origin.ground_truth.endswith("objects.jsonl")
+    # The source gives neither data_dir nor image_size: the demo set is generated under processdata_03's
+    # data_dir at its image_size (<data_dir>/demo/zh-n60-32px-seed0; demo.yaml's seed is 0).
+    truth = prepared_run["demo"].folder(seed=0) / "objects.jsonl"
+    assert truth.parent == prepared_run["data_dir"] / "demo" / "zh-n60-32px-seed0"
+    assert Path(prepared.origin.ground_truth) == truth.resolve()
 
     # The runner's report and record.
     entries = {nb["name"]: nb for nb in result["notebooks"]}
     assert result["status"] == "ok" and entries["processdata_03"]["status"] == "ok"
-    assert entries["processdata_03"]["parameters"]["n_images"] == n == 60
+    assert entries["processdata_03"]["parameters"]["source"] == params["source"] == "demo?n_images=60"
+    assert n == 60 and "n_images" not in entries["processdata_03"]["parameters"]
     assert (run_dir / "processdata_03.html").is_file() and (run_dir / "index.html").is_file()
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
         "cache_samples.png",

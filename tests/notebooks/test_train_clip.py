@@ -52,7 +52,9 @@ def test_train_clip_notebook_writes_model_state_summary_and_figures(
         == {"colour", "shape", "size"}
     )
     p = prepared_run["params"]
-    n_test = max(1, round(p["n_images"] * p["test_fraction"]))  # nbutils.data.splits' rule: 12
+    n_test = max(
+        1, round(prepared_run["demo"].n_images * p["test_fraction"])
+    )  # nbutils.data.splits' rule: 12
     assert summary["n_test_images"] == n_test == 12 and abs(summary["chance_r1"] - 100 / n_test) < 1e-9
     assert (out / "model" / "config.json").is_file() and (out / "model" / "tokenizer.json").is_file()
     assert (out / "model" / "preprocessor_config.json").is_file() and (out / "trainer_state.json").is_file()

@@ -46,7 +46,7 @@ def test_train_clipcap_notebook_compares_mappings_and_writes_model_predictions_s
     assert len(predictions) == 12 and {"image_path", "references", "prediction", "cider"} <= set(
         predictions.columns
     )
-    trained = stages.load_clipcap_run(run_dir)
+    trained = stages.load_trained_clipcap(run_dir)
     assert trained.summary == summary and trained.model_dir == out / "model"
     assert type(AutoModelForCausalLM.from_pretrained(str(out / "model"))) is ClipCapModel
     assert len(AutoTokenizer.from_pretrained(str(out / "model"))) == len(trained.bundle.tokenizer)

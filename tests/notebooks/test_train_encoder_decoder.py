@@ -58,7 +58,7 @@ def test_train_encoder_decoder_notebook_writes_model_predictions_summary_and_rep
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert len(predictions) == 12 and {"image_path", "references", "prediction"} <= set(predictions.columns)
     # The stage hands its captioner on; plain transformers loads the same folder.
-    trained = stages.load_captioner_run(run_dir)
+    trained = stages.load_trained_captioner(run_dir)
     assert trained.summary == summary and trained.model_dir == out / "model"
     assert VisionEncoderDecoderModel.from_pretrained(str(out / "model")).config.decoder.model_type == "gpt2"
     assert len(AutoTokenizer.from_pretrained(str(out / "model"))) == len(trained.bundle.tokenizer)

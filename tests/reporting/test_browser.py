@@ -297,7 +297,7 @@ def _infer_per_image(images, captions: dict, clip) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def scored_run(tmp_path_factory, make_tiny_dual_encoder):
-    """{"run": an InferRun of two fake captioners (beam) on 6 demo images with a tiny CLIP, "config", "captions"
+    """{"run": an InferResult of two fake captioners (beam) on 6 demo images with a tiny CLIP, "config", "captions"
     (preset -> model -> captions), "captioners" (a function: fresh TableCaptioners), "greedy" (per_image of the
     greedy captions, scored the same way)}."""
     import torch
@@ -340,7 +340,7 @@ def scored_run(tmp_path_factory, make_tiny_dual_encoder):
         "m1": FakeCache(paths, 4),
         "m2": FakeCache(paths, 8),
     }  # two geometries, as two captioners may have
-    run = infer.InferRun(
+    run = infer.InferResult(
         summary,
         pd.DataFrame(),
         images,

@@ -513,7 +513,7 @@ class InferScores:
         self.prompt = summary.get("clipscore_prompt") or ""
         self.clip = None
         if summary.get("clipscore_model"):
-            bundle = stages.load_clip(run).bundle
+            bundle = stages.load_trained_clip(run).bundle
             cache = infer.image_cache(self.images, bundle.image_processor, infer_dir / "cache")
             mean, std = processor_mean_std(bundle.image_processor)
             embeddings, _, _ = cached_image_embeddings(

@@ -171,22 +171,34 @@ def test_write_index_groups_and_formats_summaries_and_links_relatively(tmp_path)
     assert html.index('<p class="headline">Run ok in 2 s: 2 of 2 notebooks ran ok.</p>') < html.index("<h1>")
 
 
-def test_format_value():
-    f = index_page.format_value
-    assert [f(None), f(True), f(1234567), f(0.0), f(float("nan"))] == ["–", "yes", "1,234,567", "0", "nan"]
-    assert f(87.29868, ("mean_recall",)) == "87.3 %" and f(0.3745, ("chance_r1",)) == "0.4 %"
-    assert (
-        f(98.6, ("linear_probe_accuracy", "colour")) == "98.6 %" and f(0.002, ("learning_rate",)) == "0.002"
-    )
-    assert (
-        f(1.69064, ("models", "m", "metrics", "cider")) == "1.691"
-        and f(1.7468, ("clipscore", "m")) == "1.747"
-    )
-    assert f(4.852030263919617, ("chance_loss",)) == "4.852"  # a loss, not a percentage
-    assert (
-        f(0.46022, ("comparison", "BLEU-4")) == "0.460"
-        and f(98.6486, ("x", "shape, single-object (%)")) == "98.6 %"
-    )
+def test_values_are_formatted_as_the_stage_schema_declares_them():
+    """One rule (nbutils.summaries): the notebook's own schema; a notebook outside the pipeline, any stage's."""
+    clip = {
+        "i2t_r1": 0.3745,
+        "chance_loss": 4.852030263919617,
+        "learning_rate": 0.002,
+        "train_seconds": 209.4,
+        "linear_probe_accuracy": {"colour": 98.6},
+    }
+    html = index_page.summary_tables(clip, "train_clip")
+    for key, value in [
+        ("i2t_r1", "0.4 %"),
+        ("chance_loss", "4.852"),  # a loss, not a percentage
+        ("learning_rate", "2.0e-03"),
+        ("train_seconds", "3.5 min"),
+        ("colour", "98.6 %"),
+    ]:
+        assert f'<td>{key}</td><td class="n">{value}</td>' in html, key
+    infer = {"models": {"m": {"metrics": {"cider": 1.69064}}}, "clipscore": {"m": 1.7468}}
+    html = index_page.summary_tables(infer, "infer")
+    assert '<td>cider</td><td class="n">1.691</td>' in html and '<td>m</td><td class="n">1.747</td>' in html
+    comparison = {
+        "comparison": [{"mapping": "mlp", "BLEU-4": 0.46022, "shape precision, single-object (%)": 98.65}]
+    }
+    html = index_page.summary_tables(comparison, "train_clipcap")
+    assert '<td class="n">0.460</td><td class="n">98.7 %</td>' in html
+    html = index_page.summary_tables({"mean_recall": 87.29868, "loss": 5.0704361}, None)
+    assert '<td class="n">87.3 %</td>' in html and '<td class="n">5.07</td>' in html  # undeclared: 4 digits
 
 
 def _run(outputs, name, started, status="ok", summaries=None, index=True):

@@ -23,6 +23,9 @@ def test_numbers_in_words():
     assert tables.percent(81.27) == "81.3 %" and tables.percent(0.3745, 2) == "0.37 %"
     assert tables.share(190, 3000) == "6.3 %" and tables.share(1, 0) == "–"
     assert tables.number(1234.567) == "1,234.6" and tables.number(2.0112, 3) == "2.011"
+    assert [tables.significant(v) for v in (0.458194, 5.0, 0.0, 5533.4, 123456.0, 0.00001234, None)] == [
+        "0.4582", "5", "0", "5533", "123,456.0", "1.234e-05", "–",
+    ]  # fmt: skip
     assert [tables.duration(s) for s in (4.26, 42.4, 209.4, 5400)] == ["4.3 s", "42 s", "3.5 min", "1.5 h"]
     assert tables.size_in_bytes(5_226_726) == "5.2 MB" and tables.size_in_bytes(512) == "512 B"
 

@@ -12,7 +12,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from nbutils import progress, runner
 from nbutils.runner import live
-from nbutils.training.trainer import ProgressReportCallback
+from nbutils.training.job import ProgressReportCallback
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "notebooks"
 

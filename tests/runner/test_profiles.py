@@ -3,6 +3,7 @@
 import pytest
 
 from nbutils import runner
+from nbutils.demo.source import DemoSource
 from nbutils.runner import ParameterError
 
 
@@ -20,8 +21,8 @@ def test_shipped_profiles_match_the_notebooks_that_exist():
     # The demo chains the data notebooks: generated set -> faulty server -> download -> validate -> split.
     assert [
         demo["notebooks"][nb]["source"] for nb in ("processdata_01", "processdata_02", "processdata_03")
-    ] == ["demo", "processdata_01", "processdata_02"]
-    assert demo["notebooks"]["processdata_01"]["n_images"] == 3000
+    ] == ["demo?language=zh&n_images=3000&image_size=64", "processdata_01", "processdata_02"]
+    assert DemoSource.parse(demo["notebooks"]["processdata_01"]["source"]) == DemoSource(n_images=3000)
     pd03 = {
         "run_dir",
         "output_dir",
@@ -30,7 +31,6 @@ def test_shipped_profiles_match_the_notebooks_that_exist():
         "input_format",
         "images_root",
         "language",
-        "n_images",
         "image_size",
         "image_processor",
         "val_fraction",

@@ -191,6 +191,7 @@ def test_input_parameters_fingerprint_the_files_they_name(tmp_path):
     os.utime(manifest, ns=(1, 1))
     assert fingerprint(source=str(manifest), data_dir=str(tmp_path))["digest"] != with_file["digest"]
     assert fingerprint(source="demo")["parts"]["files"] == {}  # not a path
+    assert fingerprint(source=f"demo?n_images=30&data_dir={tmp_path}")["parts"]["files"] == {}
     # relative to the notebooks folder, like the kernels see it; comma lists are split
     assert set(fingerprints.stage_fingerprint(
         "infer", notebooks / "x.ipynb", {"captioners": "train_clipcap,../manifest.csv"}, {}, {}

@@ -27,7 +27,7 @@ from nbutils.models import clip as clip_models
 from nbutils.models.image_processors import load_image_processor
 from nbutils.models.tokenizer import train_tokenizer
 from nbutils.training import clip as clip_training
-from nbutils.training.clip import DEFAULT_LEARNING_RATE, TrainClipConfig
+from nbutils.training.clip import TrainClipConfig
 
 TINY = dict(batch_size=8, logging_steps=1, projection_dim=32, epochs=1.0)
 N_TRAIN, N_TEST = 39, 12  # images in the shared run's train and test splits
@@ -44,7 +44,7 @@ def _config(prepared_run, output_dir, **overrides) -> TrainClipConfig:
 def trained(prepared_run, tmp_path_factory):
     """One tiny training (4 steps) shared by the tests that only read its results.
 
-    Written to <tmp>/run/train_clip, so <tmp>/run is a run folder that `stages.load_clip` reads.
+    Written to <tmp>/run/train_clip, so <tmp>/run is a run folder that `stages.load_trained_clip` reads.
     """
     out = tmp_path_factory.mktemp("trained") / "run" / "train_clip"
     run = clip_training.train_clip(_config(prepared_run, out, max_steps=4, resume=""))
@@ -124,7 +124,7 @@ def test_summary_and_saved_model(trained):
         summary
     )
     assert run.attribute_table("linear_probe").data.index.name == "attribute"
-    assert summary["mode"] == "demo" and summary["learning_rate"] == DEFAULT_LEARNING_RATE["demo"]
+    assert summary["mode"] == "demo" and summary["learning_rate"] == TrainClipConfig.LEARNING_RATES["demo"]
     assert summary["steps"] == 4
 
     # save_pretrained folder -> identical embeddings through our loader and through plain transformers
@@ -193,7 +193,7 @@ def test_hard_negatives_train_through_the_trainer(prepared_run, tmp_path):
 
 def test_load_clip_gives_the_trained_bundle_back(trained, tmp_path):
     run, out = trained.run, trained.output_dir
-    loaded = stages.load_clip(out.parent)
+    loaded = stages.load_trained_clip(out.parent)
     assert loaded.model_dir == out / "model"
     assert loaded.summary == json.loads(json.dumps(run.summary))
     assert loaded.bundle.kind == "dual_encoder"
@@ -207,7 +207,7 @@ def test_load_clip_gives_the_trained_bundle_back(trained, tmp_path):
     assert loaded.bundle.tokenizer.get_vocab() == run.bundle.tokenizer.get_vocab()
     # a run folder without a finished train_clip stage says what to run
     with pytest.raises(DataError, match=r"has no finished train_clip .*Run notebooks/train_clip.ipynb"):
-        stages.load_clip(tmp_path)
+        stages.load_trained_clip(tmp_path)
 
 
 def test_search_examples_return_k_images_per_query_best_first(trained):
@@ -318,8 +318,8 @@ def test_compose_and_pretrained_modes_train_with_their_learning_rates(prepared_r
         )
     )
     assert composed.summary["mode"] == "compose" and composed.summary["steps"] == 1
-    assert composed.summary["learning_rate"] == DEFAULT_LEARNING_RATE["compose"] == 5e-5
-    reloaded = stages.load_clip(tmp_path / "compose")
+    assert composed.summary["learning_rate"] == TrainClipConfig.LEARNING_RATES["compose"] == 5e-5
+    reloaded = stages.load_trained_clip(tmp_path / "compose")
     assert reloaded.bundle.kind == "dual_encoder" and reloaded.summary["mode"] == "compose"
 
     pretrained = clip_training.train_clip(
@@ -332,7 +332,7 @@ def test_compose_and_pretrained_modes_train_with_their_learning_rates(prepared_r
         )
     )
     assert pretrained.summary["mode"] == "pretrained"
-    assert pretrained.summary["learning_rate"] == DEFAULT_LEARNING_RATE["pretrained"] == 1e-5
+    assert pretrained.summary["learning_rate"] == TrainClipConfig.LEARNING_RATES["pretrained"] == 1e-5
 
 
 # -----------------------------------------------------------------------------
@@ -557,8 +557,8 @@ def test_caption_word_loss_trains_resumes_and_leaves_a_plain_model(prepared_run,
     checkpoint (same losses as an uninterrupted run); the saved model has no head."""
     from safetensors.torch import load_file
 
-    from nbutils.data.caption_words import CaptionWords
-    from nbutils.training.clip_loss import caption_word_loss, clip_loss
+    from nbutils.data.caption_words import CaptionWords, caption_word_loss
+    from nbutils.training.clip_loss import clip_loss
 
     words = dict(max_steps=6, save_steps=3, word_loss_weight=2.0)
     full = clip_training.train_clip(_config(prepared_run, tmp_path / "full", resume="", **words))

@@ -13,7 +13,6 @@ import nbutils.training.clip_loss as cl
 from nbutils.training.clip_loss import (
     MAX_LOGIT_SCALE,
     ClipLoss,
-    caption_word_loss,
     chance_loss,
     clamp_logit_scale_,
     clip_loss,
@@ -170,9 +169,13 @@ def test_random_features_give_chance_and_aligned_features_give_zero():
     g = torch.Generator().manual_seed(2)
     n = 64
     assert chance_loss(n) == math.log(n)
+    assert chance_loss(n, 3) == pytest.approx((math.log(n) + math.log(4 * n)) / 2)
     random_image, random_text = torch.randn(n, 32, generator=g), torch.randn(n, 32, generator=g)
     random_loss = clip_loss(random_image, random_text, torch.tensor(0.0))
     assert random_loss.item() == pytest.approx(chance_loss(n), abs=0.1)
+    negatives = torch.randn(3 * n, 32, generator=g)  # three hard negatives per caption
+    with_negatives = clip_loss(random_image, random_text, torch.tensor(0.0), negative_features=negatives)
+    assert with_negatives.item() == pytest.approx(chance_loss(n, 3), abs=0.1)
     aligned = torch.randn(n, 32, generator=g)
     assert clip_loss(aligned, 3 * aligned, torch.tensor(MAX_LOGIT_SCALE)).item() < 1e-3
 
@@ -263,18 +266,3 @@ def test_gathered_loss_gives_single_process_gradients(tmp_path):
         assert plain_error > 0.05
     assert results[0]["unequal"] == results[1]["unequal"]
     assert "equal batch sizes" in results[0]["unequal"] and "[3, 4]" in results[0]["unequal"]
-
-
-def test_caption_word_loss_matches_a_naive_loop():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 6)
-    targets = (torch.rand(4, 6) > 0.5).float()
-    want = 0.0
-    for i in range(4):
-        for k in range(6):
-            p = 1 / (1 + math.exp(-logits[i, k].item()))
-            y = targets[i, k].item()
-            want -= y * math.log(p) + (1 - y) * math.log(1 - p)
-    assert caption_word_loss(logits, targets).item() == pytest.approx(want / 4, rel=1e-5)  # summed, per image
-    with pytest.raises(ValueError, match="differ"):
-        caption_word_loss(logits, targets[:, :5])

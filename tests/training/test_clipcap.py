@@ -77,7 +77,7 @@ def test_frozen_gpt2_is_bit_identical_after_training_and_the_stage_reloads(clip_
 
     (tmp_path / "run").mkdir()
     (tmp_path / "out").rename(tmp_path / "run" / "train_clipcap")  # a run folder's stage
-    trained = stages.load_clipcap_run(tmp_path / "run")
+    trained = stages.load_trained_clipcap(tmp_path / "run")
     assert trained.summary == summary and trained.model_dir == tmp_path / "run" / "train_clipcap" / "model"
     assert len(trained.predictions) == summary["n_test_images"]
     assert (tmp_path / "run" / "train_clipcap" / "trainer_state.json").is_file()
@@ -92,12 +92,12 @@ def test_several_mappings_are_trained_and_compared_and_embeddings_are_reused(cli
     )  # fmt: skip
     assert run.summary["clip_embeddings"]["reused"] is True
     assert run.summary["clip_embeddings"]["file"] == first.summary["clip_embeddings"]["file"]
-    assert list(run.runs) == ["transformer", "bert", "mlp"] and run.summary["mapping"] == "transformer"
+    assert list(run.results) == ["transformer", "bert", "mlp"] and run.summary["mapping"] == "transformer"
     table = run.comparison()
     assert list(table.index) == ["transformer", "bert", "mlp"]
     assert {"CIDEr", "trainable parameters", "training seconds"} <= set(table.columns)
     assert {"colour precision, single-object (%)", "hallucination (%)"} <= set(table.columns)
-    assert table.loc["mlp", "CIDEr"] == run.runs["mlp"].summary["cider"]
+    assert table.loc["mlp", "CIDEr"] == run.results["mlp"].summary["cider"]
     # the reading copy ends with the true captions, scored the same way
     ceiling = run.comparison(true_captions=True)
     assert list(ceiling.index) == ["transformer", "bert", "mlp", "true captions"]

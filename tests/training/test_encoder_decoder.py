@@ -84,7 +84,7 @@ def no_java(monkeypatch):
 def trained(prepared_run, tmp_path_factory):
     """One tiny GPT-2-decoder training (4 steps) with full metrics, shared by the tests that read its results.
 
-    Written to <tmp>/run/train_encoder_decoder, so <tmp>/run is a run folder `stages.load_captioner_run` reads.
+    Written to <tmp>/run/train_encoder_decoder, so <tmp>/run is a run folder `stages.load_trained_captioner` reads.
     """
     out = tmp_path_factory.mktemp("captioner") / "run" / "train_encoder_decoder"
     run = ed.train_encoder_decoder(_config(prepared_run, out, max_steps=4))
@@ -131,7 +131,7 @@ def test_summary_predictions_and_files(trained):
     assert table["references"][0] == " | ".join(run.test.captions[0])
     assert table["cider"].mean() == pytest.approx(summary["cider"], abs=1e-9)
 
-    loaded = stages.load_captioner_run(out.parent)
+    loaded = stages.load_trained_captioner(out.parent)
     assert loaded.summary == json.loads(json.dumps(run.summary))
     # what the notebook shows: the headline, then tables formatted for reading
     assert list(summary)[0] == "headline" and summary["headline"] == ed.headline(summary)
@@ -173,7 +173,7 @@ def _batch(prepared_run, tmp_path, **overrides):
     collator = ed.CaptionCollator(
         bundle.tokenizer, ids["start"], ids["end"], ids["pad"], config.max_caption_length, config.prompt
     )
-    args = ed.training_arguments(
+    args = ed.job.training_arguments(
         config, tmp_path / "ckpt", learning_rate=1e-3, dataloader_drop_last=False, evaluate=False
     )
     mean, std = prepared.mean_std

@@ -10,7 +10,7 @@ and go into both `model.config` and `model.generation_config` (generate() reads 
 refuses generation settings on the former). The UER Chinese GPT-2 config says bos/eos 50256, outside its
 21128-token vocabulary: its BertTokenizer's [CLS]/[SEP] are used instead.
 
-A `CaptionerBundle` keeps the model with its tokenizer and image processor; `save_captioner` writes all three
+A `EncoderDecoderBundle` keeps the model with its tokenizer and image processor; `save_encoder_decoder` writes all three
 into one folder that plain transformers loads (`VisionEncoderDecoderModel.from_pretrained(path)`,
 `AutoTokenizer.from_pretrained(path)`, `ViTImageProcessor.from_pretrained(path)`).
 """
@@ -34,7 +34,7 @@ MODEL_TYPES = {"gpt2": "gpt2", "bert": "bert"}  # decoder family -> the decoder 
 
 
 @dataclass
-class CaptionerBundle:
+class EncoderDecoderBundle:
     """A captioner with the tokenizer and image processor that go with it."""
 
     model: Any
@@ -57,7 +57,7 @@ def set_caption_token_ids(model, tokenizer) -> dict[str, int]:
     return ids
 
 
-def build_demo_captioner(
+def build_demo_encoder_decoder(
     tokenizer,
     image_size: int = 64,
     decoder: str = "gpt2",
@@ -71,7 +71,7 @@ def build_demo_captioner(
     dropout: float = 0.0,
     initializer_range: float = 0.0,
     image_processor=None,
-) -> CaptionerBundle:
+) -> EncoderDecoderBundle:
     """A small random ViT encoder + `decoder` ("gpt2" or "bert") captioner for demos and tests.
 
     The decoder's vocabulary comes from `tokenizer`; `max_length` is its position table's size. The ViT's
@@ -138,12 +138,12 @@ def build_demo_captioner(
     set_caption_token_ids(model, tokenizer)
     tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
     image_processor = image_processor or load_image_processor("vit", image_size)
-    return CaptionerBundle(model, tokenizer, image_processor, decoder)
+    return EncoderDecoderBundle(model, tokenizer, image_processor, decoder)
 
 
-def load_captioner(
+def load_encoder_decoder(
     encoder: str | os.PathLike, decoder_model: str | os.PathLike, decoder: str
-) -> CaptionerBundle:
+) -> EncoderDecoderBundle:
     """Pair a pretrained vision encoder and a pretrained decoder (hub ids or folders) with fresh cross-attention.
 
     `decoder` ("gpt2" or "bert") must match `decoder_model`'s family. Tokenizer from `decoder_model`,
@@ -176,11 +176,11 @@ def load_captioner(
         encoder, decoder_model, decoder_config=decoder_config
     )
     set_caption_token_ids(model, tokenizer)
-    return CaptionerBundle(model, tokenizer, image_processor, decoder)
+    return EncoderDecoderBundle(model, tokenizer, image_processor, decoder)
 
 
-def load_saved_captioner(path: str | os.PathLike) -> CaptionerBundle:
-    """Reload a folder written by `save_captioner` (or any VisionEncoderDecoder folder with tokenizer and processor)."""
+def load_saved_encoder_decoder(path: str | os.PathLike) -> EncoderDecoderBundle:
+    """Reload a folder `save_encoder_decoder` wrote (or a VisionEncoderDecoder folder with tokenizer and processor)."""
     from transformers import AutoTokenizer, VisionEncoderDecoderModel
 
     path = os.fspath(path)
@@ -188,12 +188,12 @@ def load_saved_captioner(path: str | os.PathLike) -> CaptionerBundle:
         raise ValueError(f"{path!r} is not a saved model folder (no config.json)")
     model = VisionEncoderDecoderModel.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return CaptionerBundle(
+    return EncoderDecoderBundle(
         model, tokenizer, load_image_processor(path), _family(model.config.decoder.model_type)
     )
 
 
-def save_captioner(bundle: CaptionerBundle, out_dir: str | os.PathLike) -> Path:
+def save_encoder_decoder(bundle: EncoderDecoderBundle, out_dir: str | os.PathLike) -> Path:
     """Write model, tokenizer and image processor into one folder, atomically (a saved model there is replaced)."""
     return save_pretrained_folder(out_dir, bundle.model, bundle.tokenizer, bundle.image_processor)
 

@@ -19,11 +19,11 @@ from transformers import (
 )
 
 from nbutils.data.datasets import CaptionCollator
-from nbutils.models.captioner import (
-    build_demo_captioner,
-    load_captioner,
-    load_saved_captioner,
-    save_captioner,
+from nbutils.models.encoder_decoder import (
+    build_demo_encoder_decoder,
+    load_encoder_decoder,
+    load_saved_encoder_decoder,
+    save_encoder_decoder,
     set_caption_token_ids,
 )
 from nbutils.models.image_processors import load_image_processor
@@ -57,7 +57,7 @@ def _images(n=2, size=16, seed=0):
 def test_token_ids_come_from_the_tokenizer_into_both_configs(decoder, language):
     tok = _tokenizer(language)
     torch.manual_seed(0)
-    bundle = build_demo_captioner(tok, decoder=decoder, **TINY)
+    bundle = build_demo_encoder_decoder(tok, decoder=decoder, **TINY)
     ids = caption_special_ids(tok)
     for config in (bundle.model.config, bundle.model.generation_config):
         assert (config.decoder_start_token_id, config.eos_token_id, config.pad_token_id) == (
@@ -84,7 +84,7 @@ def test_the_decoder_config_is_built_with_the_tokenizer_s_ids(decoder, caplog):
             assert any("got 50256" in r.getMessage() for r in caplog.records)
             logging.Logger.warning_once.cache_clear()
             caplog.clear()
-            build_demo_captioner(tok, decoder=decoder, **TINY)
+            build_demo_encoder_decoder(tok, decoder=decoder, **TINY)
     finally:
         transformers_logger.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records] == []
@@ -94,7 +94,7 @@ def test_the_decoder_config_is_built_with_the_tokenizer_s_ids(decoder, caplog):
 def test_decoder_loss_equals_cross_entropy_over_the_trained_positions(decoder):
     tok = _tokenizer("zh")
     torch.manual_seed(0)
-    model = build_demo_captioner(tok, decoder=decoder, **TINY).model.eval()
+    model = build_demo_encoder_decoder(tok, decoder=decoder, **TINY).model.eval()
     ids = caption_special_ids(tok)
     batch = CaptionCollator(tok, ids["start"], ids["end"], ids["pad"], prompt="一个")(
         [
@@ -118,8 +118,8 @@ def test_decoder_loss_equals_cross_entropy_over_the_trained_positions(decoder):
 def test_save_and_reload_give_identical_generations_and_plain_transformers_use_works(tmp_path):
     tok = _tokenizer("zh")
     torch.manual_seed(0)
-    bundle = build_demo_captioner(tok, decoder="gpt2", **TINY)
-    path = save_captioner(bundle, tmp_path / "model")
+    bundle = build_demo_encoder_decoder(tok, decoder="gpt2", **TINY)
+    path = save_encoder_decoder(bundle, tmp_path / "model")
     images = _images(3)
     pixel_values = bundle.image_processor(images, return_tensors="pt").pixel_values
     settings = dict(num_beams=4, max_length=16)  # the original notebook's predict_step
@@ -127,7 +127,7 @@ def test_save_and_reload_give_identical_generations_and_plain_transformers_use_w
         bundle.model.eval().generate(pixel_values, **settings), skip_special_tokens=True
     )
 
-    again = load_saved_captioner(path)
+    again = load_saved_encoder_decoder(path)
     assert again.decoder == "gpt2"
     assert (
         again.tokenizer.batch_decode(
@@ -148,7 +148,7 @@ def test_save_and_reload_give_identical_generations_and_plain_transformers_use_w
     with pytest.raises(ValueError, match="non-empty folder"):
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "notes.txt").write_text("keep me")
-        save_captioner(bundle, tmp_path / "other")
+        save_encoder_decoder(bundle, tmp_path / "other")
 
 
 def _save_towers(tmp_path, decoder_model, tok, processor_size=16):
@@ -184,7 +184,7 @@ def test_pretrained_towers_pair_up_and_uer_style_ids_are_replaced_by_the_tokeniz
         )
     )
     vit, dec = _save_towers(tmp_path, gpt2, tok)
-    bundle = load_captioner(vit, dec, "gpt2")
+    bundle = load_encoder_decoder(vit, dec, "gpt2")
     assert bundle.model.generation_config.eos_token_id == tok.sep_token_id
     assert bundle.model.generation_config.decoder_start_token_id == tok.cls_token_id
     assert bundle.model.config.decoder.add_cross_attention is True
@@ -194,7 +194,7 @@ def test_pretrained_towers_pair_up_and_uer_style_ids_are_replaced_by_the_tokeniz
     )
     assert int(out.max()) < len(tok)
     with pytest.raises(ValueError, match="decoder='bert'.*gpt2"):
-        load_captioner(vit, dec, "bert")
+        load_encoder_decoder(vit, dec, "bert")
 
 
 def test_a_bert_decoder_checkpoint_becomes_a_blip_style_decoder(tmp_path):
@@ -211,7 +211,7 @@ def test_a_bert_decoder_checkpoint_becomes_a_blip_style_decoder(tmp_path):
         )
     )
     vit, dec = _save_towers(tmp_path, bert, tok)
-    bundle = load_captioner(vit, dec, "bert")
+    bundle = load_encoder_decoder(vit, dec, "bert")
     assert bundle.decoder == "bert" and bundle.model.config.decoder.is_decoder
     assert set_caption_token_ids(bundle.model, tok) == {
         "start": tok.cls_token_id,
@@ -219,14 +219,14 @@ def test_a_bert_decoder_checkpoint_becomes_a_blip_style_decoder(tmp_path):
         "pad": tok.pad_token_id,
     }
     with pytest.raises(ValueError, match="decoder must be one of"):
-        load_captioner(vit, dec, "t5")
+        load_encoder_decoder(vit, dec, "t5")
 
 
 def test_demo_captioner_one_patch_per_grid_cell_sincos_positions_and_dropout():
     from nbutils.models.positions import sincos_2d
 
     settings = {**TINY, "image_size": 64, "patch_size": 21}
-    bundle = build_demo_captioner(_tokenizer("zh"), decoder="gpt2", dropout=0.0, **settings)
+    bundle = build_demo_encoder_decoder(_tokenizer("zh"), decoder="gpt2", dropout=0.0, **settings)
     model = bundle.model
     # 64 px with 21 px patches: a 3x3 grid (the last pixel row and column unused), plus [CLS]
     hidden = model.encoder(pixel_values=torch.zeros(2, 3, 64, 64)).last_hidden_state
@@ -240,17 +240,19 @@ def test_demo_captioner_one_patch_per_grid_cell_sincos_positions_and_dropout():
     assert model.config.decoder.initializer_range == pytest.approx(width**-0.5)
     attention = model.decoder.transformer.h[0].crossattention.c_attn.weight
     assert attention.std().item() == pytest.approx(width**-0.5, rel=0.15)
-    custom = build_demo_captioner(_tokenizer("zh"), initializer_range=0.02, **TINY).model
+    custom = build_demo_encoder_decoder(_tokenizer("zh"), initializer_range=0.02, **TINY).model
     assert custom.decoder.transformer.h[0].crossattention.c_attn.weight.std().item() == pytest.approx(
         0.02, rel=0.15
     )
     decoder = model.config.decoder
     assert (decoder.resid_pdrop, decoder.embd_pdrop, decoder.attn_pdrop) == (0.0, 0.0, 0.0)
-    bert = build_demo_captioner(_tokenizer("zh"), decoder="bert", dropout=0.2, **TINY).model.config.decoder
+    bert = build_demo_encoder_decoder(
+        _tokenizer("zh"), decoder="bert", dropout=0.2, **TINY
+    ).model.config.decoder
     assert (bert.hidden_dropout_prob, bert.attention_probs_dropout_prob) == (0.2, 0.2)
     with pytest.raises(ValueError, match="patch_size"):
-        build_demo_captioner(_tokenizer("zh"), **{**TINY, "patch_size": 17})
+        build_demo_encoder_decoder(_tokenizer("zh"), **{**TINY, "patch_size": 17})
     with pytest.raises(ValueError, match="dropout"):
-        build_demo_captioner(_tokenizer("zh"), dropout=1.0, **TINY)
+        build_demo_encoder_decoder(_tokenizer("zh"), dropout=1.0, **TINY)
     with pytest.raises(ValueError, match="initializer_range"):
-        build_demo_captioner(_tokenizer("zh"), initializer_range=-1.0, **TINY)
+        build_demo_encoder_decoder(_tokenizer("zh"), initializer_range=-1.0, **TINY)

@@ -1,8 +1,19 @@
-"""The Trainer glue the training jobs share (train_clip, train_encoder_decoder).
+"""The training job skeleton the three training stages share (train_clip, train_encoder_decoder, train_clipcap).
 
-- `TrainingConfig`: the training fields every training notebook has (epochs ... report_to), declared once;
-  a job's config subclasses it and may re-declare a field to change its default or help (the field keeps
-  its place in the parameters cell).
+Each job runs the same steps, in this order; the shared ones live here:
+
+    config     `TrainingConfig`: the training fields every training notebook has (epochs ... report_to), declared
+               once; a job's config subclasses it and re-declares a field only to change its default or its help
+               (`reworded` keeps the default here). `learning_rate` 0 means the rate for the model's mode, which
+               the job's config lists in `LEARNING_RATES`: `config.learning_rate_for(mode)`.
+    data       `stages.load_prepared(config.run_dir)`, then `check_image_cache` for a checkpoint's processor
+    model      the job's own `load_bundle` (mode "demo" from configs, else checkpoints)
+    train      `build_trainer(TrainerClass, config, mode, ...)` (TrainingArguments from the config), then
+               `fit(trainer, config)`: resumes as `config.resume` says, returns what every training summary records
+    evaluate   the job's own
+    save       `save_on_main_process(trainer, output_dir, save)`: the stage's files and trainer_state.json
+
+Parts:
 - `ImageBatchTrainer`: a `Trainer` whose batches carry uint8 `pixel_values` (straight from the image
   cache) that it normalises on the device, in the model's dtype, with the processor's mean / std; plus
   the transformers 5 resume fix (`_load_from_checkpoint` through `from_pretrained`).
@@ -14,12 +25,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
@@ -27,6 +40,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .. import progress
 from ..config import StageConfig, param
+from ..data.cache import ImageGeometry
 from ..data.datasets import normalize_pixel_values
 from ..files import read_json, write_json
 
@@ -35,10 +49,13 @@ from ..files import read_json, write_json
 class TrainingConfig(StageConfig):
     """The training fields shared by the training stages (subclasses set `stage` and add their own)."""
 
+    # learning_rate=0: the rate for the model's mode ("demo", "pretrained", ...); each job lists its own.
+    LEARNING_RATES: ClassVar[dict[str, float]] = {}
+
     epochs: float = param(10.0, "passes over the training data")
     max_steps: int = param(-1, "stop after this many steps (-1: run all epochs)")
     batch_size: int = param(64, "per process")
-    learning_rate: float = param(0.0, "0 picks the job's default")
+    learning_rate: float = param(0.0, "0 picks the mode's default (the job's LEARNING_RATES)")
     weight_decay: float = param(0.1, "AdamW weight decay")
     warmup_ratio: float = param(0.1, "share of the steps spent warming up the learning rate")
     min_lr_ratio: float = param(0.0, "the cosine schedule ends at this share of the peak learning rate")
@@ -53,6 +70,29 @@ class TrainingConfig(StageConfig):
         '"auto" continues from the newest checkpoint in output_dir, "" starts fresh, or a checkpoint folder',
     )
     report_to: str = param("none", 'Trainer loggers: "none", "tensorboard", "wandb", ...')
+
+    def learning_rate_for(self, mode: str) -> float:
+        """The learning rate training uses: `learning_rate`, or for 0 the rate `LEARNING_RATES` gives `mode`."""
+        return self.learning_rate or self.LEARNING_RATES[mode]
+
+
+def learning_rate_help(rates: dict[str, float]) -> str:
+    """The help of a job's `learning_rate`, from its LEARNING_RATES: "0 picks the mode's default: 5e-4 demo, ..."."""
+    return "0 picks the mode's default: " + ", ".join(
+        f"{_short_float(rate)} {mode}" for mode, rate in rates.items()
+    )
+
+
+def _short_float(x: float) -> str:
+    """5e-4 rather than 0.0005 (as learning rates are written)."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def reworded(name: str, help: str):
+    """`TrainingConfig`'s field `name` re-declared with another help and the same default (which stays there)."""
+    default = next(f.default for f in dataclasses.fields(TrainingConfig) if f.name == name)
+    return param(default, help)
 
 
 def training_arguments(
@@ -105,6 +145,83 @@ def training_arguments(
         use_cpu=not cuda,
         ddp_find_unused_parameters=ddp_find_unused_parameters,
     )
+
+
+def check_image_cache(prepared, image_processor, model_name: str) -> None:
+    """The image cache must hold images exactly as `image_processor` makes them (size, crop, resampling); else a
+    ValueError saying to rebuild it with the processor of `model_name` ("this checkpoint", "the encoder")."""
+    want = ImageGeometry.from_processor(image_processor)
+    if want != prepared.cache.geometry:
+        raise ValueError(
+            f"the image cache was built as {prepared.cache.geometry.to_dict()} but {model_name}'s processor "
+            f"wants {want.to_dict()}: rerun processdata_03 with image_processor set to {model_name}"
+        )
+
+
+def build_trainer(
+    trainer_class,
+    config: TrainingConfig,
+    mode: str,
+    model,
+    train_dataset,
+    eval_dataset,
+    data_collator,
+    callbacks=(),
+    drop_last: bool = False,
+    evaluate: bool = True,
+    ddp_find_unused_parameters: bool | None = None,
+    **trainer_kwargs,
+) -> Trainer:
+    """A `trainer_class` (a Trainer subclass) with `training_arguments(config, ...)`: checkpoints in
+    `<output_dir>/checkpoints`, the learning rate for `mode`; `trainer_kwargs` go to the trainer (mean, std, ...)."""
+    args = training_arguments(
+        config,
+        Path(config.output_dir) / "checkpoints",
+        learning_rate=config.learning_rate_for(mode),
+        dataloader_drop_last=drop_last,
+        evaluate=evaluate,
+        ddp_find_unused_parameters=ddp_find_unused_parameters,
+    )
+    return trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator,
+        callbacks=list(callbacks),
+        **trainer_kwargs,
+    )
+
+
+def fit(trainer: Trainer, config: TrainingConfig) -> dict:
+    """Run `trainer`, resuming as `config.resume` says; return what every training summary records.
+
+    {"steps", "train_seconds" (None when a finished run was resumed), "final_train_loss", "learning_rate" (the
+    rate used), "batch_size" (per process), "world_size" (processes), "global_batch_size" (rows per optimiser
+    step over every process)}.
+    """
+    args = trainer.args
+    output = trainer.train(
+        resume_from_checkpoint=resume_checkpoint(args.output_dir, config.resume, config.to_dict())
+    )
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "steps": trainer.state.global_step,
+        "train_seconds": output.metrics.get("train_runtime"),
+        "final_train_loss": losses[-1] if losses else output.training_loss,
+        "learning_rate": args.learning_rate,
+        "batch_size": config.batch_size,
+        "world_size": args.world_size,
+        "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
+    }
+
+
+def save_on_main_process(trainer: Trainer, output_dir: str | Path, save=None) -> None:
+    """On the main process only: `save()` (the stage's files), then trainer_state.json (which analyze_loss reads)."""
+    if trainer.is_world_process_zero():
+        if save is not None:
+            save()
+        trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))
 
 
 SETTINGS_FILE = "settings.json"  # beside the checkpoints: the job settings they were written with
