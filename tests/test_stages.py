@@ -74,9 +74,10 @@ def test_validated_round_trip_keeps_the_table_and_origin(tmp_path, origin, make_
     manifest = _manifest(out)
     assert (manifest["stage"], manifest["format_version"]) == ("processdata_02", stages.FORMAT_VERSION)
     assert manifest["files"] == {"table": "clean.csv", "rejects": "rejects.csv", "checks": "checks.csv"}
-    # processdata_03 reads it through the loader; an unknown language falls back to its own setting
+    # processdata_03 reads it through the loader: a recorded language is kept, an unknown one takes its setting
+    language = "" if origin.language else "en"
     prepare_table, name, prepare_origin = load_source(
-        PrepareConfig(run_dir=str(run), source="processdata_02", language="en")
+        PrepareConfig(run_dir=str(run), source="processdata_02", language=language)
     )
     pd.testing.assert_frame_equal(prepare_table[["image_path", "text"]], result.clean[["image_path", "text"]])
     assert name == "run-clean"
