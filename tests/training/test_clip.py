@@ -8,10 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,7 +23,9 @@ from nbutils.models import clip as clip_models
 from nbutils.models.image_processors import load_image_processor
 from nbutils.models.tokenizer import train_tokenizer
 from nbutils.training import clip as clip_training
+from nbutils.training import clip_loss
 from nbutils.training.clip import TrainClipConfig
+from tests.training import torchrun
 
 TINY = dict(batch_size=8, logging_steps=1, projection_dim=32, epochs=1.0)
 N_TRAIN, N_TEST = 39, 12  # images in the shared run's train and test splits
@@ -438,58 +436,33 @@ def test_command_line_rejects_a_bool_that_is_neither(capsys):
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
-DDP_SCRIPT = """
-import sys
-import torch
-from transformers import TrainerCallback
-from nbutils.training.clip import TrainClipConfig, train_clip
-
-class SaveWeights(TrainerCallback):
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        weights = {name: p.detach().clone() for name, p in model.named_parameters()}
-        torch.save(weights, f"{sys.argv[1]}/rank{args.process_index}.pt")
-
-train_clip(TrainClipConfig.from_arguments(sys.argv[2:]), callbacks=[SaveWeights()])
-"""
-
-
 def test_torchrun_two_processes_on_cpu(prepared_run, tmp_path):
     """train_clip under torchrun (gloo on CPU): DDP plus the gathered loss, end to end. Each rank trains on
     other images; both end with the same weights, so every parameter's gradient was averaged across ranks,
     including those of the text buckets and the caption-word head that run outside DDP's forward."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    script = tmp_path / "ddp_train_clip.py"
-    script.write_text(DDP_SCRIPT)
-    options = {
-        "--run-dir": str(prepared_run["run_dir"]),
-        "--output-dir": str(tmp_path / "ddp"),
-        "--max-steps": "3",
-        "--batch-size": "4",
-        "--projection-dim": "16",
-        "--hard-negatives": "true",
-        "--hard-negative-similarity": "0.1",
-        "--word-loss-weight": "1.0",
-        "--text-buckets": "2",
-        "--resume": "",
-    }
-    cmd = [torchrun, "--nproc_per_node=2", "--standalone", str(script), str(tmp_path)]
-    done = subprocess.run(
-        cmd + [x for kv in options.items() for x in kv], env=env, capture_output=True, text=True, timeout=600
+    config = _config(
+        prepared_run,
+        tmp_path / "ddp",
+        max_steps=3,
+        batch_size=4,
+        projection_dim=16,
+        hard_negatives=True,
+        hard_negative_similarity=0.1,
+        word_loss_weight=1.0,
+        text_buckets=2,
+        resume="",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = torchrun.run_ranks(clip_training.train_clip, config, tmp_path)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["global_batch_size"] == 8 and summary["steps"] == 3
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert rank0.keys() == rank1.keys() and any(k.startswith("word_head") for k in rank0)
+    assert summary["global_batch_size"] == 8 and summary["steps"] == 3 and summary["world_size"] == 2
+    assert summary["chance_train_loss"] == pytest.approx(clip_loss.chance_loss(8, 1))  # the gathered batch
+    assert summary["chance_loss"] == pytest.approx(clip_loss.chance_loss(4, 1))  # one process's, as evaluated
+    assert any(k.startswith("word_head") for k in ranks[0])
     start = clip_training.load_bundle(
         _config(prepared_run, tmp_path / "x", projection_dim=16),
         stages.load_prepared(prepared_run["run_dir"]),
     )[0].model.state_dict()
-    for name in rank0:
-        torch.testing.assert_close(rank0[name], rank1[name], rtol=1e-5, atol=1e-6, msg=name)
-        if name in start:  # trained, not left at initialisation
-            assert not torch.equal(rank0[name], start[name]), name
+    torchrun.assert_same_trained_weights(ranks, start)
 
 
 def test_length_buckets_partition_the_rows_and_cut_only_padding():

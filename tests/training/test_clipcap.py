@@ -12,6 +12,7 @@ from nbutils import stages
 from nbutils.models import clipcap as clipcap_models
 from nbutils.training import clip as clip_training
 from nbutils.training import clipcap
+from tests.training import torchrun
 
 TINY = dict(
     batch_size=8,
@@ -171,3 +172,17 @@ def test_headline_says_what_happened_in_one_sentence():
     )
     alone = {**summary, "comparison": None, "attribute_scores": None, "true_captions": None}
     assert clipcap.headline(alone).endswith("9.9× the constant caption's 0.203.")
+
+
+def test_torchrun_two_processes_on_cpu(clip_run, tmp_path):
+    """train_clipcap under torchrun (gloo on CPU): both ranks end with the same mapper and GPT-2 weights."""
+    config = _config(clip_run, tmp_path / "ddp", tmp_path / "emb", batch_size=4)
+    ranks = torchrun.run_ranks(clipcap.train_clipcap, config, tmp_path)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 8 and summary["steps"] == 3
+    prepared = stages.load_prepared(clip_run)
+    torch.manual_seed(config.seed)
+    start, _ = clipcap.load_bundle(
+        config, "mlp", 16, list(prepared.tables["train"]["text"]), prepared.language
+    )
+    torchrun.assert_same_trained_weights(ranks, start.model.state_dict())

@@ -23,6 +23,7 @@ from nbutils.evaluation import caption_metrics as caption_metrics_module
 from nbutils.models.tokenizer import caption_special_ids
 from nbutils.training import encoder_decoder as ed
 from nbutils.training.encoder_decoder import TrainEncoderDecoderConfig
+from tests.training import torchrun
 
 TINY = dict(
     batch_size=8,
@@ -385,3 +386,16 @@ def test_headline_says_what_happened_in_one_sentence():
         "Trained a ViT → BERT captioner for 1,300 steps in 42 s: CIDEr 1.646 on 267 test images, "
         "8.1× the constant caption's 0.203."
     )
+
+
+def test_torchrun_two_processes_on_cpu(prepared_run, tmp_path):
+    """train_encoder_decoder under torchrun (gloo on CPU): each rank trains on other caption rows; both end with
+    the same weights (DDP averaged every gradient), and rank 0 alone writes the stage."""
+    config = _config(prepared_run, tmp_path / "ddp", max_steps=3, batch_size=4)
+    ranks = torchrun.run_ranks(ed.train_encoder_decoder, config, tmp_path)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 8 and summary["steps"] == 3
+    torch.manual_seed(config.seed)
+    start, _ = ed.load_bundle(config, stages.load_prepared(prepared_run["run_dir"]), "zh")
+    # The ViT's pooler is not used: the decoder cross-attends to the encoder's last hidden states.
+    torchrun.assert_same_trained_weights(ranks, start.model.state_dict(), unused=("encoder.pooler.",))
