@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from .data import splits
-from .data.cache import ImageCache, processor_mean_std
+from .data.cache import ImageCache, open_image_cache, processor_mean_std
+from .data.shards import ShardCache
 from .errors import DataError
 from .files import read_json, write_json, write_table
 
@@ -170,7 +171,7 @@ class PreparedDataset:
 
     tables: dict[str, pd.DataFrame]
     dropped: pd.DataFrame
-    cache: ImageCache
+    cache: ImageCache | ShardCache  # uint8 memmap or JPEG shards (nbutils.data.cache.open_image_cache)
     image_processor: object
     name: str = ""
     origin: DataOrigin = field(default_factory=DataOrigin)
@@ -212,7 +213,7 @@ class PreparedDataset:
             out[f"{s}_rows"] = int(len(self.tables[s]))
         out["dropped_rows"] = int(len(self.dropped))
         out["dropped_by_reason"] = {str(k): int(v) for k, v in self.dropped["reason"].value_counts().items()}
-        out["cache_format"] = "memmap-uint8"
+        out["cache_format"] = self.cache.cache_format  # "memmap-uint8" or "shards-jpeg"
         out["image_size"] = int(self.cache.geometry.height)
         out["cache_dir"] = str(self.cache.cache_dir)
         out["language"] = self.origin.language
@@ -253,7 +254,12 @@ def load_prepared(run_dir) -> PreparedDataset:
     dropped = pd.read_csv(stage_dir / files["dropped"], dtype={"text": str}, keep_default_na=False)
     processor = load_image_processor(str(stage_dir / files["image_processor"]))
     return PreparedDataset(
-        tables, dropped, ImageCache(manifest["cache_dir"]), processor, manifest["name"], _origin(manifest)
+        tables,
+        dropped,
+        open_image_cache(manifest["cache_dir"]),
+        processor,
+        manifest["name"],
+        _origin(manifest),
     )
 
 

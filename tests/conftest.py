@@ -125,8 +125,17 @@ def prepared_run(tmp_path_factory) -> dict:
     Returns {"run_dir", "data_dir", "result" (the runner's record), "params", "demo" (the DemoSource the notebook
     generated)}. Treat it as read-only: a test that writes into a run folder copies it first (`copy_prepared_run`).
     """
-    tmp = tmp_path_factory.mktemp("prepared")
-    params = [f"{k}={v}" for k, v in PREPARED_PARAMS.items()] + [f"data_dir={tmp / 'data'}"]
+    return _prepare(tmp_path_factory.mktemp("prepared"), PREPARED_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def shard_run(tmp_path_factory) -> dict:
+    """`prepared_run`'s data with the image cache as JPEG tar shards (processdata_03's cache_format "shards")."""
+    return _prepare(tmp_path_factory.mktemp("shards"), {**PREPARED_PARAMS, "cache_format": "shards"})
+
+
+def _prepare(tmp, prepared_params: dict) -> dict:
+    params = [f"{k}={v}" for k, v in prepared_params.items()] + [f"data_dir={tmp / 'data'}"]
     result = runner.run_pipeline(
         "demo", only=["processdata_03"], params=params, run_name="tiny", outputs_dir=tmp / "outputs"
     )
@@ -137,7 +146,7 @@ def prepared_run(tmp_path_factory) -> dict:
         "run_dir": tmp / "outputs" / "tiny",
         "data_dir": tmp / "data",
         "result": result,
-        "params": dict(PREPARED_PARAMS),
+        "params": dict(prepared_params),
         "demo": demo,
     }
 

@@ -8,6 +8,8 @@ here: the torch Dataset that reads a cache is in `nbutils.data.datasets`.
 
 The geometric ops replay transformers' PIL-backend image processors (ViT, CLIP, Chinese-CLIP) exactly,
 so `ImageCache.pixel_values` equals `processor(images).pixel_values` to float rounding (~1e-6).
+`nbutils.data.shards` keeps the same pixels as JPEG in webdataset tar shards instead (about a fifth of the
+bytes, decoded while reading); `open_image_cache` opens a folder of either format.
 
 Layout of a cache folder:
     images.u8    raw N x H x W x 3 uint8, row i is the image at index.csv row i
@@ -35,7 +37,7 @@ from PIL import Image
 from ..errors import DataError
 from ..files import atomic_path, read_json, write_json, write_table
 from ..parallel import map_chunks, process_pool, split_into_chunks
-from .images import load_rgb
+from .images import image_file, load_rgb
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.u8"
@@ -301,13 +303,18 @@ def _fingerprint(paths: Sequence[str], geometry: ImageGeometry) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps({"format_version": FORMAT_VERSION, "geometry": geometry.to_dict()}).encode())
     for path in sorted(paths):
-        try:
-            st = os.stat(path)
-            stamp = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stamp = (-1, -1)  # missing now; it will be listed in failed.csv
-        digest.update(json.dumps([path, *stamp], ensure_ascii=False).encode())
+        digest.update(json.dumps([path, *file_stamp(path)], ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) of the file holding an image (an embedded image's dataset file); (-1, -1) when missing
+    (it will be listed in failed.csv). A cache's fingerprint hashes these: any change means a rebuild."""
+    try:
+        st = os.stat(image_file(path))
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def _open_if_current(cache_dir: Path, fingerprint: str) -> ImageCache | None:
@@ -327,12 +334,18 @@ def _open_if_current(cache_dir: Path, fingerprint: str) -> ImageCache | None:
 class ImageCache:
     """Read side of a cache folder. Picklable: the memmap is opened lazily, once per process."""
 
+    cache_format = "memmap-uint8"  # summary.json's name for it (nbutils.data.shards' is "shards-jpeg")
+
     def __init__(self, cache_dir: str | os.PathLike):
         self.cache_dir = Path(cache_dir)
         meta_path = self.cache_dir / META_FILE
         if not meta_path.is_file():
             raise DataError(f"{meta_path}: missing; {self.cache_dir} is not a finished image cache")
         self.meta = read_json(meta_path)
+        if "format" in self.meta:  # only the JPEG shard cache writes one
+            raise DataError(
+                f"{meta_path}: a {self.meta['format']!r} cache, not a memmap; open it with open_image_cache"
+            )
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise DataError(
                 f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}"
@@ -422,6 +435,21 @@ class ImageCache:
             o *= scale
             o += shift
         return out[0] if single else out
+
+
+def open_image_cache(cache_dir: str | os.PathLike):
+    """Open the image cache in `cache_dir`, whichever format its meta.json names: the uint8 memmap (`ImageCache`)
+    or JPEG tar shards (`nbutils.data.shards.ShardCache`). Both read alike (`uint8`, `index_of`, `geometry`)."""
+    meta_path = Path(cache_dir) / META_FILE
+    if not meta_path.is_file():
+        raise DataError(
+            f"{meta_path}: missing; {cache_dir} is not a finished image cache (rerun processdata_03 to build it)"
+        )
+    if read_json(meta_path).get("format") == "shards":
+        from .shards import ShardCache  # shards imports this module
+
+        return ShardCache(cache_dir)
+    return ImageCache(cache_dir)
 
 
 def normalization_affine(mean, std) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,8 @@
 Items are uint8 CHW tensors straight from the cache's memmap: a DataLoader worker only copies bytes,
 and the batch goes to the device as uint8 (4x less to move than float32) to be normalised there with
 `normalize_pixel_values`. This is the path training runs and `benchmarks/bench_image_cache.py` times.
+With a JPEG shard cache (`nbutils.data.shards`) the worker decodes each item's JPEG instead
+(`benchmarks/bench_shards.py` times both).
 
 Two sampling modes:
     "image"    one item per image; its caption is picked from (seed, epoch, index), so each epoch sees
@@ -24,7 +26,8 @@ import pandas as pd
 import torch
 
 from ..errors import DataError
-from .cache import ImageCache, normalization_affine
+from .cache import ImageCache, normalization_affine, open_image_cache
+from .shards import ShardCache
 
 SAMPLING = ("image", "caption")
 
@@ -39,7 +42,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        cache: ImageCache | str | os.PathLike,
+        cache: ImageCache | ShardCache | str | os.PathLike,
         table: pd.DataFrame,
         sampling: str = "image",
         seed: int = 0,
@@ -48,7 +51,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
     ):
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-        self.cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
+        # A folder is opened in whichever format it holds; an open cache (memmap or JPEG shards) is used as is.
+        self.cache = open_image_cache(cache) if isinstance(cache, (str, os.PathLike)) else cache
         for column in ("image_path", "text"):
             if column not in table.columns:
                 raise DataError(f"{source}: missing column {column!r} (have {list(table.columns)})")

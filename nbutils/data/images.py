@@ -3,14 +3,21 @@
 Every stage that reads pixels (validation, the image cache, thumbnails in reports) decodes through
 `load_rgb`, so an image that passes processdata_02 decodes the same way everywhere after it. No torch
 here: stages 01 and 02 import this module.
+
+An image path is a file, or the pseudo path of an image embedded in a Hugging Face dataset file,
+`<file>.arrow::<column>[<row>]` (`nbutils.data.hf_datasets`): `load_rgb` and `image_exists` take both.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from . import hf_datasets
 
 # First bytes of the formats PIL reads (WEBP is "RIFF" + size + "WEBP", see `image_format`).
 IMAGE_SIGNATURES = {
@@ -39,14 +46,33 @@ def image_format(head: bytes) -> str | None:
     return None
 
 
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The encoded bytes of an image: a file's contents, or an embedded image's from its dataset row."""
+    return hf_datasets.embedded_bytes(path) if hf_datasets.is_embedded(path) else Path(path).read_bytes()
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image as RGB: EXIF rotation applied, transparency composited on white.
 
-    Raises (OSError, PIL errors, ValueError) when the file cannot be decoded.
+    `path` is a file, a file object, or an embedded image's pseudo path (decoded from its dataset row).
+    Raises (OSError, PIL errors, ValueError, IndexError) when the image cannot be read or decoded.
     """
+    if hf_datasets.is_embedded(path):
+        path = io.BytesIO(read_image_bytes(path))
     with Image.open(path) as image:
         image.load()  # only a full decode catches truncated files
         return to_rgb(image)
+
+
+def image_exists(path: str | os.PathLike) -> bool:
+    """True when `path` is a file, or an embedded image's pseudo path whose dataset file has its row."""
+    return hf_datasets.embedded_exists(path) if hf_datasets.is_embedded(path) else os.path.isfile(path)
+
+
+def image_file(path: str | os.PathLike) -> str:
+    """The file holding an image's bytes: the dataset file of a pseudo path, else `path` itself (for stat)."""
+    parsed = hf_datasets.parse_embedded(path)
+    return parsed[0] if parsed else os.fspath(path)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -2,7 +2,8 @@
 
 Every reader returns one row per caption with these columns, in this order where present:
 
-    image_path  absolute path of the image (for url-only manifests: where it WILL be stored)
+    image_path  absolute path of the image (for url-only manifests: where it WILL be stored; for an image
+                embedded in a Hugging Face dataset file: its pseudo path, `nbutils.data.hf_datasets`)
     text        the caption, stripped of surrounding whitespace only (cleaning happens later)
     url, filename, image_id   (always strings, so ids like "007" survive)
 
@@ -25,9 +26,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import DataError
 from ..files import atomic_path
+from . import hf_datasets
+from .images import image_format
 
 OUTPUT_COLUMNS = ["image_path", "text", "url", "filename", "image_id"]
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}  # plus .jsonl, .json, .parquet
@@ -37,6 +41,18 @@ DEFAULT_IMAGE_SUFFIX = ".jpg"
 WUKONG_HASH_CHARS = 16  # filename = first 16 hex digits of sha1(url): collisions need ~4e9 urls
 IMG2DATASET_SUCCESS = "success"
 IMG2DATASET_EXTRACT_DIR = "_extracted"  # default home of images pulled out of webdataset shards
+HF_EXTRACT_DIR = "_extracted"  # default home of images written out of a Hugging Face dataset (extract_images)
+# Caption columns of published Hugging Face datasets, tried in this order when caption_column is "".
+HF_CAPTION_COLUMNS = ("caption", "captions", "sentences", "sentence", "text", "raw", "caption_zh")
+HF_CAPTION_FIELDS = ("raw", "text", "caption")  # a caption given as a struct: the field holding its text
+FORMAT_SUFFIXES = {  # the file suffix of each image format, for extracted images
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+    "WEBP": ".webp",
+}
 
 URL_PATH = re.compile(r"^(?:[A-Za-z][\w+.-]*:)?(?://[^/?#]*)?([^?#]*)")  # scheme://host, then path
 # "<key>#<n>\t<caption>" with an optional "#<letters>#" middle part (Flickr8k-CN "#zhc#",
@@ -166,9 +182,22 @@ def read_table(
         renamed = f" (after renaming {columns})" if columns else ""
         raise DataError(
             f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}{renamed}; "
-            f"the file has columns {found}"
+            f"the file has columns {found}{_hf_dataset_hint(df)}"
         )
     return df
+
+
+def _hf_dataset_hint(df: pd.DataFrame) -> str:
+    """A pointer to the hf_dataset importer when a column holds images as Hugging Face stores them ({bytes, path})."""
+    for column in df.columns:
+        first = next((v for v in df[column].head(20) if v is not None), None)
+        if isinstance(first, dict) and "bytes" in first:
+            return (
+                f". Column {column!r} holds embedded images, as Hugging Face datasets store them: read the file "
+                "with processdata_03, input_format 'hf_dataset' (it goes straight to processdata_03, not "
+                "through processdata_02)"
+            )
+    return ""
 
 
 def _check_file(path: Path, allow_empty: bool = False) -> None:
@@ -590,6 +619,132 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> Non
         shutil.copyfileobj(src, dst)
 
 
+# ----------------------------------------------------------------------------- Hugging Face datasets
+
+
+def read_hf_dataset(
+    path: str | os.PathLike,
+    images_root=None,
+    image_column: str = "image",
+    caption_column: str = "",
+    split: str = "",
+    extract_images: bool = False,
+) -> pd.DataFrame:
+    """A Hugging Face dataset: a save_to_disk folder, a folder of hub parquet shards, or one .arrow / .parquet file.
+
+    `hf_datasets.dataset_files` picks the files of `split` (empty: "train", or the only split). One row per caption:
+    a list of captions (strings, or structs with a raw / text / caption field) becomes one row each; an empty
+    `caption_column` takes the first of HF_CAPTION_COLUMNS the dataset has. An image embedded in a row gets the
+    pseudo path `<file>::<image_column>[<row>]` and is decoded straight from the file later (`hf_datasets`); with
+    `extract_images` it is written to `<images_root>/<folder>-<file>/<row>.<ext>` instead (images_root defaults
+    to `<dataset folder>/_extracted` there). Rows whose images have identical bytes share the first row's path, so the
+    image is cached once, with all its captions. An image given as a path is resolved against images_root, or
+    the dataset's folder.
+    """
+    path = Path(path)
+    files = hf_datasets.dataset_files(path, split)
+    folder = path if path.is_dir() else path.parent
+    root = os.path.abspath(images_root if images_root is not None else folder)
+    extract_dir = Path(images_root) if images_root is not None else folder / HF_EXTRACT_DIR
+    first_path: dict[bytes, str] = {}  # sha1 of an image's bytes -> the image_path its first row got
+    rows: dict[str, list[str]] = {"image_path": [], "text": [], "filename": []}
+    for file in files:
+        columns = hf_datasets.schema(file).names
+        if image_column not in columns:
+            raise DataError(
+                f"{file}: no image column {image_column!r}; the dataset has columns {columns}: "
+                "set image_column to the one holding the images"
+            )
+        text_column = _hf_caption_column(file, columns, image_column, caption_column)
+        for first, batch in hf_datasets.batches(file, [image_column, text_column]):
+            images = _hf_images(batch.column(0), file, image_column)
+            for offset, ((data, name), cell) in enumerate(zip(images, batch.column(1).to_pylist())):
+                row = first + offset
+                if data is not None:
+                    digest = hashlib.sha1(data).digest()
+                    if digest not in first_path:
+                        first_path[digest] = (
+                            _extract_hf_image(data, file, row, extract_dir)
+                            if extract_images
+                            else hf_datasets.embedded_path(file, image_column, row)
+                        )
+                    image_path = first_path[digest]
+                elif name:  # a file path (the images were stored as files, not embedded)
+                    image_path = os.path.abspath(os.path.join(root, os.path.expanduser(name)))
+                else:
+                    image_path = ""  # dropped later as "missing image path", counted in dropped.csv
+                texts = _hf_captions(cell, file, text_column, row)
+                rows["image_path"] += [image_path] * len(texts)
+                rows["text"] += texts
+                rows["filename"] += [os.path.basename(name or "")] * len(texts)
+    return _finish(rows, path)
+
+
+def _hf_caption_column(file: Path, columns: list[str], image_column: str, caption_column: str) -> str:
+    """`caption_column`, checked; when empty, the first of HF_CAPTION_COLUMNS the file has (any case)."""
+    if caption_column:
+        if caption_column not in columns:
+            raise DataError(
+                f"{file}: no column {caption_column!r} (caption_column); the dataset has columns {columns}"
+            )
+        return caption_column
+    by_lower = {c.lower(): c for c in columns if c != image_column}
+    found = next((by_lower[name] for name in HF_CAPTION_COLUMNS if name in by_lower), None)
+    if found is None:
+        raise DataError(
+            f"{file}: no caption column found (looked for {', '.join(HF_CAPTION_COLUMNS)}); the dataset has "
+            f"columns {columns}: set caption_column to the one holding the captions"
+        )
+    return found
+
+
+def _hf_images(column, file: Path, name: str) -> list[tuple[bytes | None, str | None]]:
+    """(encoded bytes, path) of each image cell: the Image feature's {bytes, path} struct, bytes, or a path."""
+    kind = column.type
+    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+        return [(hf_datasets.image_bytes(cell), (cell or {}).get("path")) for cell in column.to_pylist()]
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return [(hf_datasets.image_bytes(cell), None) for cell in column.to_pylist()]
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return [(None, cell) for cell in column.to_pylist()]
+    raise DataError(
+        f"{file}: column {name!r} has type {kind}, which holds no images (expected the Image feature's "
+        "{bytes, path} struct, bytes, or file paths): set image_column to the one holding the images"
+    )
+
+
+def _hf_captions(cell, file: Path, column: str, row: int) -> list[str]:
+    """The captions of one cell: a string, a list of them, or structs with a raw / text / caption field.
+    A row without captions gives one empty caption, so that it is counted in dropped.csv."""
+    values = cell if isinstance(cell, list) else [cell]
+    texts = []
+    for value in values:
+        if isinstance(value, dict):
+            value = next((value[k] for k in HF_CAPTION_FIELDS if isinstance(value.get(k), str)), None)
+            if value is None:
+                raise DataError(
+                    f"{file}: row {row}: column {column!r} holds structs without a caption field "
+                    f"({', '.join(HF_CAPTION_FIELDS)}): set caption_column to a column of captions"
+                )
+        if value is not None and not isinstance(value, str):
+            raise DataError(
+                f"{file}: row {row}: column {column!r} holds {type(value).__name__} values, not captions: "
+                "set caption_column to a column of strings or lists of strings"
+            )
+        texts.append(value or "")
+    return texts or [""]
+
+
+def _extract_hf_image(data: bytes, file: Path, row: int, extract_dir: Path) -> str:
+    """Write one embedded image to `<extract_dir>/<folder>-<file stem>/<row>.<ext>` unless it is there already."""
+    suffix = FORMAT_SUFFIXES.get(image_format(data), DEFAULT_IMAGE_SUFFIX)
+    target = extract_dir / f"{file.parent.name}-{file.stem}" / f"{row:08d}{suffix}"
+    if not (target.is_file() and target.stat().st_size == len(data)):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    return os.path.abspath(target)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 IMPORTERS: dict[str, Callable[..., pd.DataFrame]] = {
@@ -602,13 +757,15 @@ IMPORTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "wukong": read_wukong,
     "img2dataset": read_img2dataset,
     "table": read_caption_table,
+    "hf_dataset": read_hf_dataset,
 }
 
 
 def import_captions(fmt: str, path: str | os.PathLike, images_root=None, **kwargs) -> pd.DataFrame:
     """Read `path` with the importer named `fmt` (a key of IMPORTERS).
 
-    For "img2dataset", images_root is where webdataset images are extracted (extract_dir).
+    For "img2dataset", images_root is where webdataset images are extracted (extract_dir). "hf_dataset" takes
+    image_column, caption_column, split and extract_images (`read_hf_dataset`).
     """
     if fmt not in IMPORTERS:
         raise DataError(f"unknown caption format {fmt!r}; known formats: {', '.join(IMPORTERS)}")

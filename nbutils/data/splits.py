@@ -6,13 +6,12 @@ makes retrieval and captioning scores meaningless (ClipCap-Chinese made exactly 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError, check_columns
 from .captions import normalize_caption
+from .images import image_exists
 
 SPLITS = ("train", "val", "test")
 
@@ -46,9 +45,10 @@ def clean_captions(
     if max_caption_chars and max_caption_chars > 0:
         flag(df["text"].str.len() > max_caption_chars, f"caption longer than {max_caption_chars} characters")
     if check_images:
-        # One stat per distinct image, not per caption: real corpora have 5 captions per image.
+        # One stat per distinct image, not per caption: real corpora have 5 captions per image. An image
+        # embedded in a dataset file exists when the file has its row (`images.image_exists`).
         paths = df.loc[reason == "", "image_path"].unique()
-        exists = {p: os.path.isfile(p) for p in paths}
+        exists = {p: image_exists(p) for p in paths}
         flag(~df["image_path"].map(exists).fillna(True).astype(bool), "image file not found")
     flag(df.duplicated(["image_path", "text"]) & (reason == ""), "duplicate row")
 

@@ -40,7 +40,7 @@ from ..files import atomic_path, write_table
 from ..parallel import map_chunks, process_pool, split_into_chunks
 from ..reporting.tables import breakdown, count, counts_table, duration, facts_table, number, share
 from ..stages import DataOrigin
-from .images import image_format, load_rgb, to_rgb
+from .images import image_format, load_rgb, read_image_bytes, to_rgb
 from .importers import read_table
 
 CHUNK_SIZE = 32  # images per task sent to a worker process
@@ -162,10 +162,10 @@ def _check(check: ImageCheck, config: ValidationConfig) -> ImageCheck:
     if not check.path:
         return reject("missing file")
     try:
-        data = Path(check.path).read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
+        data = read_image_bytes(check.path)
+    except (FileNotFoundError, NotADirectoryError, IndexError):  # IndexError: a dataset file without that row
         return reject("missing file")
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a dataset row without image bytes
         return reject(f"unreadable: {_short_error(e)}")
     check.file_bytes = len(data)
     if not data:
@@ -226,7 +226,7 @@ def normalise_image(
 ) -> Path:
     """Write `load_rgb(path)` as an 8-bit RGB JPEG (quality `normalised_quality`, 4:4:4), atomically."""
     config = config or ValidationConfig()
-    data = Path(path).read_bytes()
+    data = read_image_bytes(path)
     rgb = load_rgb(io.BytesIO(data))
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nbutils.data.images import IMAGE_SIGNATURES, SIGNATURE_BYTES, image_format, load_rgb, to_rgb
+from nbutils.data.images import (
+    IMAGE_SIGNATURES,
+    SIGNATURE_BYTES,
+    image_exists,
+    image_file,
+    image_format,
+    load_rgb,
+    to_rgb,
+)
 
 
 def test_load_rgb_handles_modes_and_exif(images, make_photo):
@@ -70,3 +78,12 @@ def test_image_format_signatures_and_non_images():
     wave = b"RIFF\x00\x00\x00\x00WAVEfmt "  # RIFF, but not WEBP
     for head in (b"", b"<!DOCTYPE html>", b'{"error": 1}', wave, b"\xff\xd8", b"RIFF"):
         assert image_format(head) is None, head
+
+
+def test_image_exists_and_image_file_of_a_plain_file(tmp_path):
+    """Plain paths: a file exists, a folder or a missing path does not; image_file is the path itself.
+    (Pseudo paths of images inside dataset files: tests/data/test_hf_datasets.py.)"""
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    assert image_exists(tmp_path / "a.png") and image_file(tmp_path / "a.png") == str(tmp_path / "a.png")
+    assert not image_exists(tmp_path) and not image_exists(tmp_path / "b.png")
+    assert not image_exists(f"{tmp_path}/a.png::image[0]")  # "::" alone makes no pseudo path

@@ -380,6 +380,7 @@ def test_importers_registry_and_dispatch(tmp_path):
         "wukong",
         "img2dataset",
         "table",
+        "hf_dataset",
     }
     pd.testing.assert_frame_equal(
         import_captions("coco_cn", FIXTURES / "imageid.human-written-caption.txt", tmp_path),

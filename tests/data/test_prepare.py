@@ -266,3 +266,34 @@ def test_load_source_generates_the_demo_set_the_spec_names(tmp_path):
         table["image_path"].nunique() == 6 and Path(table["image_path"].iloc[0]).parent == folder / "images"
     )
     assert origin == stages.DataOrigin("en", str((folder / "objects.jsonl").resolve()))
+
+
+def test_prepare_dataset_with_cache_format_shards_reads_back_like_the_memmap(tmp_path, make_jpeg):
+    paths = [str(make_jpeg(tmp_path / "img" / f"{i:03d}.jpg", 60, 40 + i, seed=i)) for i in range(10)]
+    rows = [{"image_path": p, "text": f"第{i}张图 描述{j}"} for i, p in enumerate(paths) for j in range(2)]
+    settings = dict(
+        image_size=32, data_dir=str(tmp_path / "data"), val_fraction=0.2, test_fraction=0.2, num_workers=1
+    )
+    runs = {}
+    for cache_format in ("memmap", "shards"):
+        run = tmp_path / cache_format
+        config = PrepareConfig(
+            run_dir=str(run), output_dir=str(run / "processdata_03"), cache_format=cache_format, **settings
+        )
+        prepare_dataset(pd.DataFrame(rows), config, "t", stages.DataOrigin("zh", None))
+        runs[cache_format] = stages.load_prepared(run)
+    memmap, shards = runs["memmap"], runs["shards"]
+    assert (memmap.summary()["cache_format"], shards.summary()["cache_format"]) == (
+        "memmap-uint8",
+        "shards-jpeg",
+    )
+    assert Path(shards.cache.cache_dir).name == "t-32x32-exact-shards-q94"  # beside the memmap's folder
+    assert read_json(Path(shards.cache.cache_dir) / "meta.json")["format"] == "shards"
+    for name in stages.PREPARED_TABLES:
+        pd.testing.assert_frame_equal(shards.tables[name], memmap.tables[name])
+    a, b = memmap.dataset("train", fixed_caption=True), shards.dataset("train", fixed_caption=True)
+    assert len(a) == len(b) == 6
+    for k in range(len(a)):
+        assert (a[k]["text"], a[k]["image_index"]) == (b[k]["text"], b[k]["image_index"])
+        difference = a[k]["pixel_values"].float() - b[k]["pixel_values"].float()
+        assert difference.abs().mean() < 2.5  # JPEG error at quality 94 (tests/data/test_shards.py)

@@ -465,6 +465,36 @@ def test_torchrun_two_processes_on_cpu(prepared_run, tmp_path):
     torchrun.assert_same_trained_weights(ranks, start)
 
 
+def test_two_nodes_train_as_one_process_on_the_whole_batch(shard_run, tmp_path):
+    """Two torchrun agents on 127.0.0.1 (the multi-node launch: --nnodes 2, one process each, gloo) reading a
+    shard cache with 4 images per process end with the weights of one process trained on batches of 8: the
+    gathered loss and DDP's averaging give the single-process gradient of the whole batch, step after step.
+    (ViT tower: a CNN's BatchNorm statistics are per process, so its forward pass differs with the batch split.)"""
+    assert stages.load_prepared(shard_run["run_dir"]).summary()["cache_format"] == "shards-jpeg"
+    settings = dict(max_steps=2, projection_dim=16, vision_tower="vit", text_buckets=1, resume="")
+    two = torchrun.run_ranks(
+        clip_training.train_clip,
+        _config(shard_run, tmp_path / "two" / "out", batch_size=4, **settings),
+        tmp_path / "two",
+        processes=2,
+        nodes=2,
+    )
+    one = torchrun.run_ranks(
+        clip_training.train_clip,
+        _config(shard_run, tmp_path / "one" / "out", batch_size=8, **settings),
+        tmp_path / "one",
+        processes=1,
+    )
+    assert two[0].keys() == one[0].keys()
+    # A key projection's bias gets no gradient (a softmax ignores what is added to all of a query's logits):
+    # AdamW turns its rounding-level gradient into full steps, which differ with the order of the sums.
+    for name in (n for n in one[0] if not n.endswith("k_proj.bias")):
+        torch.testing.assert_close(two[0][name], one[0][name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(two[1][name], one[0][name], rtol=1e-4, atol=1e-5, msg=name)
+    summary = json.loads((tmp_path / "two" / "out" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 8
+
+
 def test_length_buckets_partition_the_rows_and_cut_only_padding():
     torch.manual_seed(0)
     lengths = torch.randint(1, 30, (37,))

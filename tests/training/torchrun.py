@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,19 +42,45 @@ def command_line(config) -> list[str]:
     return options
 
 
-def run_ranks(job, config, tmp_path: Path, processes: int = 2) -> list[dict[str, torch.Tensor]]:
+def run_ranks(
+    job, config, tmp_path: Path, processes: int = 2, nodes: int = 1
+) -> list[dict[str, torch.Tensor]]:
     """Run `job(config)` (a training function of an nbutils module) on `processes` CPU processes with torchrun;
-    each rank's parameters at the end of training, rank 0 first."""
+    each rank's trainable parameters at the end of training, rank 0 first.
+
+    With `nodes` > 1, one torchrun agent per node, all on 127.0.0.1, each with processes / nodes processes: the
+    multi-node launch (static rendezvous at a free port), short of the network.
+    """
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     script = tmp_path / "torchrun_job.py"
     script.write_text(SCRIPT)
-    module = job.__module__
-    cmd = [torchrun, f"--nproc_per_node={processes}", "--standalone", str(script), str(tmp_path), module]
-    cmd += [type(config).__name__, job.__name__, *command_line(config)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    job_args = [str(script), str(tmp_path), job.__module__, type(config).__name__, job.__name__]
+    job_args += command_line(config)
+    if nodes == 1:
+        commands = [[torchrun, f"--nproc-per-node={processes}", "--standalone", *job_args]]
+    else:
+        port = _free_port()
+        commands = [
+            [torchrun, f"--nnodes={nodes}", f"--nproc-per-node={processes // nodes}", f"--node-rank={node}",
+             "--master-addr=127.0.0.1", f"--master-port={port}", *job_args]
+            for node in range(nodes)
+        ]  # fmt: skip
+    agents = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    for agent in agents:
+        _, stderr = agent.communicate(timeout=600)
+        assert agent.returncode == 0, stderr[-3000:]
     return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(processes)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_same_trained_weights(
