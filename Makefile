@@ -57,6 +57,7 @@ lab: $(STAMP)  ## JupyterLab on this environment, notebooks ready to run interac
 
 bench: $(STAMP)  ## speed measurements recorded in the README (not part of the tests)
 	$(BIN)/python -m benchmarks.bench_image_cache
+	$(BIN)/python -m benchmarks.bench_shards
 	$(BIN)/python -m benchmarks.bench_download
 	$(BIN)/python -m benchmarks.bench_validate
 	$(BIN)/python -m benchmarks.bench_captioning

@@ -1,8 +1,11 @@
 """Profiles: finding them by name, and the shipped ones agreeing with the notebooks that exist."""
 
+import dataclasses
+
 import pytest
 
 from nbutils import runner
+from nbutils.data.prepare import PrepareConfig
 from nbutils.demo.source import DemoSource
 from nbutils.runner import ParameterError
 
@@ -23,30 +26,16 @@ def test_shipped_profiles_match_the_notebooks_that_exist():
         demo["notebooks"][nb]["source"] for nb in ("processdata_01", "processdata_02", "processdata_03")
     ] == ["demo?language=zh&n_images=3000&image_size=64", "processdata_01", "processdata_02"]
     assert DemoSource.parse(demo["notebooks"]["processdata_01"]["source"]) == DemoSource(n_images=3000)
-    pd03 = {
-        "run_dir",
-        "output_dir",
-        "seed",
-        "source",
-        "input_format",
-        "images_root",
-        "language",
-        "image_size",
-        "image_processor",
-        "val_fraction",
-        "test_fraction",
-        "small_train_images",
-        "small_test_images",
-        "cache_dir",
-        "num_workers",
-        "max_caption_chars",
-    }
+    pd03 = {f.name for f in dataclasses.fields(PrepareConfig)}
     existing = [nb for nb in runner.PIPELINE if (runner.NOTEBOOKS_DIR / f"{nb}.ipynb").is_file()]
     declared = {nb: runner.notebook_parameters(runner.NOTEBOOKS_DIR / f"{nb}.ipynb") for nb in existing}
     for name in ("demo", "flickr30k_cn", "coco_en"):
         profile = runner.load_profile(name)
         assert profile["run"] == name and profile["description"]
         assert set(profile["notebooks"]["processdata_03"]) <= pd03
+        # the templates for large sets keep their cache as JPEG shards; the demo keeps the (default) memmap
+        cache_format = profile["notebooks"]["processdata_03"].get("cache_format", "memmap")
+        assert cache_format == ("memmap" if name == "demo" else "shards")
         selected = [nb for nb in existing if nb in profile["notebooks"]]
         injected = {nb: {"run_dir": "/r", "output_dir": f"/r/{nb}"} for nb in selected}
         if selected:  # raises on any name a notebook does not declare
