@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from nbutils.data.cache import ImageGeometry, build_image_cache
 from nbutils.data.datasets import normalize_pixel_values
 from nbutils.data.image_embeddings import cached_image_embeddings, model_fingerprint
+from nbutils.data.shards import build_shard_cache
 from nbutils.models import clip as clip_models
 from nbutils.models.tokenizer import train_tokenizer
 
@@ -100,3 +101,23 @@ def test_other_normalisation_is_another_file(setting):
         model, cache, (0.4, 0.4, 0.4), STD, setting["dir"], progress=False
     )
     assert not reused and path2 != path
+
+
+def test_a_shard_cache_gives_the_embeddings_of_its_decoded_pixels_close_to_the_memmaps(setting, tmp_path):
+    """ClipCap's embeddings read either cache format through the same interface (uint8 rows, meta)."""
+    model, memmap = setting["model"], setting["cache"]
+    shards = build_shard_cache(
+        setting["paths"], tmp_path / "shards", setting["geometry"], num_workers=0, progress=False
+    )
+    from_shards, path, _ = cached_image_embeddings(model, shards, MEAN, STD, tmp_path / "emb", progress=False)
+    from_memmap, other, _ = cached_image_embeddings(
+        model, memmap, MEAN, STD, tmp_path / "emb", progress=False
+    )
+    assert path != other  # keyed by each cache's own fingerprint
+    pixels = normalize_pixel_values(
+        torch.from_numpy(shards.uint8(list(range(5)))).permute(0, 3, 1, 2), MEAN, STD
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(from_shards, clip_models.image_features(model, pixels))
+    cosine = torch.nn.functional.cosine_similarity(from_shards, from_memmap)
+    assert cosine.min() > 0.99  # JPEG at quality 94 moves the pixels by about 2 levels
