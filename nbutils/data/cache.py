@@ -331,10 +331,12 @@ def _open_if_current(cache_dir: Path, fingerprint: str) -> ImageCache | None:
 # Reading
 
 
-class ImageCache:
-    """Read side of a cache folder. Picklable: the memmap is opened lazily, once per process."""
+class CacheFolder:
+    """What both cache formats share on the read side: the folder's meta.json and index.csv, lookups by image path,
+    the failed images, and pickling for DataLoader workers without this process's open files (each worker opens its
+    own). Subclasses check their own meta.json (`_check_format`) and files (`_open_index`) and read the pixels."""
 
-    cache_format = "memmap-uint8"  # summary.json's name for it (nbutils.data.shards' is "shards-jpeg")
+    cache_format = ""  # summary.json's name for the format
 
     def __init__(self, cache_dir: str | os.PathLike):
         self.cache_dir = Path(cache_dir)
@@ -342,44 +344,37 @@ class ImageCache:
         if not meta_path.is_file():
             raise DataError(f"{meta_path}: missing; {self.cache_dir} is not a finished image cache")
         self.meta = read_json(meta_path)
-        if "format" in self.meta:  # only the JPEG shard cache writes one
-            raise DataError(
-                f"{meta_path}: a {self.meta['format']!r} cache, not a memmap; open it with open_image_cache"
-            )
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(
-                f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}"
-            )
+        self._check_format(meta_path)
         self.geometry = ImageGeometry.from_dict(self.meta["geometry"])
         index = pd.read_csv(self.cache_dir / INDEX_FILE, dtype={"image_path": str}, keep_default_na=False)
-        count = int(self.meta["count"])
-        if len(index) != count or not np.array_equal(index["row"].to_numpy(), np.arange(count)):
-            raise DataError(f"{self.cache_dir / INDEX_FILE}: rows do not match meta.json count={count}")
-        expected = count * self.geometry.height * self.geometry.width * 3
-        actual = (self.cache_dir / IMAGES_FILE).stat().st_size
-        if actual != expected:
-            raise DataError(f"{self.cache_dir / IMAGES_FILE}: {actual} bytes, expected {expected}")
+        if len(index) != int(self.meta["count"]):
+            raise DataError(
+                f"{self.cache_dir / INDEX_FILE}: {len(index)} rows, meta.json says count={self.meta['count']}"
+            )
+        self._open_index(index)
         self.paths: list[str] = index["image_path"].tolist()
         self._index = pd.Index(self.paths)  # hash lookup path -> row, vectorised with get_indexer
-        self._images = None
-        self._pid = None
+        self._pid = None  # the process whose handles this object holds (see _per_process)
+
+    def _check_format(self, meta_path: Path) -> None:
+        raise NotImplementedError
+
+    def _open_index(self, index: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def _per_process(self) -> dict:
+        """Names and empty values of the attributes that hold this process's open files or mappings."""
+        return {}
 
     @classmethod
-    def open(cls, cache_dir: str | os.PathLike) -> ImageCache:
+    def open(cls, cache_dir: str | os.PathLike):
         return cls(cache_dir)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __repr__(self) -> str:
-        g = self.geometry
-        return f"ImageCache({str(self.cache_dir)!r}, {len(self)} images {g.height}x{g.width}, {g.resize})"
-
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_images"] = None  # never ship the mapping to DataLoader workers; they reopen it
-        state["_pid"] = None
-        return state
+        return {**self.__dict__, **self._per_process(), "_pid": None}  # workers open their own
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -402,6 +397,39 @@ class ImageCache:
         if (rows < 0).any():
             raise KeyError(f"{keys[int(np.argmax(rows < 0))]!r} is not in the image cache {self.cache_dir}")
         return rows.astype(np.int64)
+
+
+class ImageCache(CacheFolder):
+    """The uint8 memmap cache's read side. Picklable: the memmap is opened lazily, once per process."""
+
+    cache_format = "memmap-uint8"  # summary.json's name for it (nbutils.data.shards' is "shards-jpeg")
+
+    def _check_format(self, meta_path: Path) -> None:
+        if "format" in self.meta:  # only the JPEG shard cache writes one
+            raise DataError(
+                f"{meta_path}: a {self.meta['format']!r} cache, not a memmap; open it with open_image_cache"
+            )
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}"
+            )
+
+    def _open_index(self, index: pd.DataFrame) -> None:
+        count = len(index)
+        if not np.array_equal(index["row"].to_numpy(), np.arange(count)):
+            raise DataError(f"{self.cache_dir / INDEX_FILE}: rows do not match meta.json count={count}")
+        expected = count * self.geometry.height * self.geometry.width * 3
+        actual = (self.cache_dir / IMAGES_FILE).stat().st_size
+        if actual != expected:
+            raise DataError(f"{self.cache_dir / IMAGES_FILE}: {actual} bytes, expected {expected}")
+        self._images = None
+
+    def _per_process(self) -> dict:
+        return {"_images": None}
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return f"ImageCache({str(self.cache_dir)!r}, {len(self)} images {g.height}x{g.width}, {g.resize})"
 
     def _memmap(self) -> np.ndarray:
         if self._images is None or self._pid != os.getpid():

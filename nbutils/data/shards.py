@@ -38,13 +38,13 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import DataError
-from ..files import atomic_path, read_json, write_json, write_table
+from ..files import atomic_path, write_json, write_table
 from ..parallel import map_chunks, process_pool, split_into_chunks
 from .cache import (
     FAILED_FILE,
     INDEX_FILE,
     META_FILE,
-    ImageCache,
+    CacheFolder,
     ImageGeometry,
     file_stamp,
     normalization_affine,
@@ -262,29 +262,21 @@ def _open_if_current(cache_dir: Path, fingerprint: str) -> ShardCache | None:
 # Reading
 
 
-class ShardCache:
-    """Read side of a shard cache folder, with `ImageCache`'s interface. Picklable: shard files are opened lazily,
-    once per process, so each DataLoader worker reads (and decodes) with its own file handles."""
+class ShardCache(CacheFolder):
+    """Read side of a shard cache folder, with `ImageCache`'s interface (`CacheFolder`). Picklable: shard files are
+    opened lazily, once per process, so each DataLoader worker reads (and decodes) with its own file handles."""
 
     cache_format = CACHE_FORMAT
 
-    def __init__(self, cache_dir: str | os.PathLike):
-        self.cache_dir = Path(cache_dir)
-        meta_path = self.cache_dir / META_FILE
-        if not meta_path.is_file():
-            raise DataError(f"{meta_path}: missing; {self.cache_dir} is not a finished image cache")
-        self.meta = read_json(meta_path)
+    def _check_format(self, meta_path: Path) -> None:
         if (self.meta.get("format"), self.meta.get("format_version")) != (FORMAT, FORMAT_VERSION):
             raise DataError(
                 f"{meta_path}: format {self.meta.get('format')!r} version {self.meta.get('format_version')}, "
                 f"expected {FORMAT!r} version {FORMAT_VERSION}: open it with nbutils.data.cache.open_image_cache "
                 "or rebuild it (processdata_03)"
             )
-        self.geometry = ImageGeometry.from_dict(self.meta["geometry"])
-        index = pd.read_csv(self.cache_dir / INDEX_FILE, dtype={"image_path": str}, keep_default_na=False)
-        count = int(self.meta["count"])
-        if len(index) != count:
-            raise DataError(f"{self.cache_dir / INDEX_FILE}: {len(index)} rows, meta.json says count={count}")
+
+    def _open_index(self, index: pd.DataFrame) -> None:
         self.shards: list[str] = list(self.meta["shards"])
         self._shard = index["shard"].to_numpy(np.int64)
         self._offset = index["offset"].to_numpy(np.int64)
@@ -294,17 +286,10 @@ class ShardCache:
             end = (self._offset + self._size)[self._shard == number].max(initial=0)
             if not path.is_file() or path.stat().st_size < end:
                 raise DataError(f"{path}: missing or shorter than its index ({end} bytes); rebuild the cache")
-        self.paths: list[str] = index["image_path"].tolist()
-        self._index = pd.Index(self.paths)  # hash lookup path -> row, as ImageCache's
         self._files: dict[int, int] = {}  # shard number -> OS file descriptor, in this process
-        self._pid = None
 
-    @classmethod
-    def open(cls, cache_dir: str | os.PathLike) -> ShardCache:
-        return cls(cache_dir)
-
-    def __len__(self) -> int:
-        return len(self.paths)
+    def _per_process(self) -> dict:
+        return {"_files": {}}  # never ship file descriptors to DataLoader workers
 
     def __repr__(self) -> str:
         g = self.geometry
@@ -312,12 +297,6 @@ class ShardCache:
             f"ShardCache({str(self.cache_dir)!r}, {len(self)} images {g.height}x{g.width}, {g.resize}, "
             f"{len(self.shards)} shards, quality {self.meta['quality']})"
         )
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_files"] = {}  # never ship file descriptors to DataLoader workers; they open their own
-        state["_pid"] = None
-        return state
 
     def __del__(self):
         with contextlib.suppress(Exception):  # at interpreter exit `os` may already be gone
@@ -330,11 +309,6 @@ class ShardCache:
                 os.close(fd)
         self._files = {}
         self._pid = None
-
-    # The same lookups and properties as the memmap's (they read only paths, _index, cache_dir, geometry).
-    index_of = ImageCache.index_of
-    failed = ImageCache.failed
-    shape = ImageCache.shape
 
     def jpeg_bytes(self, row: int) -> bytes:
         """The stored JPEG of cache row `row`."""
