@@ -1,9 +1,11 @@
 """Resumable image downloader: a url/caption manifest in, image files plus a per-url status table out.
 
 The original pipeline fetched 1.37M urls with no retries and swallowed every error (~38 img/s).
-Here each distinct (url, filename) is fetched once by a pool of threads sharing nothing but a
-status log, transient failures are retried with backoff, permanent ones are not, and every
-failure is recorded with a kind you can count. Nothing is kept unless it is an image.
+Here each distinct (url, filename) is fetched once by a pool of threads sharing urllib3's connection
+pools, transient failures are retried with backoff (a url waiting for its retry holds no thread),
+permanent ones are not, and every failure is recorded with a kind you can count. Nothing is kept
+unless it is an image: a declared non-image Content-Type is refused, and where the type is generic
+(application/octet-stream) or missing, the body's leading bytes decide.
 
     manifest = read_manifest("wukong_100k.csv", caption_column="caption")
     result = download_images(manifest, "data/images", DownloadConfig(workers=32))
@@ -22,6 +24,7 @@ import contextlib
 import email.utils
 import errno
 import hashlib
+import heapq
 import io
 import json
 import os
@@ -31,13 +34,12 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from queue import SimpleQueue
+from urllib.parse import urljoin, urlsplit
 
 import pandas as pd
-import requests
 import urllib3
 
 from .. import files
@@ -95,9 +97,11 @@ ERROR_KINDS = (
 )
 PLAN_KINDS = ("unsafe_filename", "unsupported_url")  # decided from the manifest alone, never fetched
 URL_SCHEMES = ("http", "https")
+# Content-Types that say nothing about the body (S3 buckets and many CDNs serve images so): with one of
+# these, or none, the magic bytes decide. A declared non-image type (text/html, text/plain) is refused.
+GENERIC_CONTENT_TYPES = ("", "application/octet-stream", "binary/octet-stream")
 # Leading bytes of the formats kept; an HTML error page never starts with any of them.
 DRAIN_ERROR_BODY = 64_000  # read small error pages so the connection goes back to the pool
-IN_FLIGHT_PER_WORKER = 4  # queued tasks per thread: a million-row manifest is not a million futures
 NAME_ERRNOS = {
     errno.EEXIST,
     errno.ENOTDIR,
@@ -144,7 +148,10 @@ class DownloadConfig(StageConfig):
     retry_failed: bool = param(False, "on a rerun, retry rows that failed before")
     verify_existing: bool = param(True, "on a rerun, sha1-check the files a previous run kept")
     jpeg_quality: int = param(90, "JPEG quality of images resized on download")
-    content_types: str = param("image/", "comma-separated Content-Type prefixes accepted")
+    content_types: str = param(
+        "image/",
+        "comma-separated Content-Type prefixes accepted (generic or missing types: the bytes decide)",
+    )
     backoff_cap: float = param(30.0, "longest backoff wait, seconds")
     max_retry_after: float = param(60.0, "longest wait a server's Retry-After can impose, seconds")
     total_timeout: float = param(
@@ -395,12 +402,16 @@ def retry_delay(config: DownloadConfig, attempt: int, retry_after: float | None 
     return delay
 
 
-def _http_failure(response: requests.Response) -> _Failure:
-    code = response.status_code
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) <= DRAIN_ERROR_BODY:
-        with contextlib.suppress(requests.RequestException):
-            response.content  # noqa: B018 (read so the connection can be reused)
+def _accepts_content_type(content_type: str, config: DownloadConfig) -> bool:
+    """Whether a body served as `content_type` may be an image: an accepted prefix, or a generic type."""
+    declared = content_type.strip().lower()
+    if declared.split(";", 1)[0].strip() in GENERIC_CONTENT_TYPES:
+        return True  # the magic bytes of the body decide (not_an_image)
+    return declared.startswith(tuple(t.strip().lower() for t in config.content_types.split(",") if t.strip()))
+
+
+def _http_failure(response: urllib3.BaseHTTPResponse) -> _Failure:
+    code = response.status
     retry_after = _retry_after(response.headers.get("Retry-After"))
     if code == 404:
         return _Failure("http_404", "HTTP 404 Not Found", code)
@@ -418,29 +429,154 @@ def _http_failure(response: requests.Response) -> _Failure:
     return _Failure("http_4xx", f"HTTP {code} {response.reason}", code)
 
 
-def _fetch(
-    session: requests.Session, url: str, config: DownloadConfig, stop: threading.Event | None = None
-) -> tuple[bytes, int]:
-    """GET `url` once: (body, status) for an image, else raise _Failure. `stop` set: give up early."""
-    try:
-        with session.get(
-            url, stream=True, allow_redirects=True, timeout=(config.connect_timeout, config.read_timeout)
-        ) as response:
-            code = response.status_code
-            if code != 200:
-                raise _http_failure(response)
+def _drain(response: urllib3.BaseHTTPResponse) -> bool:
+    """Read a small unwanted body (an error page, a redirect) so its connection can be reused."""
+    length = response.headers.get("Content-Length", "")
+    if not (length.isdigit() and int(length) <= DRAIN_ERROR_BODY):
+        return False
+    with contextlib.suppress(urllib3.exceptions.HTTPError, OSError):
+        response.read(decode_content=False)
+        return True
+    return False
+
+
+class _Http:
+    """The HTTP client every worker thread shares: urllib3 connection pools, one per host.
+
+    urllib3 directly, not requests: requests merges settings, hooks and cookies on every call, ~40 %
+    of the CPU a download costs. What requests would take from the environment is read here once:
+    proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY), the CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
+    else certifi's) and, where a .netrc exists, its logins.
+    """
+
+    def __init__(self, config: DownloadConfig):
+        self.config = config
+        self.headers = {
+            "User-Agent": config.user_agent,
+            "Accept": "*/*",
+            "Accept-Encoding": "gzip, deflate",
+            "Connection": "keep-alive",
+        }
+        self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or _certifi()
+        tls = {"ca_cert_dir" if ca_bundle and os.path.isdir(ca_bundle) else "ca_certs": ca_bundle}
+        # Every thread may hold a connection to the same host; more hosts than pools evict the oldest.
+        pools = {"num_pools": max(64, 4 * config.workers), "maxsize": config.workers, "block": False}
+        self.direct = urllib3.PoolManager(**pools, **tls)
+        self.proxies = {
+            scheme: urllib3.ProxyManager(proxy, **pools, **tls)
+            for scheme, proxy in urllib.request.getproxies().items()
+            if scheme in (*URL_SCHEMES, "all") and proxy
+        }
+        self.netrc = _has_netrc()
+
+    def manager(self, url: str) -> urllib3.PoolManager:
+        """The pools that reach `url`: through the environment's proxy for its scheme, or direct."""
+        if self.proxies:
+            proxy = self.proxies.get(url.partition(":")[0].lower()) or self.proxies.get("all")
+            if proxy is not None and not urllib.request.proxy_bypass(urlsplit(url).hostname or ""):
+                return proxy
+        return self.direct
+
+    def headers_for(self, url: str) -> dict:
+        if not self.netrc:
+            return self.headers
+        from requests.utils import get_netrc_auth  # the same lookup requests does, for the same logins
+
+        login = get_netrc_auth(url)
+        if not login:
+            return self.headers
+        return {**self.headers, **urllib3.make_headers(basic_auth=":".join(login))}
+
+    def close(self) -> None:
+        for manager in (self.direct, *self.proxies.values()):
+            manager.clear()
+
+    def get(self, url: str, stop: threading.Event | None = None) -> tuple[bytes, int]:
+        """GET `url` once, following redirects: (body, status) for an image, else raise _Failure."""
+        config = self.config
+        for redirects in range(config.max_redirects + 1):
+            response = self._open(url)
+            try:
+                location = response.get_redirect_location()
+                if not location:
+                    return self._read_image(response, stop)
+                if not _drain(response):
+                    response.close()
+                if redirects == config.max_redirects:
+                    raise _Failure("too_many_redirects", f"more than {config.max_redirects} redirects")
+                url = urljoin(url, location)
+                problem = _url_problem(url)
+                if problem:  # e.g. a redirect to ftp:// or file://
+                    raise _Failure("unsupported_url", f"redirect to {url!r}: {problem}")
+            finally:
+                response.release_conn()
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _open(self, url: str) -> urllib3.BaseHTTPResponse:
+        """Send the request and read the status line and headers; errors as _Failure."""
+        try:
+            return self.manager(url).request(
+                "GET",
+                url,
+                headers=self.headers_for(url),
+                redirect=False,  # followed in `get`, which counts them
+                retries=False,  # retried by `_Downloader.attempt` and `_Tasks`, after a backoff
+                timeout=self.timeout,
+                preload_content=False,
+            )
+        # First: refused and unresolvable hosts are ConnectTimeoutErrors too, for urllib3.
+        except urllib3.exceptions.NewConnectionError as e:
+            raise _Failure("connection", short_error(e), retryable=True) from None
+        except (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ReadTimeoutError) as e:
+            raise _Failure("timeout", short_error(e), retryable=True) from None
+        except urllib3.exceptions.SSLError as e:  # a bad certificate stays bad
+            raise _Failure("connection", short_error(e)) from None
+        except (urllib3.exceptions.LocationValueError, ValueError, UnicodeError) as e:
+            raise _Failure("unsupported_url", f"malformed url ({short_error(e)})") from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # reset, dropped, proxy errors
+            raise _Failure("connection", short_error(e), retryable=True) from None
+
+    def _read_image(self, response: urllib3.BaseHTTPResponse, stop: threading.Event | None):
+        """The body of a final answer if it is an image no larger than max_bytes, else raise _Failure."""
+        config, code = self.config, response.status
+        if code != 200:
+            failure = _http_failure(response)
+            if not _drain(response):
+                response.close()
+            raise failure
+        complete = False
+        try:
             content_type = response.headers.get("Content-Type", "")
-            allowed = tuple(t.strip().lower() for t in config.content_types.split(",") if t.strip())
-            if not content_type.strip().lower().startswith(allowed):
+            if not _accepts_content_type(content_type, config):
                 raise _Failure("bad_content_type", f"Content-Type {content_type!r} is not an image", code)
             length = response.headers.get("Content-Length", "").strip()
             if length.isdigit() and int(length) > config.max_bytes:
                 raise _Failure("too_large", f"Content-Length {length} > max_bytes {config.max_bytes}", code)
-            body, checked = bytearray(), False
-            deadline = time.monotonic() + config.total_timeout
-            while chunk := response.raw.read1(config.chunk_size, decode_content=True):
-                # read1, not iter_content: it returns as soon as some bytes arrive, so the deadline
-                # below is checked even while a host trickles its body byte by byte.
+            body = self._read_body(response, stop)
+            complete = True
+            if len(body) < SIGNATURE_BYTES and not image_format(bytes(body)):
+                raise _Failure(
+                    "not_an_image", f"body is {len(body)} bytes: {bytes(body[:16])!r}", code, len(body)
+                )
+            # urllib3 enforces Content-Length itself; this catches a short body if it ever does not.
+            if length.isdigit() and "Content-Encoding" not in response.headers and len(body) < int(length):
+                raise _Failure(
+                    "truncated", f"got {len(body)} of {length} bytes", code, len(body), retryable=True
+                )
+            return bytes(body), code
+        finally:
+            if not complete:  # the rest of the body is not worth reading: drop the connection
+                response.close()
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, stop: threading.Event | None) -> bytearray:
+        config, code = self.config, response.status
+        body, checked = bytearray(), False
+        deadline = time.monotonic() + config.total_timeout
+        try:
+            # read1: it returns as soon as some bytes arrive, so the deadline below is checked even
+            # while a host trickles its body byte by byte.
+            while chunk := response.read1(config.chunk_size, decode_content=True):
                 body += chunk
                 if len(body) > config.max_bytes:  # no or false Content-Length, or a decompression bomb
                     raise _Failure("too_large", f"body passed max_bytes {config.max_bytes}", code, len(body))
@@ -460,53 +596,30 @@ def _fetch(
                         len(body),
                         retryable=True,
                     )
-            if not checked and not image_format(bytes(body)):
-                raise _Failure(
-                    "not_an_image", f"body is {len(body)} bytes: {bytes(body[:16])!r}", code, len(body)
-                )
-            # urllib3 enforces Content-Length itself; this catches a short body if it ever does not.
-            if length.isdigit() and "Content-Encoding" not in response.headers and len(body) < int(length):
-                raise _Failure(
-                    "truncated", f"got {len(body)} of {length} bytes", code, len(body), retryable=True
-                )
-            return bytes(body), code
-    except _Failure:
-        raise
-    except requests.exceptions.TooManyRedirects:
-        raise _Failure("too_many_redirects", f"more than {config.max_redirects} redirects") from None
-    except (
-        requests.exceptions.InvalidSchema,
-        requests.exceptions.InvalidURL,
-        requests.exceptions.MissingSchema,
-    ) as e:  # also a redirect to ftp:// or file://
-        raise _Failure("unsupported_url", short_error(e)) from None
-    except requests.exceptions.Timeout as e:
-        raise _Failure("timeout", short_error(e), retryable=True) from None
-    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
-        raise _Failure("truncated", short_error(e), 200, retryable=True) from None
-    except requests.exceptions.SSLError as e:  # a bad certificate stays bad
-        raise _Failure("connection", short_error(e)) from None
-    except requests.exceptions.ConnectionError as e:
-        # requests reports a read timeout in the middle of the body as a ConnectionError.
-        if e.args and isinstance(e.args[0], urllib3.exceptions.ReadTimeoutError):
-            raise _Failure("timeout", short_error(e), 200, retryable=True) from None
-        raise _Failure("connection", short_error(e), retryable=True) from None
-    except requests.exceptions.RequestException as e:
-        raise _Failure("connection", short_error(e), retryable=True) from None
-    # Reading the body goes straight to urllib3, whose errors requests has not translated.
-    except urllib3.exceptions.ReadTimeoutError as e:
-        raise _Failure("timeout", short_error(e), 200, retryable=True) from None
-    except (
-        urllib3.exceptions.ProtocolError,
-        urllib3.exceptions.DecodeError,
-    ) as e:  # IncompleteRead, bad gzip
-        raise _Failure("truncated", short_error(e), 200, retryable=True) from None
-    except urllib3.exceptions.SSLError as e:
-        raise _Failure("connection", short_error(e), 200) from None
-    except urllib3.exceptions.HTTPError as e:
-        raise _Failure("connection", short_error(e), 200, retryable=True) from None
-    except (ValueError, UnicodeError) as e:  # urls that even requests cannot parse
-        raise _Failure("unsupported_url", f"malformed url ({short_error(e)})") from None
+        except urllib3.exceptions.ReadTimeoutError as e:
+            raise _Failure("timeout", short_error(e), code, len(body), retryable=True) from None
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as e:  # cut short, bad gzip
+            raise _Failure("truncated", short_error(e), code, len(body), retryable=True) from None
+        except urllib3.exceptions.SSLError as e:
+            raise _Failure("connection", short_error(e), code, len(body)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _Failure("connection", short_error(e), code, len(body), retryable=True) from None
+        return body
+
+
+def _certifi() -> str | None:
+    """certifi's CA bundle, the one requests would use; None: the system's."""
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return certifi.where()
+
+
+def _has_netrc() -> bool:
+    if os.environ.get("NETRC"):
+        return True
+    return any(os.path.exists(os.path.expanduser(f"~/{name}")) for name in (".netrc", "_netrc"))
 
 
 def shrink_image(data: bytes, shorter_side: int, quality: int = 90) -> bytes:
@@ -535,43 +648,84 @@ def shrink_image(data: bytes, shorter_side: int, quality: int = 90) -> bytes:
 # the pool
 
 
+@dataclass
+class _Task:
+    """One download under way: its index in the plan, a previous run's ok row, its attempts so far."""
+
+    j: int
+    item: _Item
+    previous: dict | None
+    attempts: int = 0
+    started: float = 0.0  # time.monotonic() of the first attempt
+    due: float = 0.0  # when the next attempt may start
+
+
+class _Tasks:
+    """The tasks in manifest order, plus the failed ones waiting out their backoff; shared by the threads.
+
+    A retry waits here, not in a sleeping thread: while one url backs off, its thread downloads others.
+    """
+
+    def __init__(self, fresh, stop: threading.Event):
+        self.fresh = fresh  # an iterator of _Task
+        self.backing_off: list[tuple[float, int, _Task]] = []  # a heap: (due, tie-breaker, task)
+        self.busy = 0  # tasks taken and not yet done
+        self.stop = stop
+        self.changed = threading.Condition()
+
+    def take(self) -> _Task | None:
+        """The next task to attempt: a retry that is due, else a fresh one. None: nothing is left (or stop)."""
+        with self.changed:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if self.backing_off and self.backing_off[0][0] <= now:
+                    task = heapq.heappop(self.backing_off)[2]
+                else:
+                    task = next(self.fresh, None)
+                if task is not None:
+                    self.busy += 1
+                    return task
+                if not self.backing_off and not self.busy:
+                    return None
+                # Only retries are left: wait for the first to be due, or for another thread's news.
+                self.changed.wait(self.backing_off[0][0] - now if self.backing_off else None)
+            return None
+
+    def done(self, task: _Task, retry: bool) -> None:
+        with self.changed:
+            self.busy -= 1
+            if retry:
+                heapq.heappush(self.backing_off, (task.due, task.j, task))
+            self.changed.notify_all()
+
+    def wake(self) -> None:
+        """Let threads waiting in `take` see the stop flag."""
+        with self.changed:
+            self.changed.notify_all()
+
+
 class _Downloader:
-    """What every worker thread shares: the config, the output folder and a stop flag."""
+    """What every worker thread shares: the config, the output folder, the HTTP client and a stop flag."""
 
     def __init__(self, config: DownloadConfig, out_dir: Path):
         self.config = config
         self.out_dir = out_dir
         self.out_real = os.path.realpath(out_dir)
         self.stop = threading.Event()
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._lock = threading.Lock()
-        self._trust_env = _needs_environment()
-
-    def session(self) -> requests.Session:
-        # One Session per thread: connection pooling without sharing a pool across threads.
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.max_redirects = self.config.max_redirects
-            session.headers["User-Agent"] = self.config.user_agent
-            session.trust_env = self._trust_env
-            ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if ca_bundle:  # what trust_env would have read
-                session.verify = ca_bundle
-            with self._lock:
-                self._sessions.append(session)
-        return session
+        self.http = _Http(config)
 
     def close(self) -> None:
-        for session in self._sessions:
-            session.close()
+        self.http.close()
 
-    def work(self, item: _Item, previous: dict | None) -> tuple[dict, bool]:
-        """(status row, skipped): keep a previous ok row whose file is intact, else download."""
-        if previous is not None and self._intact(item, previous):
-            return previous, True
-        return self.download(item), False
+    def work(self, task: _Task) -> tuple[dict, bool] | None:
+        """(status row, skipped): keep a previous ok row whose file is intact, else try to download.
+
+        None: the attempt failed and is to be retried once `task.due` has passed.
+        """
+        if not task.attempts and task.previous is not None and self._intact(task.item, task.previous):
+            return task.previous, True
+        row = self.attempt(task)
+        return None if row is None else (row, False)
 
     def _intact(self, item: _Item, previous: dict) -> bool:
         target = self.out_dir / item.path
@@ -582,37 +736,40 @@ class _Downloader:
         except OSError:
             return False
 
-    def download(self, item: _Item) -> dict:
-        config, start, attempts = self.config, time.monotonic(), 0
+    def attempt(self, task: _Task) -> dict | None:
+        """One try at the task's url: its status row, or None with `task.due` set for a retry."""
+        config, item = self.config, task.item
+        if not task.attempts:
+            task.started = time.monotonic()
 
         def row(status="ok", kind="", message="", http_status=200, nbytes=0, sha1=""):
-            return _row(
-                item, status, kind, http_status, nbytes, sha1, time.monotonic() - start, attempts, message
-            )
+            elapsed = time.monotonic() - task.started  # backoff waits included
+            return _row(item, status, kind, http_status, nbytes, sha1, elapsed, task.attempts, message)
 
-        for attempt in range(config.retries + 1):
-            attempts += 1
-            try:
-                data, http_status = _fetch(self.session(), item.url, config, self.stop)
-                break
-            except _Failure as f:
-                if not f.retryable or attempt == config.retries or self.stop.is_set():
-                    return row("error", f.kind, f.message, f.http_status, f.nbytes)
-                self.stop.wait(retry_delay(config, attempt, f.retry_after))
+        task.attempts += 1
+        try:
+            data, http_status = self.http.get(item.url, self.stop)
+        except _Failure as f:
+            if not f.retryable or task.attempts > config.retries or self.stop.is_set():
+                return row("error", f.kind, f.message, f.http_status, f.nbytes)
+            task.due = time.monotonic() + retry_delay(config, task.attempts - 1, f.retry_after)
+            return None
         if config.resize_shorter_side:
             try:
                 data = shrink_image(data, config.resize_shorter_side, config.jpeg_quality)
             except Exception as e:  # noqa: BLE001 (Pillow raises many types for a bad file)
                 return row("error", "resize_failed", short_error(e), http_status, len(data))
         target = self.out_dir / item.path
-        problem = self._escapes(target)
+        nested = "/" in item.path  # a plain name's folder is out_dir itself: nothing to create or resolve
+        problem = self._escapes(target, nested)
         if problem:
             return row("error", "unsafe_filename", problem, http_status, len(data))
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            problem = self._escapes(target)  # a link swapped in during the download
+            if nested:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                problem = self._escapes(target, nested)  # a link swapped in during the download
             if not problem:
-                files.write_bytes(target, data)
+                _write_file(target, data)
         except OSError as e:
             if e.errno not in NAME_ERRNOS:  # a full disk or a read-only folder stops the whole run
                 raise
@@ -621,9 +778,9 @@ class _Downloader:
             return row("error", "unsafe_filename", problem, http_status, len(data))
         return row(http_status=http_status, nbytes=len(data), sha1=hashlib.sha1(data).hexdigest())
 
-    def _escapes(self, target: Path) -> str:
+    def _escapes(self, target: Path, nested: bool = True) -> str:
         """Why writing `target` would be wrong (a link leading out of out_dir, a folder), or ""."""
-        parent = os.path.realpath(target.parent)  # follows every existing link on the way
+        parent = os.path.realpath(target.parent) if nested else self.out_real  # follows every link on the way
         if parent != self.out_real and not parent.startswith(self.out_real + os.sep):
             return f"{target.relative_to(self.out_dir)} resolves to {parent}, outside the output folder"
         if target.is_dir() and not target.is_symlink():
@@ -631,16 +788,22 @@ class _Downloader:
         return ""
 
 
-def _needs_environment() -> bool:
-    """Whether requests must read proxies or .netrc from the environment for every request.
+def _write_file(target: Path, data: bytes) -> None:
+    """Write `data` to `target` atomically: a temporary in the same folder, then a rename.
 
-    With trust_env, requests re-reads proxies, .netrc and the CA bundle on every request (~1-2 ms
-    of CPU, which caps a thread pool on a small machine); without proxies or .netrc, the one
-    setting left (a CA bundle) is read once instead, in `_Downloader.session`.
+    `files.write_bytes` without its checks, which `_Downloader.download` makes itself. The temporary is
+    named as `files.atomic_path` names its own, so `files.sweep_stale_temporaries` removes what a killed
+    run leaves; the thread id keeps the names of concurrent writers apart.
     """
-    if urllib.request.getproxies() or os.environ.get("NETRC"):
-        return True
-    return any(os.path.exists(os.path.expanduser(f"~/{name}")) for name in (".netrc", "_netrc"))
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_native_id()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _row(
@@ -818,15 +981,20 @@ def download_images(
                 for j in done_now:
                     log.write(json.dumps(rows[j], ensure_ascii=False) + "\n")
                 log.flush()
-                for j, row, was_skipped in results:
-                    rows[j] = row = {**row, "id": items[j].id} if was_skipped else row
-                    counts[row["status"]] += 1
-                    if was_skipped:
-                        skipped += 1
-                    else:  # persisted before anything else: a kill from here on loses nothing
-                        log.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        log.flush()
-                    bar.update(1)
+                # One write per batch of rows that finished meanwhile, as soon as they are taken:
+                # a kill loses only rows not yet taken, and a rerun fetches those again.
+                for batch in results:
+                    lines = []
+                    for j, row, was_skipped in batch:
+                        rows[j] = row = {**row, "id": items[j].id} if was_skipped else row
+                        counts[row["status"]] += 1
+                        if was_skipped:
+                            skipped += 1
+                        else:
+                            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                    log.write("".join(lines))
+                    log.flush()
+                    bar.update(len(batch))
                     finished = counts["ok"] + counts["error"]
                     bar.set_postfix_str(
                         f"ok {100 * counts['ok'] / finished:.1f}%, failed {counts['error']}", refresh=False
@@ -926,28 +1094,50 @@ def failures_table(summary: dict):
 
 
 def _run(downloader: _Downloader, items: list[_Item], tasks: list, workers: int):
-    """Yield (index, row, skipped) as downloads finish, keeping a bounded number of tasks queued."""
-    queue = iter(tasks)
-    pending = {}
-    with ThreadPoolExecutor(workers, thread_name_prefix="download") as pool:
+    """Yield lists of (index, row, skipped): the downloads finished since the last list.
+
+    `workers` threads take the tasks (`_Tasks`) and put what they finish on one queue: no future per
+    task, nothing to re-scan per result, and rows that finish together are handled together.
+    """
+    queue = _Tasks((_Task(j, items[j], old) for j, old in tasks), downloader.stop)
+    results: SimpleQueue = SimpleQueue()
+
+    def worker():
         try:
-            while True:
-                for j, old in queue:
-                    pending[pool.submit(downloader.work, items[j], old)] = j
-                    if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                        break
-                if not pending:
-                    return
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    row, skipped = future.result()
-                    yield pending.pop(future), row, skipped
-        except BaseException:
-            # Ctrl-C or a crash: threads finish only their current request (no more retries, no new rows).
-            downloader.stop.set()
-            for future in pending:
-                future.cancel()
-            raise
+            while (task := queue.take()) is not None:
+                result = downloader.work(task)
+                queue.done(task, retry=result is None)
+                if result is not None:
+                    results.put((task.j, *result))
+        except BaseException as e:  # noqa: BLE001 (a full disk, a bug: the main thread raises it)
+            results.put(e)
+        finally:
+            results.put(None)  # this thread is done
+
+    threads = [
+        threading.Thread(target=worker, name=f"download-{i}", daemon=True)
+        for i in range(min(workers, len(tasks)))
+    ]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            waiting = [results.get()]
+            while not results.empty():
+                waiting.append(results.get())
+            batch = [r for r in waiting if isinstance(r, tuple)]
+            running -= sum(r is None for r in waiting)
+            if batch:
+                yield batch
+            for error in (r for r in waiting if isinstance(r, BaseException)):
+                raise error
+    finally:
+        # Ctrl-C, a crash or the end: threads finish only their current request (no more retries, no new rows).
+        downloader.stop.set()
+        queue.wake()
+        for thread in threads:
+            thread.join()
 
 
 __all__ = [

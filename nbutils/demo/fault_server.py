@@ -25,7 +25,7 @@ class Route:
 
     body: bytes = b""
     status: int = 200
-    content_type: str = "image/jpeg"
+    content_type: str | None = "image/jpeg"  # None: no Content-Type header at all
     fail_first: int = 0  # answer `fail_status` to the first N requests, then normally
     fail_status: int = 500
     delay: float = 0.0  # seconds to wait before answering (a slow host)
@@ -122,7 +122,8 @@ def _handler_for(server: FaultServer):
         def _send(self, status, body, content_type, headers=None, truncate_to=None):
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", content_type)
+                if content_type is not None:
+                    self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)

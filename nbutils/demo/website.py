@@ -55,6 +55,14 @@ FAULT_KINDS = [
     "placeholder",
     "ok",
 ]
+# Opt-in faults, never in the demo's own mix (build_demo_site(extra_faults={kind: count})): hosts such as S3
+# buckets and CDNs that serve images under a generic Content-Type or none, and an HTML page served that way.
+EXTRA_FAULT_KINDS = [
+    "jpeg_as_octet_stream",
+    "jpeg_as_binary_octet_stream",
+    "jpeg_without_content_type",
+    "html_as_octet_stream",
+]
 # Relative frequency of each fault among the faulty images: dead links dominate real crawls, then
 # placeholders, flaky servers, error pages and re-posted duplicates. "slow" is a fixed count instead.
 FAULT_WEIGHTS = {
@@ -85,6 +93,7 @@ EXPECT_DOWNLOAD = {
     "wrong_content_type": "bad_content_type",
     "redirect_loop": "too_many_redirects",
     "oversized": "too_large",
+    "html_as_octet_stream": "not_an_image",
 }
 EXPECT_VALIDATION = {
     "cmyk": "normalised",
@@ -179,12 +188,14 @@ def build_demo_site(
     max_bytes: int = 2_000_000,
     slow_count: int = 4,
     slow_delay: float = 3.0,
+    extra_faults: dict[str, int] | None = None,
 ) -> DemoSite:
     """Serve the demo set in `demo_dir` (from `generate_demo_dataset`) with faults on a seeded subset.
 
     Counts per kind come from `fault_counts`; which images get which fault depends only on `seed`.
     Manifest filenames keep the demo image's name (`000123.jpg`, `.png` for PNG variants) and
     `expected.demo_filename` names the demo image whose picture a url shows, so ground truth joins back.
+    `extra_faults` ({kind: count}, kinds from EXTRA_FAULT_KINDS) turns that many "ok" images into opt-in faults.
     """
     check_int("seed", seed, 0)
     check_int("max_bytes", max_bytes, 1)
@@ -193,7 +204,7 @@ def build_demo_site(
     demo_dir = Path(demo_dir)
     captions, records, meta = _read_demo_set(demo_dir)
     names = list(records)  # demo filenames (000000.jpg, ...) in image order
-    faults, twins = _assign(len(names), seed, fault_share, slow_count)
+    faults, twins = _assign(len(names), seed, fault_share, slow_count, extra_faults or {})
     language = meta["params"]["language"]
     by_image = captions.groupby("filename", sort=False)["text"].apply(list).to_dict()
     placeholder = _placeholder_jpeg(meta["params"]["image_size"])
@@ -237,6 +248,8 @@ def build_demo_site(
         "slow_count": slow_count,
         "slow_delay": slow_delay,
     }
+    if extra_faults:
+        params["extra_faults"] = dict(extra_faults)
     return DemoSite(
         routes=routes,
         manifest_rows=pd.DataFrame(rows, columns=["path", "filename", "text"]),
@@ -294,9 +307,14 @@ def serve(site: DemoSite, port: int = DEMO_PORT) -> FaultServer:
 
 
 def _assign(
-    n_images: int, seed: int, fault_share: float, slow_count: int
+    n_images: int, seed: int, fault_share: float, slow_count: int, extra_faults: dict[str, int]
 ) -> tuple[list[str], dict[int, int]]:
     """Fault per image index, and for each duplicate the index of the "ok" image it copies."""
+    unknown = sorted(set(extra_faults) - set(EXTRA_FAULT_KINDS))
+    if unknown:
+        raise ValueError(f"extra_faults: unknown kind(s) {unknown}; choose from {EXTRA_FAULT_KINDS}")
+    for kind, n in extra_faults.items():
+        check_int(f"extra_faults[{kind!r}]", n, 0)
     counts = fault_counts(n_images, fault_share, slow_count)
     rng = np.random.default_rng([seed, 0xD5])
     kinds = [k for k in FAULT_KINDS for _ in range(counts[k])]
@@ -313,6 +331,15 @@ def _assign(
             continue  # i is now "ok"; j is handled when the loop gets there
         twins[i] = earlier[int(rng.integers(len(earlier)))]
         used.add(twins[i])
+    # Opt-in kinds take "ok" images no duplicate copies, drawn from their own stream: the demo's mix stays as it is.
+    free = [i for i in range(n_images) if faults[i] == "ok" and i not in used]
+    wanted = [k for k in EXTRA_FAULT_KINDS for _ in range(extra_faults.get(k, 0))]
+    if len(wanted) > len(free):
+        raise ValueError(
+            f"extra_faults asks for {len(wanted)} images; only {len(free)} plain images are left"
+        )
+    for kind, i in zip(wanted, np.random.default_rng([seed, 0xE7]).permutation(free)):
+        faults[int(i)] = kind
     return faults, twins
 
 
@@ -333,6 +360,14 @@ def _routes_for(fault, path, jpeg, placeholder, max_bytes, slow_delay, seed, i) 
         return {path: Route(body=HTML_ERROR_PAGE, content_type="text/html; charset=utf-8")}
     if fault == "wrong_content_type":
         return {path: Route(body=jpeg, content_type="text/plain")}
+    if fault == "jpeg_as_octet_stream":
+        return {path: Route(body=jpeg, content_type="application/octet-stream")}
+    if fault == "jpeg_as_binary_octet_stream":
+        return {path: Route(body=jpeg, content_type="binary/octet-stream")}
+    if fault == "jpeg_without_content_type":
+        return {path: Route(body=jpeg, content_type=None)}
+    if fault == "html_as_octet_stream":
+        return {path: Route(body=HTML_ERROR_PAGE, content_type="application/octet-stream")}
     if fault == "oversized":
         # A valid JPEG with junk after its end marker: only the size gives it away.
         return {path: Route(body=jpeg + bytes(max_bytes + OVERSIZED_EXTRA - len(jpeg)))}

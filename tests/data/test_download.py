@@ -208,6 +208,59 @@ def test_content_types_is_a_comma_separated_list_of_prefixes(tmp_path, server, m
         download_images(manifest(urls), tmp_path, dataclasses.replace(config, content_types=" , "))
 
 
+def test_generic_or_missing_content_type_lets_the_magic_bytes_decide(tmp_path, server, make_jpeg_bytes):
+    image = make_jpeg_bytes(color=RED)
+    routes = {
+        # S3 buckets and CDNs: a real image under a type that says nothing, or none at all.
+        "/octet.jpg": (Route(body=image, content_type="application/octet-stream"), ""),
+        "/binary.jpg": (Route(body=image, content_type="binary/octet-stream"), ""),
+        "/untyped.jpg": (Route(body=image, content_type=None), ""),
+        "/octet-params.png": (Route(body=png(), content_type="Application/Octet-Stream; name=x.png"), ""),
+        # Not an image: the bytes refuse it under a generic type, the declared type otherwise.
+        "/octet-page.jpg": (Route(body=HTML, content_type="application/octet-stream"), "not_an_image"),
+        "/untyped-page.jpg": (Route(body=HTML, content_type=None), "not_an_image"),
+        "/page.jpg": (Route(body=HTML, content_type="text/html"), "bad_content_type"),
+        "/plain.jpg": (Route(body=image, content_type="text/plain"), "bad_content_type"),
+        "/json.jpg": (Route(body=image, content_type="application/json"), "bad_content_type"),
+    }
+    for path, (route, _) in routes.items():
+        server.add(path, route)
+    result = download_images(
+        manifest(server.url(p) for p in routes), tmp_path, DownloadConfig(**FAST), progress=False
+    )
+    rows = by_url(result)
+    for path, (route, kind) in routes.items():
+        row = rows[server.url(path)]
+        assert (path, row["error_kind"], row["status"]) == (path, kind, "error" if kind else "ok")
+        assert server.hits[path] == 1  # a refusal is final: no retry
+        if not kind:
+            assert (tmp_path / row["path"]).read_bytes() == route.body
+    assert "Content-Type 'text/html' is not an image" in rows[server.url("/page.jpg")]["error"]
+    assert files_under(tmp_path) == {r["path"] for r in rows.values() if not r["error_kind"]} | STATUS_FILES
+
+
+def test_a_url_backing_off_holds_no_thread(tmp_path, server, make_jpeg_bytes):
+    from nbutils.data.download import _Downloader, _Item, _run
+
+    server.add("/flaky.jpg", Route(body=make_jpeg_bytes(color=RED), fail_first=1, fail_status=503))
+    for i in range(5):
+        server.add(f"/ok{i}.jpg", Route(body=make_jpeg_bytes(color=RED, seed=i)))
+    urls = [server.url("/flaky.jpg")] + [server.url(f"/ok{i}.jpg") for i in range(5)]
+    items = [_Item(str(i), url, f"{i}.jpg") for i, url in enumerate(urls)]
+    config = dataclasses.replace(DownloadConfig(**FAST), workers=1, backoff=1.0)  # waits 0.5 to 1 s
+    downloader = _Downloader(config, tmp_path)
+    finished = [
+        (items[j].url, row)
+        for batch in _run(downloader, items, [(j, None) for j in range(6)], 1)
+        for j, row, _ in batch
+    ]
+    downloader.close()
+    # The one thread downloaded the other five while the first url waited for its retry.
+    assert [url for url, _ in finished] == urls[1:] + urls[:1]
+    assert {row["status"] for _, row in finished} == {"ok"}
+    assert finished[-1][1]["attempts"] == 2 and finished[-1][1]["elapsed"] >= 0.5
+
+
 class _Trickle(BaseHTTPRequestHandler):
     """Announces 1000 bytes, then sends one every 0.05 s: never silent long enough for read_timeout."""
 
@@ -494,28 +547,34 @@ def test_status_log_cuts_a_torn_last_line_before_appending(tmp_path):
     assert len(_read_log(log)) == 2  # damaged lines are skipped, not fatal
 
 
-def test_requests_reads_the_environment_only_when_it_sets_something(tmp_path, monkeypatch):
-    from nbutils.data.download import _Downloader, _needs_environment
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # must keep working behind a proxy
-    assert _needs_environment() is True
-    assert _Downloader(DownloadConfig(), tmp_path).session().trust_env is True
-    for name in (
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "CURL_CA_BUNDLE",
-        "NETRC",
-    ):
+
+def test_proxies_ca_bundle_and_netrc_come_from_the_environment(
+    tmp_path, server, monkeypatch, make_jpeg_bytes
+):
+    from nbutils.data.download import _Http
+
+    for name in (*PROXY_VARIABLES, "NO_PROXY", "no_proxy", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "NETRC"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc either
+    monkeypatch.setenv("HOME", str(tmp_path))
+    image = make_jpeg_bytes(color=RED)
+    # The fault server doubles as an HTTP proxy: a proxied request names the whole url.
+    server.routes["http://images.invalid/far.jpg"] = Route(body=image)
+    server.add("/near.jpg", Route(body=image))
+    monkeypatch.setenv("HTTP_PROXY", server.base_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    urls = ["http://images.invalid/far.jpg", server.url("/near.jpg")]
+    result = download_images(manifest(urls), tmp_path / "out", DownloadConfig(**FAST), progress=False)
+    assert list(result.status["status"]) == ["ok", "ok"]
+    assert (server.hits["http://images.invalid/far.jpg"], server.hits["/near.jpg"]) == (1, 1)
+
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "corporate-ca.pem"))
-    assert _needs_environment() is False
-    session = _Downloader(DownloadConfig(), tmp_path).session()
-    assert (session.trust_env, session.verify) == (False, str(tmp_path / "corporate-ca.pem"))
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login reader password secret\n", encoding="utf-8")
+    http = _Http(DownloadConfig())
+    assert http.direct.connection_pool_kw["ca_certs"] == str(tmp_path / "corporate-ca.pem")
+    assert http.headers_for(server.url("/a.jpg"))["authorization"] == "Basic cmVhZGVyOnNlY3JldA=="
+    assert "authorization" not in {k.lower() for k in http.headers_for("http://other.invalid/a.jpg")}
 
 
 def _dead_pid() -> int:

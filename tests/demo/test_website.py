@@ -8,7 +8,16 @@ import requests
 from PIL import Image, ImageOps
 
 from nbutils.demo.scenes import caption_attributes, generate_demo_dataset, load_ground_truth
-from nbutils.demo.website import FAULT_KINDS, build_demo_site, fault_counts, manifest, serve, write_manifest
+from nbutils.demo.website import (
+    EXTRA_FAULT_KINDS,
+    FAULT_KINDS,
+    build_demo_site,
+    compare_downloads,
+    fault_counts,
+    manifest,
+    serve,
+    write_manifest,
+)
 from nbutils.errors import DataError
 
 N_IMAGES = 120
@@ -287,3 +296,38 @@ def test_serve_keeps_a_stable_port_and_falls_back_when_taken(tmp_path):
             assert second.base_url != first.base_url
     with serve(site, port=port) as again:  # free again: the same urls as before
         assert again.base_url == first.base_url
+
+
+def test_opt_in_generic_content_types_leave_the_demo_mix_alone(demo_dir, site, tmp_path):
+    from nbutils.data.download import DownloadConfig, download_images
+
+    extra = {k: 1 for k in EXTRA_FAULT_KINDS}
+    opted = build_demo_site(demo_dir, seed=0, extra_faults=extra, **SITE)
+    counts = opted.expected["fault"].value_counts()
+    assert {k: counts[k] for k in EXTRA_FAULT_KINDS} == extra
+    # Only "ok" images change: every other fault is where it was.
+    changed = opted.expected["fault"] != site.expected["fault"]
+    assert set(site.expected.loc[changed, "fault"]) == {"ok"} and changed.sum() == len(EXTRA_FAULT_KINDS)
+    assert "extra_faults" not in site.params and opted.params["extra_faults"] == extra
+    with pytest.raises(ValueError, match="unknown kind"):
+        build_demo_site(demo_dir, seed=0, extra_faults={"gif_as_text": 1}, **SITE)
+
+    wanted = opted.expected[opted.expected["fault"].isin(EXTRA_FAULT_KINDS)]
+    with serve(opted, port=0) as server:
+        urls = [server.url(p) for p in wanted["path"]]
+        types = {
+            p: requests.get(server.url(p), timeout=5).headers.get("Content-Type") for p in wanted["path"]
+        }
+        config = DownloadConfig(connect_timeout=2.0, read_timeout=2.0, retries=0, workers=4)
+        result = download_images(pd.DataFrame({"url": urls, "text": "x"}), tmp_path, config, progress=False)
+        compared = compare_downloads(opted, result.status, server.base_url)
+    assert sorted(types.values(), key=str) == sorted(
+        ["application/octet-stream", "binary/octet-stream", None, "application/octet-stream"], key=str
+    )
+    compared = compared[compared["fault"].isin(EXTRA_FAULT_KINDS)].set_index("fault")
+    assert compared["got"].to_dict() == {
+        "jpeg_as_octet_stream": "ok",
+        "jpeg_as_binary_octet_stream": "ok",
+        "jpeg_without_content_type": "ok",
+        "html_as_octet_stream": "not_an_image",
+    }
