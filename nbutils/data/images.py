@@ -4,8 +4,10 @@ Every stage that reads pixels (validation, the image cache, thumbnails in report
 `load_rgb`, so an image that passes processdata_02 decodes the same way everywhere after it. No torch
 here: stages 01 and 02 import this module.
 
-An image path is a file, or the pseudo path of an image embedded in a Hugging Face dataset file,
-`<file>.arrow::<column>[<row>]` (`nbutils.data.hf_datasets`): `load_rgb` and `image_exists` take both.
+An image path is a file, or the pseudo path of an image stored inside another file: a row of a Hugging Face
+dataset file, `<file>.arrow::<column>[<row>]` (`nbutils.data.hf_datasets`), or a member of a tar file,
+`<file>.tar::<member name>` (`nbutils.data.tar_members`). `load_rgb`, `read_image_bytes`, `image_exists` and
+`image_file` take all three.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import hf_datasets
+from . import hf_datasets, tar_members
+
+# The kinds of pseudo path. Each module offers is_embedded, parse_embedded (None for other paths, else a tuple whose
+# first item is the file holding the image), embedded_bytes and embedded_exists.
+EMBEDDED_KINDS = (hf_datasets, tar_members)
 
 # First bytes of the formats PIL reads (WEBP is "RIFF" + size + "WEBP", see `image_format`).
 IMAGE_SIGNATURES = {
@@ -46,18 +52,24 @@ def image_format(head: bytes) -> str | None:
     return None
 
 
+def embedded_kind(path):
+    """The module (of EMBEDDED_KINDS) whose pseudo path `path` is, or None for a file path or a file object."""
+    return next((kind for kind in EMBEDDED_KINDS if kind.is_embedded(path)), None)
+
+
 def read_image_bytes(path: str | os.PathLike) -> bytes:
-    """The encoded bytes of an image: a file's contents, or an embedded image's from its dataset row."""
-    return hf_datasets.embedded_bytes(path) if hf_datasets.is_embedded(path) else Path(path).read_bytes()
+    """The encoded bytes of an image: a file's contents, or an embedded image's from its dataset row or tar member."""
+    kind = embedded_kind(path)
+    return kind.embedded_bytes(path) if kind else Path(path).read_bytes()
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image as RGB: EXIF rotation applied, transparency composited on white.
 
-    `path` is a file, a file object, or an embedded image's pseudo path (decoded from its dataset row).
+    `path` is a file, a file object, or an embedded image's pseudo path (decoded from the bytes it names).
     Raises (OSError, PIL errors, ValueError, IndexError) when the image cannot be read or decoded.
     """
-    if hf_datasets.is_embedded(path):
+    if embedded_kind(path):
         path = io.BytesIO(read_image_bytes(path))
     with Image.open(path) as image:
         image.load()  # only a full decode catches truncated files
@@ -65,14 +77,15 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 def image_exists(path: str | os.PathLike) -> bool:
-    """True when `path` is a file, or an embedded image's pseudo path whose dataset file has its row."""
-    return hf_datasets.embedded_exists(path) if hf_datasets.is_embedded(path) else os.path.isfile(path)
+    """True when `path` is a file, or a pseudo path whose dataset file has its row or whose tar has its member."""
+    kind = embedded_kind(path)
+    return kind.embedded_exists(path) if kind else os.path.isfile(path)
 
 
 def image_file(path: str | os.PathLike) -> str:
-    """The file holding an image's bytes: the dataset file of a pseudo path, else `path` itself (for stat)."""
-    parsed = hf_datasets.parse_embedded(path)
-    return parsed[0] if parsed else os.fspath(path)
+    """The file holding an image's bytes: the dataset or tar file of a pseudo path, else `path` itself (for stat)."""
+    kind = embedded_kind(path)
+    return kind.parse_embedded(path)[0] if kind else os.fspath(path)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

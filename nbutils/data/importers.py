@@ -3,7 +3,8 @@
 Every reader returns one row per caption with these columns, in this order where present:
 
     image_path  absolute path of the image (for url-only manifests: where it WILL be stored; for an image
-                embedded in a Hugging Face dataset file: its pseudo path, `nbutils.data.hf_datasets`)
+                embedded in a Hugging Face dataset file or an img2dataset tar: its pseudo path,
+                `nbutils.data.hf_datasets`, `nbutils.data.tar_members`)
     text        the caption, stripped of surrounding whitespace only (cleaning happens later)
     url, filename, image_id   (always strings, so ids like "007" survive)
 
@@ -30,7 +31,7 @@ import pyarrow as pa
 
 from ..errors import DataError
 from ..files import atomic_path
-from . import hf_datasets
+from . import hf_datasets, tar_members
 from .images import image_format
 
 OUTPUT_COLUMNS = ["image_path", "text", "url", "filename", "image_id"]
@@ -40,6 +41,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 DEFAULT_IMAGE_SUFFIX = ".jpg"
 WUKONG_HASH_CHARS = 16  # filename = first 16 hex digits of sha1(url): collisions need ~4e9 urls
 IMG2DATASET_SUCCESS = "success"
+IMG2DATASET_STATUSES = (IMG2DATASET_SUCCESS, "failed_to_download", "failed_to_resize")  # img2dataset's own
+IMG2DATASET_TOP_ERRORS = 3  # error messages listed per shard by img2dataset_statistics
+IMG2DATASET_ERROR_CHARS = 100  # longer error messages are cut, to keep the statistics table readable
 IMG2DATASET_EXTRACT_DIR = "_extracted"  # default home of images pulled out of webdataset shards
 HF_EXTRACT_DIR = "_extracted"  # default home of images written out of a Hugging Face dataset (extract_images)
 # Caption columns of published Hugging Face datasets, tried in this order when caption_column is "".
@@ -465,36 +469,60 @@ def read_wukong(path: str | os.PathLike, images_root) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- img2dataset
 
 
-def read_img2dataset(folder: str | os.PathLike, extract_dir=None) -> pd.DataFrame:
+def read_img2dataset(
+    folder: str | os.PathLike, extract_dir=None, extract_images: bool = False
+) -> pd.DataFrame:
     """Output folder of rom1504/img2dataset, "files" or "webdataset" mode.
 
     Shards are `00000.parquet` (one row per input url with key, url, caption, status, ...) next to
     a `00000/` folder (`000000001.jpg/.txt/.json`) or a `00000.tar` holding the same members. Only
-    rows with status "success" are kept; without the parquet, the samples that exist are used.
-    Webdataset images are extracted to `<extract_dir>/<shard>/` (default `<folder>/_extracted`),
-    skipping files already there with the right size.
+    rows with status "success" are kept; without the parquet, the samples that exist are used
+    (`img2dataset_statistics` counts what was dropped). A webdataset image gets the pseudo path
+    `<shard>.tar::<member>` and is read in place later (`nbutils.data.tar_members`); with `extract_images`
+    it is extracted to `<extract_dir>/<shard>/` instead (default `<folder>/_extracted`), skipping files
+    already there with the right size.
     """
     folder = Path(folder)
+    extract_dir = Path(extract_dir) if extract_dir is not None else folder / IMG2DATASET_EXTRACT_DIR
+    rows = []
+    shards = _img2dataset_shards(folder)
+    for shard in shards:
+        rows += _img2dataset_shard(folder, shard, extract_dir / shard if extract_images else None)
+    if not rows:
+        raise DataError(f"{folder}: no successfully downloaded images in {len(shards)} shard(s)")
+    return _finish(rows, folder)
+
+
+def _img2dataset_shards(folder: Path) -> list[str]:
+    """The shard ids ("00000", ...) of an img2dataset output folder, from its parquet files, tars and folders."""
     if not folder.is_dir():
         raise DataError(f"{folder}: img2dataset output folder not found")
-    extract_dir = Path(extract_dir) if extract_dir is not None else folder / IMG2DATASET_EXTRACT_DIR
     shards = sorted(
         {p.name.split(".")[0] for p in folder.iterdir() if p.suffix in (".parquet", ".tar") or p.is_dir()}
     )
     shards = [s for s in shards if s.isdigit()]  # skips _extracted/, _stats files, stray tables
     if not shards:
         raise DataError(f"{folder}: no img2dataset shards (expected 00000.parquet with 00000/ or 00000.tar)")
-    rows = []
-    for shard in shards:
-        rows += _img2dataset_shard(folder, shard, extract_dir / shard)
-    if not rows:
-        raise DataError(f"{folder}: no successfully downloaded images in {len(shards)} shard(s)")
-    return _finish(rows, folder)
+    return shards
 
 
-def _img2dataset_shard(folder: Path, shard: str, out_dir: Path) -> list[dict]:
+def _img2dataset_shard(folder: Path, shard: str, out_dir: Path | None) -> list[dict]:
+    """The rows of one shard; webdataset images are extracted to `out_dir`, or read in place when it is None."""
     parquet, tar_path, sub = folder / f"{shard}.parquet", folder / f"{shard}.tar", folder / shard
     status = _success_rows(parquet) if parquet.exists() else None
+    if tar_path.exists() and out_dir is None:
+        index = tar_members.member_index(tar_path)
+        samples = _group((name, PurePosixPath(name)) for name in index.members)
+        where = f"{tar_path}" + (f" ({index.damage}: download the shard again)" if index.damage else "")
+        rows = _shard_samples(
+            samples,
+            status,
+            lambda m: tar_members.embedded_bytes(tar_members.member_path(tar_path, str(m))),
+            where,
+        )
+        for row in rows:
+            row["image_path"] = tar_members.member_path(tar_path, str(row.pop("source")))
+        return rows
     if tar_path.exists():
         try:
             with tarfile.open(tar_path) as tar:
@@ -557,7 +585,9 @@ def _group(named: Iterable[tuple[str, object]]) -> dict[str, dict[str, object]]:
     return samples
 
 
-def _shard_samples(samples: dict, status: pd.DataFrame | None, read: Callable, where: Path) -> list[dict]:
+def _shard_samples(
+    samples: dict, status: pd.DataFrame | None, read: Callable, where: Path | str
+) -> list[dict]:
     """One row per successful sample: image source, caption, url, file name and key."""
     if status is None:  # no parquet: every key with an image counts, caption from .txt, url from .json
         order = [(k, None, None) for k in sorted(samples) if _image_ext(samples[k])]
@@ -603,7 +633,7 @@ def _image_ext(files: dict) -> str | None:
     return next((ext for ext in IMAGE_SUFFIXES if ext in files), None)
 
 
-def _decode(data: bytes, where: Path, name: str) -> str:
+def _decode(data: bytes, where: Path | str, name: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -617,6 +647,53 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> Non
         return
     with atomic_path(target) as tmp, tar.extractfile(member) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst)
+
+
+def img2dataset_statistics(
+    folder: str | os.PathLike, top_errors: int = IMG2DATASET_TOP_ERRORS
+) -> pd.DataFrame:
+    """What img2dataset downloaded and dropped, from its own parquet files: one row per shard, then "all".
+
+    Columns: shard, urls, the count of each status (success, failed_to_download, failed_to_resize, then any other
+    status found), and common_errors, the `top_errors` most frequent error messages with their counts
+    ("HTTP Error 404: Not Found (12); timed out (3)"). Shards without a parquet are left out.
+    """
+    folder = Path(folder)
+    counts, errors = {}, {}
+    for shard in _img2dataset_shards(folder):
+        parquet = folder / f"{shard}.parquet"
+        if parquet.exists():
+            df = read_table(parquet, required=("key", "status"))
+            counts[shard] = df["status"].fillna("").astype(str).value_counts()
+            messages = df["error_message"] if "error_message" in df.columns else pd.Series(dtype=object)
+            lines = messages.dropna().astype(str).map(_error_line)
+            errors[shard] = _most_common(lines[lines != ""].value_counts())
+    if counts:
+        counts["all"] = pd.concat(counts.values()).groupby(level=0).sum()
+        errors["all"] = _most_common(pd.concat(errors.values()))
+    found = sorted({status for c in counts.values() for status in c.index} - set(IMG2DATASET_STATUSES))
+    statuses = [*IMG2DATASET_STATUSES, *found]
+    rows = [
+        {
+            "shard": shard,
+            "urls": int(c.sum()),
+            **{status: int(c.get(status, 0)) for status in statuses},
+            "common_errors": "; ".join(f"{m} ({n})" for m, n in errors[shard].head(top_errors).items()),
+        }
+        for shard, c in counts.items()
+    ]
+    return pd.DataFrame(rows, columns=["shard", "urls", *statuses, "common_errors"])
+
+
+def _most_common(counts: pd.Series) -> pd.Series:
+    """Counts by message, summed, most frequent first; ties in alphabetical order, so every run lists the same."""
+    return counts.groupby(level=0).sum().sort_values(ascending=False, kind="stable")
+
+
+def _error_line(message: str) -> str:
+    """One line of an error message, at most IMG2DATASET_ERROR_CHARS characters: alike errors count together."""
+    line = " ".join(message.split())
+    return line if len(line) <= IMG2DATASET_ERROR_CHARS else line[: IMG2DATASET_ERROR_CHARS - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
@@ -764,8 +841,9 @@ IMPORTERS: dict[str, Callable[..., pd.DataFrame]] = {
 def import_captions(fmt: str, path: str | os.PathLike, images_root=None, **kwargs) -> pd.DataFrame:
     """Read `path` with the importer named `fmt` (a key of IMPORTERS).
 
-    For "img2dataset", images_root is where webdataset images are extracted (extract_dir). "hf_dataset" takes
-    image_column, caption_column, split and extract_images (`read_hf_dataset`).
+    For "img2dataset", images_root is where webdataset images are extracted with extract_images (extract_dir,
+    `read_img2dataset`). "hf_dataset" takes image_column, caption_column, split and extract_images
+    (`read_hf_dataset`).
     """
     if fmt not in IMPORTERS:
         raise DataError(f"unknown caption format {fmt!r}; known formats: {', '.join(IMPORTERS)}")

@@ -64,8 +64,8 @@ class PrepareConfig(StageConfig):
     )
     extract_images: bool = param(
         False,
-        "hf_dataset: write embedded images as files under images_root (empty: <dataset folder>/_extracted) instead of "
-        "decoding them straight from the dataset files",
+        "hf_dataset, img2dataset: write the images held in dataset files or webdataset tars as files under "
+        "images_root (empty: <dataset folder>/_extracted) instead of reading them in place",
     )
     language: str = param(
         "",
@@ -150,6 +150,8 @@ def load_source(config: PrepareConfig) -> tuple[pd.DataFrame, str, stages.DataOr
             "split": config.dataset_split,
             "extract_images": config.extract_images,
         }
+    if config.input_format == "img2dataset":
+        options = {"extract_images": config.extract_images}
     table = importers.import_captions(
         config.input_format, source, images_root=config.images_root or None, **options
     )

@@ -231,11 +231,15 @@ def test_processdata_02_validates_embedded_images_through_their_pseudo_paths(tmp
     """A table of pseudo paths (e.g. from the hf_dataset importer) passes processdata_02 like files: good rows are
     clean, a row past the end of its file is a missing file."""
     DatasetDict(train=_dataset([0, 1])).save_to_disk(tmp_path / "ds")
-    table = import_captions("hf_dataset", tmp_path / "ds")[["image_path", "text"]].drop_duplicates("image_path")
+    table = import_captions("hf_dataset", tmp_path / "ds")[["image_path", "text"]].drop_duplicates(
+        "image_path"
+    )
     file, column, _ = hf_datasets.parse_embedded(table["image_path"].iloc[0])
     gone = hf_datasets.embedded_path(file, column, 99)
     table = pd.concat([table, pd.DataFrame({"image_path": [gone], "text": ["不在"]})], ignore_index=True)
-    result = validate_images(table, tmp_path / "out", ValidationConfig(num_workers=1, min_side=8), progress=False)
+    result = validate_images(
+        table, tmp_path / "out", ValidationConfig(num_workers=1, min_side=8), progress=False
+    )
     assert sorted(result.clean["image_path"]) == sorted(table["image_path"][:2])
     assert result.rejects.set_index("image_path").loc[gone, "reason"] == "missing file"
 

@@ -480,13 +480,13 @@ def test_img2dataset_files_mode(tmp_path, make_jpeg_bytes):
     pd.testing.assert_frame_equal(read_img2dataset(tmp_path), df)
 
 
-def test_img2dataset_webdataset_mode_extracts_images(tmp_path, make_jpeg_bytes):
+def test_img2dataset_webdataset_mode_extracts_images_with_extract_images(tmp_path, make_jpeg_bytes):
     out = tmp_path / "out"
     out.mkdir()
     files = _sample_files(make_jpeg_bytes)
     _tar(out / "00000.tar", files)
     _status_parquet(out / "00000.parquet")
-    df = import_captions("img2dataset", out)
+    df = import_captions("img2dataset", out, extract_images=True)
     assert rows(df, "image_id", "text", "url") == EXPECTED_TEXT
     extracted = out / "_extracted" / "00000"
     assert df["image_path"].tolist() == [str(extracted / "000000000.jpg"), str(extracted / "000000002.jpg")]
@@ -501,19 +501,23 @@ def test_img2dataset_webdataset_mode_extracts_images(tmp_path, make_jpeg_bytes):
     first = extracted / "000000000.jpg"
     os.utime(first, (1, 1))
     (extracted / "000000002.jpg").write_bytes(b"trunc")
-    pd.testing.assert_frame_equal(read_img2dataset(out), df)
+    pd.testing.assert_frame_equal(read_img2dataset(out, extract_images=True), df)
     assert first.stat().st_mtime == 1
     assert (extracted / "000000002.jpg").read_bytes() == files["000000002.jpg"]
 
     # images_root / extract_dir picks another home for the extracted images
-    df2 = import_captions("img2dataset", out, images_root=tmp_path / "elsewhere")
+    df2 = import_captions("img2dataset", out, images_root=tmp_path / "elsewhere", extract_images=True)
     elsewhere = tmp_path / "elsewhere" / "00000"
     assert df2["image_path"].tolist() == [str(elsewhere / n) for n in ["000000000.jpg", "000000002.jpg"]]
 
 
 def test_img2dataset_webdataset_without_parquet(tmp_path, make_jpeg_bytes):
     _tar(tmp_path / "00003.tar", _sample_files(make_jpeg_bytes))
-    df = read_img2dataset(tmp_path, extract_dir=tmp_path / "x")
+    df = read_img2dataset(tmp_path)  # read in place: captions from the .txt members, urls from the .json ones
+    assert rows(df, "image_id", "text", "url") == EXPECTED_TEXT
+    tar = tmp_path / "00003.tar"
+    assert df["image_path"].tolist() == [f"{tar}::000000000.jpg", f"{tar}::000000002.jpg"]
+    df = read_img2dataset(tmp_path, extract_dir=tmp_path / "x", extract_images=True)
     assert rows(df, "image_id", "text", "url") == EXPECTED_TEXT
     assert df["image_path"].tolist() == [
         str(tmp_path / "x" / "00003" / "000000000.jpg"),
@@ -528,7 +532,7 @@ def test_img2dataset_tar_member_cannot_escape(tmp_path, make_jpeg_bytes):
     _tar(out / "00000.tar", {**_sample_files(make_jpeg_bytes), "../evil.jpg": evil})
     _status_parquet(out / "00000.parquet")
     with pytest.raises(DataError, match=r"00000\.tar: refusing member '\.\./evil\.jpg'"):
-        read_img2dataset(out, extract_dir=out / "x")
+        read_img2dataset(out, extract_dir=out / "x", extract_images=True)
     assert [p for p in tmp_path.rglob("*") if p.name == "evil.jpg"] == []
     assert not (out / "x").exists()  # every member is checked before anything is extracted
 
@@ -550,5 +554,7 @@ def test_img2dataset_bad_folders(tmp_path):
     with pytest.raises(DataError, match=r"no img2dataset shards"):
         read_img2dataset(tmp_path)
     (tmp_path / "00000.tar").write_bytes(b"this is not a tar file" * 40)
-    with pytest.raises(DataError, match=r"00000\.tar: damaged tar"):
+    with pytest.raises(DataError, match=r"00000\.tar: not a readable uncompressed tar"):
         read_img2dataset(tmp_path)
+    with pytest.raises(DataError, match=r"00000\.tar: damaged tar"):
+        read_img2dataset(tmp_path, extract_images=True)
