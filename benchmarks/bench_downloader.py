@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from nbutils.demo.fault_server import FaultServer, Route
-from nbutils.demo.website import _placeholder_jpeg, _routes_for, fault_counts
+from nbutils.demo.website import _routes_for, fault_counts
 from nbutils.files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,19 +64,26 @@ def demo_like_jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def site_routes(n: int, prefix: str) -> tuple[dict[str, Route], list[str]]:
+def write_images(folder: Path) -> list[Path]:
+    """The DISTINCT_IMAGES JPEGs every run's urls serve, as files (the site reads its bodies per request)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{seed:02d}.jpg" for seed in range(DISTINCT_IMAGES)]
+    for seed, file in enumerate(files):
+        file.write_bytes(demo_like_jpeg(seed))
+    return files
+
+
+def site_routes(n: int, prefix: str, images: list[Path]) -> tuple[dict[str, Route], list[str]]:
     """Routes of one run's N urls (under `prefix`) with the demo's fault mix, and the url paths in order."""
     counts = fault_counts(n, slow_count=0)
     kinds = [k for k, c in counts.items() for _ in range(c)]
     kinds = [kinds[j] for j in np.random.default_rng(0).permutation(n)]
-    bodies = [demo_like_jpeg(seed) for seed in range(DISTINCT_IMAGES)]
-    placeholder = _placeholder_jpeg(IMAGE_SIZE)
     routes, paths = {}, []
     for i, kind in enumerate(kinds):
         path = f"/images/{i:06d}.jpg"
         fault = "ok" if kind == "duplicate" else kind
         for p, route in _routes_for(
-            fault, path, bodies[i % len(bodies)], placeholder, MAX_BYTES, 3.0, 0, i
+            fault, path, images[i % len(images)], IMAGE_SIZE, MAX_BYTES, 3.0, 0, i
         ).items():
             if route.redirect_to:  # both halves of a redirect loop live under the run's prefix
                 route = dataclasses.replace(route, redirect_to=prefix + route.redirect_to)
@@ -226,8 +233,9 @@ def main(argv=None) -> dict:
         [(args.rounds, "profile")] if args.profile else []
     )
     routes, plan = {}, []
+    images = write_images(work / "site")
     for k, (r, name) in enumerate(runs):
-        run_routes, paths = site_routes(args.n, f"/run{k}")
+        run_routes, paths = site_routes(args.n, f"/run{k}", images)
         routes.update(run_routes)
         plan.append((r, name, paths))
     parent, child = mp.Pipe()

@@ -241,33 +241,26 @@ def build_image_cache(
         return existing
 
     num_workers = (os.cpu_count() or 1) if num_workers is None else int(num_workers)
-    height, width = geometry.height, geometry.width
     good, failed = [], []
     with atomic_path(cache_dir, sweep_stale=True) as tmp:
         tmp.mkdir(parents=True)
         images_path = tmp / IMAGES_FILE
-        # Room for every input; failures leave no gap (rows are assigned on success) and the
-        # unused tail is cut off at the end. The file is sparse until written.
-        images = _create_memmap(images_path, (len(paths), height, width, 3))
         chunks = split_into_chunks(paths, num_workers, CHUNK_SIZE)
-        with process_pool(min(num_workers, len(chunks))) as pool:
+        # Rows are assigned on success, in order, so the file is written front to back. Plain writes, not a
+        # writable memmap: a mapped file's pages count as this process's memory, and at a million images that
+        # is the whole cache; written pages go to the kernel's page cache instead.
+        with open(images_path, "wb") as images, process_pool(min(num_workers, len(chunks))) as pool:
             results = map_chunks(
                 _decode_chunk, chunks, geometry.to_dict(), pool=pool, desc="image cache", progress=progress
             )
             for chunk, chunk_results in zip(chunks, results):
-                failed += [
-                    (path, reason) for path, (array, reason) in zip(chunk, chunk_results) if array is None
-                ]
-                decoded = [
-                    (path, array) for path, (array, _) in zip(chunk, chunk_results) if array is not None
-                ]
-                _store_rows(images, len(good), [array for _, array in decoded])
-                good += [path for path, _ in decoded]
+                for path, (array, reason) in zip(chunk, chunk_results):
+                    if array is None:
+                        failed.append((path, reason))
+                    else:
+                        images.write(np.ascontiguousarray(array, dtype=np.uint8).data)
+                        good.append(path)
         count = len(good)
-        if images is not None:
-            images.flush()
-            del images
-        os.truncate(images_path, count * height * width * 3)
         write_table(pd.DataFrame({"image_path": good, "row": np.arange(count)}), tmp / INDEX_FILE)
         write_table(pd.DataFrame(failed, columns=["image_path", "reason"]), tmp / FAILED_FILE)
         # meta.json last: a folder without it is never trusted.
@@ -283,19 +276,6 @@ def build_image_cache(
             },
         )
     return ImageCache(cache_dir)
-
-
-def _store_rows(images: np.memmap, start: int, arrays: list[np.ndarray]) -> None:
-    """Write decoded images to consecutive rows of the memmap (in the parent process)."""
-    for offset, array in enumerate(arrays):
-        images[start + offset] = array
-
-
-def _create_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap | None:
-    if shape[0] == 0:  # mmap cannot map an empty file
-        path.touch()
-        return None
-    return np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
 
 
 def _fingerprint(paths: Sequence[str], geometry: ImageGeometry) -> str:

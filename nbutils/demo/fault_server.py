@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -32,6 +33,13 @@ class Route:
     truncate_to: int | None = None  # announce len(body) but send only this many bytes, then close
     redirect_to: str | None = None  # answer 302 with this Location (path or full URL)
     headers: dict = field(default_factory=dict)
+    make_body: Callable[[], bytes] | None = (
+        None  # makes the body per request instead: a large site stays on disk
+    )
+
+    def payload(self) -> bytes:
+        """The bytes this route answers with."""
+        return self.make_body() if self.make_body is not None else self.body
 
 
 class FaultServer:
@@ -117,7 +125,7 @@ def _handler_for(server: FaultServer):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            self._send(route.status, route.body, route.content_type, route.headers, route.truncate_to)
+            self._send(route.status, route.payload(), route.content_type, route.headers, route.truncate_to)
 
         def _send(self, status, body, content_type, headers=None, truncate_to=None):
             try:

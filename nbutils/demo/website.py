@@ -17,6 +17,7 @@ processdata_01 generates, serves and writes the manifest in one call: `nbutils.d
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
@@ -207,14 +208,14 @@ def build_demo_site(
     faults, twins = _assign(len(names), seed, fault_share, slow_count, extra_faults or {})
     language = meta["params"]["language"]
     by_image = captions.groupby("filename", sort=False)["text"].apply(list).to_dict()
-    placeholder = _placeholder_jpeg(meta["params"]["image_size"])
+    image_size = meta["params"]["image_size"]
 
     routes, rows, expected = {}, [], []
     for i, (name, fault) in enumerate(zip(names, faults)):
         stem = name.rsplit(".", 1)[0]
         filename = stem + (".png" if fault in PNG_KINDS else ".jpg")
         path = IMAGE_DIR + filename
-        jpeg = (demo_dir / records[name]["image_path"]).read_bytes()
+        image_file = demo_dir / records[name]["image_path"]
         texts = by_image.get(name)
         if not texts:
             raise DataError(f"{demo_dir / 'captions.csv'}: no caption for {records[name]['image_path']}")
@@ -224,8 +225,8 @@ def build_demo_site(
             shows = names[twins[i]]
             twin = records[shows]
             texts = _other_captions(twin, by_image[shows], language, len(texts), [seed, i])
-            jpeg = (demo_dir / twin["image_path"]).read_bytes()
-        routes.update(_routes_for(fault, path, jpeg, placeholder, max_bytes, slow_delay, seed, i))
+            image_file = demo_dir / twin["image_path"]
+        routes.update(_routes_for(fault, path, image_file, image_size, max_bytes, slow_delay, seed, i))
         rows.extend({"path": path, "filename": filename, "text": t} for t in texts)
         expected.append(
             {
@@ -343,69 +344,96 @@ def _assign(
     return faults, twins
 
 
-def _routes_for(fault, path, jpeg, placeholder, max_bytes, slow_delay, seed, i) -> dict[str, Route]:
-    """The route(s) that make `path` misbehave as `fault` says."""
+def _routes_for(
+    fault, path, image_file: Path, image_size, max_bytes, slow_delay, seed, i
+) -> dict[str, Route]:
+    """The route(s) that make `path` misbehave as `fault` says. Bodies are made per request from `image_file`,
+    so that a site of 100,000 images does not hold its bodies (2 MB each for "oversized") in memory."""
+    if fault not in FAULT_KINDS and fault not in EXTRA_FAULT_KINDS:
+        raise ValueError(f"unknown fault kind {fault!r}")
     if fault == "http_404":
         return {}
     if fault == "redirect_loop":
         other = LOOP_DIR + path[len(IMAGE_DIR) :]
         return {path: Route(redirect_to=other), other: Route(redirect_to=path)}
+    body = _Body(fault, image_file, image_size, max_bytes, seed, i)
     if fault == "http_500_then_ok":
-        return {path: Route(body=jpeg, fail_first=1)}
+        return {path: Route(make_body=body, fail_first=1)}
     if fault == "slow":
-        return {path: Route(body=jpeg, delay=slow_delay)}
+        return {path: Route(make_body=body, delay=slow_delay)}
     if fault == "truncated_body":
-        return {path: Route(body=jpeg, truncate_to=len(jpeg) // 2)}
-    if fault == "html_as_jpg":
-        return {path: Route(body=HTML_ERROR_PAGE, content_type="text/html; charset=utf-8")}
-    if fault == "wrong_content_type":
-        return {path: Route(body=jpeg, content_type="text/plain")}
-    if fault == "jpeg_as_octet_stream":
-        return {path: Route(body=jpeg, content_type="application/octet-stream")}
-    if fault == "jpeg_as_binary_octet_stream":
-        return {path: Route(body=jpeg, content_type="binary/octet-stream")}
-    if fault == "jpeg_without_content_type":
-        return {path: Route(body=jpeg, content_type=None)}
-    if fault == "html_as_octet_stream":
-        return {path: Route(body=HTML_ERROR_PAGE, content_type="application/octet-stream")}
+        return {path: Route(make_body=body, truncate_to=image_file.stat().st_size // 2)}
+    return {path: Route(make_body=body, content_type=CONTENT_TYPES.get(fault, "image/jpeg"))}
+
+
+# Content-Type of the faults not served as image/jpeg (None: no header at all).
+CONTENT_TYPES = {
+    "html_as_jpg": "text/html; charset=utf-8",
+    "wrong_content_type": "text/plain",
+    "jpeg_as_octet_stream": "application/octet-stream",
+    "jpeg_as_binary_octet_stream": "binary/octet-stream",
+    "jpeg_without_content_type": None,
+    "html_as_octet_stream": "application/octet-stream",
+    "png_16bit": "image/png",
+    "palette_transparency": "image/png",
+    "huge_header": "image/png",
+}
+
+
+@dataclass(frozen=True)
+class _Body:
+    """The bytes served for the image in `image_file` under `fault`, made on each request (the same every time).
+    A dataclass rather than a closure, so that two sites built alike compare equal."""
+
+    fault: str
+    image_file: Path
+    image_size: int
+    max_bytes: int
+    seed: int
+    i: int
+
+    def __call__(self) -> bytes:
+        return _body_for(self.fault, self.image_file, self.image_size, self.max_bytes, self.seed, self.i)
+
+
+def _body_for(fault: str, image_file: Path, image_size: int, max_bytes: int, seed: int, i: int) -> bytes:
+    if fault in ("html_as_jpg", "html_as_octet_stream"):
+        return HTML_ERROR_PAGE
+    if fault == "huge_header":
+        return _png_bomb(HUGE_SIDE, HUGE_SIDE)
+    if fault == "placeholder":
+        return _placeholder_jpeg(image_size)
+    jpeg = image_file.read_bytes()
     if fault == "oversized":
         # A valid JPEG with junk after its end marker: only the size gives it away.
-        return {path: Route(body=jpeg + bytes(max_bytes + OVERSIZED_EXTRA - len(jpeg)))}
+        return jpeg + bytes(max_bytes + OVERSIZED_EXTRA - len(jpeg))
     if fault == "truncated_jpeg":
         # A complete 200 response of a file that was already cut short on the host.
-        return {path: Route(body=jpeg[: int(len(jpeg) * TRUNCATED_JPEG_KEEP)])}
-    if fault == "placeholder":
-        return {path: Route(body=placeholder)}
-    if fault in ("ok", "duplicate"):
-        return {path: Route(body=jpeg)}
+        return jpeg[: int(len(jpeg) * TRUNCATED_JPEG_KEEP)]
     image = Image.open(io.BytesIO(jpeg)).convert("RGB")
     if fault == "cmyk":
-        return {path: Route(body=_encode(image.convert("CMYK"), "JPEG"))}
+        return _encode(image.convert("CMYK"), "JPEG")
     if fault == "tiny":
-        return {
-            path: Route(body=_encode(image.resize((TINY_SIDE, TINY_SIDE), Image.Resampling.LANCZOS), "JPEG"))
-        }
+        return _encode(image.resize((TINY_SIDE, TINY_SIDE), Image.Resampling.LANCZOS), "JPEG")
     if fault == "exif_rotated":
         orientation = list(ORIENTATION_STORE)[
             int(np.random.default_rng([seed, i]).integers(len(ORIENTATION_STORE)))
         ]
         exif = Image.Exif()
         exif[EXIF_ORIENTATION] = orientation
-        return {path: Route(body=_encode(image.transpose(ORIENTATION_STORE[orientation]), "JPEG", exif=exif))}
+        return _encode(image.transpose(ORIENTATION_STORE[orientation]), "JPEG", exif=exif)
     if fault == "png_16bit":
         # 16-bit grayscale (what scanners and medical/astro tools write); naive convert("RGB") clips it to white.
         grey = np.asarray(image.convert("L"), dtype=np.uint16) * 257
-        return {path: Route(body=_encode(Image.fromarray(grey), "PNG"), content_type="image/png")}
+        return _encode(Image.fromarray(grey), "PNG")
     if fault == "palette_transparency":
         # 255 colours leave palette index 255 unused; it is the transparent one, so compositing on white
         # keeps the picture (and its ground truth) unchanged.
         pal = image.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
         palette = pal.getpalette()[: 255 * 3]  # shorter when the image has fewer colours
         pal.putpalette(palette + [0] * (255 * 3 - len(palette)) + [255, 255, 255])
-        return {path: Route(body=_encode(pal, "PNG", transparency=255), content_type="image/png")}
-    if fault == "huge_header":
-        return {path: Route(body=_png_bomb(HUGE_SIDE, HUGE_SIDE), content_type="image/png")}
-    raise ValueError(f"unknown fault kind {fault!r}")
+        return _encode(pal, "PNG", transparency=255)
+    return jpeg  # ok, duplicate, the flaky, slow and cut-off hosts, and the generic Content-Types
 
 
 # -----------------------------------------------------------------------------
@@ -424,6 +452,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+@functools.cache
 def _png_bomb(width: int, height: int) -> bytes:
     """A valid PNG header declaring width x height RGB, with the first two rows of pixel data only."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
@@ -436,6 +465,7 @@ def _png_bomb(width: int, height: int) -> bytes:
     )
 
 
+@functools.cache
 def _placeholder_jpeg(size: int) -> bytes:
     """A grey "image not available" picture, the kind a host serves for every lost photo."""
     big = size * 4  # draw large, then downsample: clean lines at 64 px

@@ -41,7 +41,7 @@ def rows_of(site, fault):
 
 
 def body(site, fault):
-    return site.routes[rows_of(site, fault)["path"].iloc[0]].body
+    return site.routes[rows_of(site, fault)["path"].iloc[0]].payload()
 
 
 def demo_pixels(demo_dir, name, mode="RGB"):
@@ -173,7 +173,7 @@ def test_variant_bytes_are_what_they_claim(demo_dir, site, monkeypatch):
     assert np.abs(flat - demo_pixels(demo_dir, source("palette_transparency"))).mean() < 3
 
     for _, row in rows_of(site, "exif_rotated").iterrows():
-        rotated = Image.open(io.BytesIO(site.routes[row["path"]].body))
+        rotated = Image.open(io.BytesIO(site.routes[row["path"]].payload()))
         assert rotated.getexif().get(0x0112) in (3, 6, 8)
         upright = np.asarray(ImageOps.exif_transpose(rotated).convert("RGB"), float)
         assert np.abs(upright - demo_pixels(demo_dir, row["demo_filename"])).mean() < 4
@@ -204,7 +204,11 @@ def test_duplicates_and_placeholders(demo_dir, site):
     for path, row in e[e["fault"] == "duplicate"].iterrows():
         twin = e.loc[row["duplicate_of"]]
         assert twin["fault"] == "ok" and twin.name != path and twin["filename"] < row["filename"]
-        assert site.routes[path].body == site.routes[twin.name].body == demo_bytes[row["demo_filename"]]
+        assert (
+            site.routes[path].payload()
+            == site.routes[twin.name].payload()
+            == demo_bytes[row["demo_filename"]]
+        )
         assert row["demo_filename"] == twin["demo_filename"]
         # Described twice: other captions, all of them true of the shared picture.
         assert texts[path] != texts[twin.name]
@@ -216,7 +220,7 @@ def test_duplicates_and_placeholders(demo_dir, site):
             }
     assert e.loc[e["fault"] == "duplicate", "duplicate_of"].is_unique  # two copies each, never a crowd
 
-    placeholders = {site.routes[p].body for p in e.index[e["fault"] == "placeholder"]}
+    placeholders = {site.routes[p].payload() for p in e.index[e["fault"] == "placeholder"]}
     assert len(placeholders) == 1 and (e["fault"] == "placeholder").sum() >= 6
     placeholder = placeholders.pop()
     assert placeholder not in demo_bytes.values()
