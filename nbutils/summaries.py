@@ -126,6 +126,7 @@ TRAINING = (  # nbutils.training.job.fit: every training stage
     Field("batch_size", "batch size", "count"),  # per process
     Field("world_size", "processes", "count"),
     Field("global_batch_size", "global batch size", "count"),  # rows per optimiser step, every process
+    Field("precision", "precision", "text"),  # bf16 (autocast) or fp32
     Field("trainable_parameters.trainable", "parameters: trainable", "count"),
     Field("trainable_parameters.frozen", "parameters: frozen", "count"),
     Field("trainable_parameters.total", "parameters", "count"),

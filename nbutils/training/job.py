@@ -64,7 +64,30 @@ class TrainingConfig(StageConfig):
     eval_steps: int = param(0, "validate every N steps (0: every epoch)")
     save_steps: int = param(0, "checkpoint every N steps (0: every epoch)")
     logging_steps: int = param(10, "log the loss every N steps")
-    num_workers: int = param(0, "DataLoader workers")
+    num_workers: int = param(
+        0, "DataLoader workers (processes decoding and collating batches beside training)"
+    )
+    pin_memory: bool = param(
+        True, "page-locked batches, copied to a CUDA GPU while it computes; no effect without one"
+    )
+    precision: str = param(
+        "auto",
+        '"auto": bf16 on a CUDA GPU that supports it, else fp32; "bf16" (on CPU too, by autocast) or "fp32"',
+    )
+    tf32: bool = param(
+        True, "TF32 matrix products for the fp32 work on CUDA GPUs from Ampere on; no effect elsewhere"
+    )
+    attn_implementation: str = param(
+        "sdpa",
+        'attention kernel: "sdpa" (PyTorch fused attention), "eager", or "flash_attention_2" where installed',
+    )
+    torch_compile: bool = param(
+        False, "compile the model with torch.compile: faster steps after slower first ones"
+    )
+    gradient_checkpointing: bool = param(
+        False,
+        "recompute activations in the backward pass: far less activation memory for about 1/3 more compute",
+    )
     resume: str = param(
         "auto",
         '"auto" continues from the newest checkpoint in output_dir, "" starts fresh, or a checkpoint folder',
@@ -74,6 +97,18 @@ class TrainingConfig(StageConfig):
     def learning_rate_for(self, mode: str) -> float:
         """The learning rate training uses: `learning_rate`, or for 0 the rate `LEARNING_RATES` gives `mode`."""
         return self.learning_rate or self.LEARNING_RATES[mode]
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolved_precision(precision: str) -> str:
+    """What `precision` means on this machine: "bf16" or "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
 
 
 def learning_rate_help(rates: dict[str, float]) -> str:
@@ -113,6 +148,9 @@ def training_arguments(
     if not 0.0 <= config.min_lr_ratio < 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1), got {config.min_lr_ratio}")
     cuda = torch.cuda.is_available()
+    ampere = (
+        cuda and torch.cuda.get_device_capability()[0] >= 8
+    )  # TrainingArguments refuses tf32 before Ampere
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=config.epochs,
@@ -139,7 +177,10 @@ def training_arguments(
         logging_steps=config.logging_steps,
         seed=config.seed,
         data_seed=config.seed,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=resolved_precision(config.precision) == "bf16",  # autocast: the weights stay fp32
+        tf32=config.tf32 if ampere else None,
+        torch_compile=config.torch_compile,
+        dataloader_pin_memory=config.pin_memory and cuda,
         report_to=config.report_to,
         disable_tqdm=False,
         use_cpu=not cuda,
@@ -173,7 +214,11 @@ def build_trainer(
     **trainer_kwargs,
 ) -> Trainer:
     """A `trainer_class` (a Trainer subclass) with `training_arguments(config, ...)`: checkpoints in
-    `<output_dir>/checkpoints`, the learning rate for `mode`; `trainer_kwargs` go to the trainer (mean, std, ...)."""
+    `<output_dir>/checkpoints`, the learning rate for `mode`; `trainer_kwargs` go to the trainer (mean, std, ...).
+    The model gets `config.attn_implementation` here, so the whole job (training, embedding, captioning) uses it."""
+    set_attention(model, config.attn_implementation)
+    if config.gradient_checkpointing:
+        checkpoint_activations(model)
     args = training_arguments(
         config,
         Path(config.output_dir) / "checkpoints",
@@ -193,12 +238,39 @@ def build_trainer(
     )
 
 
+def set_attention(model, attn_implementation: str) -> None:
+    """Switch every attention layer of `model` (and its sub-models) to `attn_implementation`; a ValueError names
+    the parameter when the model or this machine cannot run it (flash_attention_2 without its package, ...)."""
+    if getattr(model.config, "_attn_implementation", None) == attn_implementation:
+        return
+    try:
+        model.set_attn_implementation(attn_implementation)
+    except (ValueError, ImportError) as e:
+        raise ValueError(f"attn_implementation={attn_implementation!r}: {e}") from None
+
+
+def checkpoint_activations(model) -> list[str]:
+    """Recompute each transformer block's activations in the backward pass, in `model` or, for a model that cannot
+    (a dual encoder), in each of its towers that can; returns the classes switched. Set here rather than through
+    TrainingArguments, which asks it of the top-level model only."""
+    targets = [model] if model.supports_gradient_checkpointing else []
+    targets = targets or [m for m in model.children() if getattr(m, "supports_gradient_checkpointing", False)]
+    if not targets:
+        raise ValueError(
+            f"gradient_checkpointing=True: {type(model).__name__} has no part that supports it; set it to False"
+        )
+    for target in targets:
+        # Non-reentrant: gradients also flow through the checkpointed blocks of a frozen tower.
+        target.activation_checkpointing_enable({"use_reentrant": False})
+    return [type(t).__name__ for t in targets]
+
+
 def fit(trainer: Trainer, config: TrainingConfig) -> dict:
     """Run `trainer`, resuming as `config.resume` says; return what every training summary records.
 
     {"steps", "train_seconds" (None when a finished run was resumed), "final_train_loss", "learning_rate" (the
     rate used), "batch_size" (per process), "world_size" (processes), "global_batch_size" (rows per optimiser
-    step over every process)}.
+    step over every process), "precision" ("bf16" or "fp32")}.
     """
     args = trainer.args
     output = trainer.train(
@@ -213,6 +285,7 @@ def fit(trainer: Trainer, config: TrainingConfig) -> dict:
         "batch_size": config.batch_size,
         "world_size": args.world_size,
         "global_batch_size": config.batch_size * args.world_size * config.gradient_accumulation_steps,
+        "precision": "bf16" if args.bf16 else "fp32",
     }
 
 
