@@ -17,6 +17,7 @@ from nbutils.evaluation import caption_metrics as caption_metrics_module
 from nbutils.training import clip as clip_training
 from nbutils.training import clipcap, job
 from nbutils.training import encoder_decoder as ed
+from tests.training import test_clipcap, test_encoder_decoder
 
 STEPS = dict(max_steps=2, logging_steps=1, batch_size=8, resume="")
 JOBS = {
@@ -25,23 +26,13 @@ JOBS = {
         clip_training.train_clip,
         dict(projection_dim=16, vision_tower="vit", vision_width=32, text_buckets=1),
     ),
+    # the tiny models of the jobs' own tests
     "train_encoder_decoder": (
         ed.TrainEncoderDecoderConfig,
         ed.train_encoder_decoder,
-        dict(
-            hidden_size=32,
-            encoder_layers=1,
-            decoder_layers=1,
-            num_heads=2,
-            intermediate_size=64,
-            patch_size=8,
-        ),
+        test_encoder_decoder.TINY,
     ),
-    "train_clipcap": (
-        clipcap.TrainClipCapConfig,
-        clipcap.train_clipcap,
-        dict(prefix_len=2, constant_len=2, mapping_layers=1, mapping_heads=2, hidden_size=32, num_heads=2),
-    ),
+    "train_clipcap": (clipcap.TrainClipCapConfig, clipcap.train_clipcap, test_clipcap.TINY),
 }
 # Each option and how far its losses may drift from the baseline's (relative). The fp32 options compute the same
 # math in another order; bf16 autocast rounds every matrix product's inputs to 8 significant bits (about 0.4 %).
@@ -59,7 +50,7 @@ def clip_run(prepared_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("options") / "run"
     shutil.copytree(prepared_run["run_dir"], run_dir)
     config_class, train, settings = JOBS["train_clip"]
-    train(config_class(run_dir=str(run_dir), output_dir=str(run_dir / "train_clip"), **STEPS, **settings))
+    train(config_class(run_dir=str(run_dir), output_dir=str(run_dir / "train_clip"), **{**settings, **STEPS}))
     return run_dir
 
 
@@ -81,7 +72,7 @@ def train(clip_run, output_dir, name: str, **options) -> tuple[list[float], dict
     config_class, train_job, settings = JOBS[name]
     extra = {"embeddings_dir": str(output_dir / "embeddings")} if name == "train_clipcap" else {}
     config = config_class(
-        run_dir=str(clip_run), output_dir=str(output_dir), **STEPS, **settings, **extra, **options
+        run_dir=str(clip_run), output_dir=str(output_dir), **{**settings, **STEPS, **extra, **options}
     )
     torch.manual_seed(0)
     train_job(config)
