@@ -63,6 +63,7 @@ bench: $(STAMP)  ## speed measurements recorded in the README (not part of the t
 	$(BIN)/python -m benchmarks.bench_captioning
 	$(BIN)/python -m benchmarks.bench_small_cnn
 	$(BIN)/python -m benchmarks.bench_clipcap
+	$(BIN)/python -m benchmarks.bench_real_size
 
 .PHONY: docs
 docs: $(STAMP)  ## write docs/parameters.md (from the config dataclasses) and the README's pipeline picture
