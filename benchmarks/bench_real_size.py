@@ -28,7 +28,8 @@ Per model:
 - samples/s over --steps optimiser steps after --warmup-steps (the wall time between the ends of the last warm-up
   step and of the last step; on CUDA synchronised at each step end);
 - model FLOPs per trained sample: counted with `torch.utils.flop_counter.FlopCounterMode` over the forward and
-  backward of one batch (the job's `compute_loss`, no recomputation), divided by the batch; beside it the estimate
+  backward of one batch (the job's `compute_loss`; gradient checkpointing's recomputation left out), divided by
+  the batch; beside it the estimate
   sum over towers of k x N x T, N a tower's non-embedding parameters, T the tokens it processes per sample, k = 6
   for a trained tower (forward 2, input gradients 2, weight gradients 2) and 4 for a frozen one that gradients
   pass through (ClipCap's GPT-2); embeddings, LM heads tied to them, attention scores and the cross-attention's
@@ -297,10 +298,16 @@ def counted_flops(trainer, batch: dict, bf16: bool) -> int:
     model.train()
     inputs = trainer._prepare_inputs(batch)
     device = trainer.args.device
+    # Model FLOPs leave out gradient checkpointing's recomputed forward passes (MFU, not hardware utilisation).
+    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in checkpointed:
+        module.gradient_checkpointing = False
     with flop_counter.FlopCounterMode(display=False) as counter:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = trainer.compute_loss(model, inputs)
         loss.backward()
+    for module in checkpointed:
+        module.gradient_checkpointing = True
     model.zero_grad(set_to_none=True)
     synchronize(device)
     return counter.get_total_flops()

@@ -86,7 +86,7 @@ class TrainingConfig(StageConfig):
     )
     gradient_checkpointing: bool = param(
         False,
-        "recompute activations in the backward pass: far less activation memory for about 1/3 more compute",
+        "recompute activations in the backward pass: far less activation memory for 20-30 % more compute",
     )
     resume: str = param(
         "auto",

@@ -147,3 +147,23 @@ def test_activation_checkpointing_reaches_the_towers_of_a_dual_encoder(clip_run)
     ]
     flags = [m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")]
     assert len(flags) >= 2 and all(flags)
+
+
+def test_eager_attention_never_calls_the_fused_kernel(monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    fused, calls = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, bos_token_id=0, eos_token_id=0)
+    )
+    input_ids = torch.randint(0, 100, (2, 8))
+    job.set_attention(model, "sdpa")
+    model(input_ids)
+    assert len(calls) == 2  # one per layer
+    job.set_attention(model, "eager")
+    calls.clear()
+    model(input_ids)
+    assert calls == []
