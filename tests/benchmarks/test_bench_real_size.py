@@ -38,3 +38,23 @@ def test_tiny_run_reports_every_model(tmp_path, monkeypatch):
     assert {part["trainable"] for part in clipcap["estimate_parts"] if part["part"].startswith("GPT-2")} == {
         0
     }
+
+
+def test_vit_b16_forward_counts_the_published_17_6_giga_multiply_adds(monkeypatch):
+    """The FLOP count the benchmark's MFU rests on, against a figure from outside: ViT-B/16 at 224 px is 17.6 GFLOPs
+    in DeiT's paper (Touvron et al. 2021, Table 1, "DeiT-B" = ViT-B's architecture), counted there as fvcore does:
+    multiply-adds of the matrix products, attention's included. `FlopCounterMode` counts 2 per multiply-add, and on
+    CPU the fused attention kernel only once `register_cpu_attention_flops` has run (without it: 4 % fewer)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import ViTConfig, ViTModel
+
+    monkeypatch.syspath_prepend(str(REPO))
+    bench = importlib.import_module("benchmarks.bench_real_size")
+    bench.register_cpu_attention_flops()
+    model = ViTModel(ViTConfig(image_size=224, patch_size=16), add_pooling_layer=False)
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(pixel_values=torch.zeros(1, 3, 224, 224))
+    multiply_adds = counter.get_total_flops() / 2
+    assert abs(multiply_adds / 17.6e9 - 1) < 0.01, multiply_adds
