@@ -106,8 +106,13 @@ def resolved_precision(precision: str) -> str:
     """What `precision` means on this machine: "bf16" or "fp32"."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    cuda = torch.cuda.is_available()
     if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f'precision="bf16": {torch.cuda.get_device_name()} has no bf16; use "auto" or "fp32" (fp32 on this GPU)'
+        )
     return precision
 
 

@@ -127,6 +127,15 @@ def test_precision_must_be_one_of_three(tmp_path):
     assert job.resolved_precision("fp32") == "fp32" and job.resolved_precision("bf16") == "bf16"
 
 
+def test_bf16_on_a_gpu_without_it_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-16GB")
+    with pytest.raises(ValueError, match='precision="bf16": Tesla V100-SXM2-16GB has no bf16; use "auto"'):
+        job.resolved_precision("bf16")
+    assert job.resolved_precision("auto") == "fp32"
+
+
 def test_attention_is_switched_in_every_sub_model_and_bad_names_are_named(clip_run):
     model = stages.load_trained_clip(clip_run).bundle.model
     job.set_attention(model, "eager")
