@@ -18,9 +18,12 @@ Parts:
   cache) that it normalises on the device, in the model's dtype, with the processor's mean / std; plus
   the transformers 5 resume fix (`_load_from_checkpoint` through `from_pretrained`).
 - `training_arguments(config, ...)`: the `TrainingArguments` of a `TrainingConfig` (cosine schedule with
-  warm-up, accumulation, clipping, bf16 on CUDA, eval / save strategies, seeds).
+  warm-up, accumulation, clipping, precision, TF32, compilation, pinned memory, eval / save strategies, seeds).
 - `resume_checkpoint(checkpoint_dir, resume, settings)`: what `resume: "auto"` means (only checkpoints of the
   same settings).
+- The speed options (`TrainingConfig.precision` ... `gradient_checkpointing`): `resolved_precision` (bf16 or fp32
+  here), `set_attention` (attention kernel of a model and its sub-models), `checkpoint_activations` (recompute in
+  the backward pass, in a dual encoder's towers too); `build_trainer` applies them.
 """
 
 from __future__ import annotations
@@ -153,9 +156,8 @@ def training_arguments(
     if not 0.0 <= config.min_lr_ratio < 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1), got {config.min_lr_ratio}")
     cuda = torch.cuda.is_available()
-    ampere = (
-        cuda and torch.cuda.get_device_capability()[0] >= 8
-    )  # TrainingArguments refuses tf32 before Ampere
+    # TrainingArguments refuses tf32 before Ampere.
+    ampere = cuda and torch.cuda.get_device_capability()[0] >= 8
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=config.epochs,
