@@ -41,6 +41,7 @@ OPTIONS = {
     "eager_attention": ({"attn_implementation": "eager"}, 1e-5),
     "bf16": ({"precision": "bf16"}, 2e-2),
     "torch_compile": ({"torch_compile": True}, 1e-4),
+    "loader_workers": ({"num_workers": 2}, 1e-6),  # the same batches, decoded and collated in two processes
 }
 
 
