@@ -204,7 +204,7 @@ def _center_crop(array: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     return np.ascontiguousarray(padded[rows, cols])
 
 
-def _decode_chunk(paths: list[str], geometry: dict) -> list[tuple[np.ndarray | None, str]]:
+def decode_chunk(paths: list[str], geometry: dict) -> list[tuple[np.ndarray | None, str]]:
     """Worker: decode + transform a list of paths. Top-level so it pickles under spawn/forkserver too."""
     geometry = ImageGeometry.from_dict(geometry)
     results = []
@@ -251,7 +251,7 @@ def build_image_cache(
         # is the whole cache; written pages go to the kernel's page cache instead.
         with open(images_path, "wb") as images, process_pool(min(num_workers, len(chunks))) as pool:
             results = map_chunks(
-                _decode_chunk, chunks, geometry.to_dict(), pool=pool, desc="image cache", progress=progress
+                decode_chunk, chunks, geometry.to_dict(), pool=pool, desc="image cache", progress=progress
             )
             for chunk, chunk_results in zip(chunks, results):
                 for path, (array, reason) in zip(chunk, chunk_results):

@@ -46,11 +46,10 @@ from .cache import (
     META_FILE,
     CacheFolder,
     ImageGeometry,
+    decode_chunk,
     file_stamp,
     normalization_affine,
-    transform_uint8,
 )
-from .images import load_rgb
 
 FORMAT = "shards"
 FORMAT_VERSION = 1
@@ -87,15 +86,11 @@ def encode_jpeg(array: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def _encode_chunk(paths: list[str], geometry: dict, quality: int) -> list[tuple[bytes | None, str]]:
-    """Worker: decode, transform and JPEG-encode a list of paths. Top-level so it pickles under spawn too."""
-    geometry = ImageGeometry.from_dict(geometry)
-    results = []
-    for path in paths:
-        try:
-            results.append((encode_jpeg(transform_uint8(load_rgb(path), geometry), quality), ""))
-        except Exception as exc:  # one bad image must not stop a build over a million
-            results.append((None, f"{type(exc).__name__}: {exc}".strip()))
-    return results
+    """Worker: the memmap build's decode and transform (`cache.decode_chunk`), then JPEG-encode each image."""
+    return [
+        (None if array is None else encode_jpeg(array, quality), reason)
+        for array, reason in decode_chunk(paths, geometry)
+    ]
 
 
 def build_shard_cache(

@@ -143,7 +143,7 @@ def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch, make_va
     cache_dir = tmp_path / "caches" / "cache"
     calls = []
 
-    decode = image_cache._decode_chunk
+    decode = image_cache.decode_chunk
 
     def failing_decode(paths, geometry):  # the second chunk fails after the first was written
         calls.append(paths)
@@ -152,7 +152,7 @@ def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch, make_va
         return decode(paths, geometry)
 
     monkeypatch.setattr(image_cache, "CHUNK_SIZE", 2)
-    monkeypatch.setattr(image_cache, "_decode_chunk", failing_decode)
+    monkeypatch.setattr(image_cache, "decode_chunk", failing_decode)
     with pytest.raises(RuntimeError, match="disk full"):
         build_image_cache(good, cache_dir, ImageGeometry(8, 8), num_workers=0, progress=False)
     assert os.listdir(tmp_path / "caches") == []
@@ -162,7 +162,7 @@ def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch, make_va
     build_image_cache(good[:3], cache_dir, ImageGeometry(8, 8), num_workers=0, progress=False)
     before = _stamp(cache_dir)
     monkeypatch.setattr(image_cache, "CHUNK_SIZE", 2)
-    monkeypatch.setattr(image_cache, "_decode_chunk", failing_decode)
+    monkeypatch.setattr(image_cache, "decode_chunk", failing_decode)
     calls.clear()
     with pytest.raises(RuntimeError):
         build_image_cache(good, cache_dir, ImageGeometry(8, 8), num_workers=0, progress=False)
